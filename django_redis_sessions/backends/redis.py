@@ -1,0 +1,225 @@
+"""``SESSION_ENGINE = "django_redis_sessions.backends.redis"``.
+
+Serialization and expiry live here, Redis in ``store.py``. Round trips: load 1,
+create 1, save 1 (a TTL refresh when the session did not change), delete 1,
+cycle_key 1.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import django
+from django.contrib.sessions.backends.base import (
+    VALID_KEY_CHARS,
+    CreateError,
+    SessionBase,
+    UpdateError,
+)
+from django.utils.crypto import get_random_string
+
+from django_redis_sessions.conf import conf
+from django_redis_sessions.scripts import Outcome
+from django_redis_sessions.store import RedisSessionStore, get_store
+
+#: A new key is 32 random characters; colliding even once is unheard of, so
+#: running out of attempts means something refuses every write.
+CREATE_ATTEMPTS = 10
+
+
+class SessionStore(SessionBase):
+    """A Django session whose saves are atomic and whose logouts are final.
+
+    ``save()`` only updates a session that still exists: a session destroyed
+    by a logout in another request raises ``UpdateError`` (which the middleware
+    reports as ``SessionInterrupted``) instead of coming back to life.
+    """
+
+    def __init__(self, session_key: str | None = None) -> None:
+        super().__init__(session_key)
+        # (key, payload) as last read from or written to Redis: a save of the
+        # same bytes under the same key only needs its TTL refreshed.
+        self._stored: tuple[str, bytes] | None = None
+
+    @property
+    def store(self) -> RedisSessionStore:
+        return get_store()
+
+    def _get_new_session_key(self) -> str:
+        # No EXISTS round trip: the create script refuses a taken key itself.
+        return get_random_string(32, VALID_KEY_CHARS)
+
+    def _payload(self, data: dict[str, Any]) -> bytes:
+        payload: bytes = self.store.serializer.dumps(data)
+        return payload
+
+    def _loaded(self, key: str | None, payload: bytes | None) -> dict[str, Any]:
+        data = None if payload is None else self.store.decode(payload)
+        if key is None or payload is None or data is None:
+            # Never keep a key the client chose: the next save creates a
+            # fresh random one (no session fixation).
+            self._session_key = None
+            self._stored = None
+            return {}
+        self._stored = (key, payload)
+        return data
+
+    def _save_outcome(
+        self, outcome: Outcome, key: str, payload: bytes, *, must_create: bool
+    ) -> None:
+        if outcome is Outcome.EXPIRED:
+            self._stored = None
+        elif outcome is not Outcome.WRITTEN:
+            raise CreateError if must_create else UpdateError
+        else:
+            self._stored = (key, payload)
+
+    def _is_unchanged(self, key: str, payload: bytes) -> bool:
+        return self._stored == (key, payload)
+
+    def _forget(self, key: str) -> None:
+        if self._stored is not None and self._stored[0] == key:
+            self._stored = None
+
+    def _cycled(self, outcome: Outcome, data: dict[str, Any], key: str) -> bool:
+        if outcome is Outcome.EXPIRED:
+            self._session_key = None
+        elif outcome is not Outcome.WRITTEN:
+            return False
+        else:
+            self._session_key = key
+        self._session_cache = data
+        self.modified = True
+        return True
+
+    def load(self) -> dict[str, Any]:
+        key = self.session_key
+        return self._loaded(key, None if key is None else self.store.get_payload(key))
+
+    def exists(self, session_key: str | None) -> bool:
+        return bool(session_key) and self.store.exists(session_key)  # type: ignore[arg-type]
+
+    def create(self) -> None:
+        for _ in range(CREATE_ATTEMPTS):
+            self._session_key = self._get_new_session_key()
+            try:
+                self.save(must_create=True)
+            except CreateError:
+                continue
+            self.modified = True
+            return
+        raise RuntimeError(_create_failed_message())
+
+    def save(self, must_create: bool = False) -> None:
+        if self.session_key is None:
+            return self.create()
+        key = self.session_key
+        data = self._get_session(no_load=must_create)  # type: ignore[attr-defined]
+        payload = self._payload(data)
+        ttl = self.get_expiry_age()
+        if must_create:
+            outcome = self.store.create_payload(key, payload, ttl)
+        elif self._is_unchanged(key, payload):
+            if conf.DISABLE_TOUCH:
+                return None
+            outcome = self.store.touch_payload(key, ttl)
+        else:
+            outcome = self.store.update_payload(key, payload, ttl)
+        self._save_outcome(outcome, key, payload, must_create=must_create)
+        return None
+
+    def delete(self, session_key: str | None = None) -> None:
+        if session_key is None:
+            if self.session_key is None:
+                return
+            session_key = self.session_key
+        self.store.destroy(session_key)
+        self._forget(session_key)
+
+    def cycle_key(self) -> None:
+        data = self._session  # type: ignore[attr-defined]
+        old_key = self.session_key
+        payload = self._payload(data)
+        ttl = self.get_expiry_age()
+        for _ in range(CREATE_ATTEMPTS):
+            new_key = self._get_new_session_key()
+            outcome = self.store.cycle(old_key, new_key, payload, ttl)
+            if self._cycled(outcome, data, new_key):
+                self._save_outcome(outcome, new_key, payload, must_create=True)
+                return
+        raise RuntimeError(_create_failed_message())
+
+    @classmethod
+    def clear_expired(cls) -> None:
+        """Redis expires sessions itself."""
+
+    if django.VERSION >= (5, 1):
+
+        async def _aget_new_session_key(self) -> str:
+            return self._get_new_session_key()
+
+        async def aload(self) -> dict[str, Any]:
+            key = self.session_key
+            payload = None if key is None else await self.store.aget_payload(key)
+            return self._loaded(key, payload)
+
+        async def aexists(self, session_key: str | None) -> bool:
+            return bool(session_key) and await self.store.aexists(session_key)  # type: ignore[arg-type]
+
+        async def acreate(self) -> None:
+            for _ in range(CREATE_ATTEMPTS):
+                self._session_key = await self._aget_new_session_key()
+                try:
+                    await self.asave(must_create=True)
+                except CreateError:
+                    continue
+                self.modified = True
+                return
+            raise RuntimeError(_create_failed_message())
+
+        async def asave(self, must_create: bool = False) -> None:
+            if self.session_key is None:
+                return await self.acreate()
+            key = self.session_key
+            data = await self._aget_session(no_load=must_create)  # type: ignore[attr-defined]
+            payload = self._payload(data)
+            ttl = await self.aget_expiry_age()
+            if must_create:
+                outcome = await self.store.acreate_payload(key, payload, ttl)
+            elif self._is_unchanged(key, payload):
+                if conf.DISABLE_TOUCH:
+                    return None
+                outcome = await self.store.atouch_payload(key, ttl)
+            else:
+                outcome = await self.store.aupdate_payload(key, payload, ttl)
+            self._save_outcome(outcome, key, payload, must_create=must_create)
+            return None
+
+        async def adelete(self, session_key: str | None = None) -> None:
+            if session_key is None:
+                if self.session_key is None:
+                    return
+                session_key = self.session_key
+            await self.store.adestroy(session_key)
+            self._forget(session_key)
+
+        async def acycle_key(self) -> None:
+            data = await self._aget_session()  # type: ignore[attr-defined]
+            old_key = self.session_key
+            payload = self._payload(data)
+            ttl = await self.aget_expiry_age()
+            for _ in range(CREATE_ATTEMPTS):
+                new_key = await self._aget_new_session_key()
+                outcome = await self.store.acycle(old_key, new_key, payload, ttl)
+                if self._cycled(outcome, data, new_key):
+                    self._save_outcome(outcome, new_key, payload, must_create=True)
+                    return
+            raise RuntimeError(_create_failed_message())
+
+
+def _create_failed_message() -> str:
+    return (
+        f"Unable to create a new session key after {CREATE_ATTEMPTS} attempts: "
+        "every random key was refused. Check that nothing else writes under "
+        f"SESSION_REDIS['PREFIX'] {conf.PREFIX!r}."
+    )

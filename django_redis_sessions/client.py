@@ -1,0 +1,171 @@
+"""Building and caching redis-py clients from ``SESSION_REDIS``.
+
+One sync client per process and one asyncio client per running event loop: a
+redis-py asyncio connection pool is bound to the loop that opened its
+connections and cannot be shared with another. Both caches are dropped (and
+the clients closed) when ``SESSION_REDIS`` changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import weakref
+from collections.abc import AsyncIterator
+from typing import Any
+
+import redis
+import redis.asyncio
+import redis.asyncio.cluster
+import redis.asyncio.retry
+import redis.asyncio.sentinel
+import redis.cluster
+import redis.sentinel
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+from django.utils.module_loading import import_string
+from redis.backoff import ExponentialBackoff
+from redis.connection import parse_url
+
+from django_redis_sessions.conf import SETTING_NAME, conf
+
+#: Applied before ``OPTIONS``, which override them. A session lookup is on the
+#: path of every request: it must fail within seconds, not hang a worker. One
+#: retry covers a pooled connection that went stale when Redis restarted; every
+#: store command may safely run twice (see ``store.py``).
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "socket_connect_timeout": 2.0,
+    "socket_timeout": 5.0,
+}
+RETRIES = 1
+
+
+def _options(asynchronous: bool) -> dict[str, Any]:
+    retry_class = redis.asyncio.retry.Retry if asynchronous else redis.retry.Retry
+    options = {
+        **DEFAULT_OPTIONS,
+        "retry": retry_class(ExponentialBackoff(cap=0.2, base=0.02), RETRIES),
+    }
+    options.update(conf.OPTIONS)
+    return options
+
+
+def build_client(*, asynchronous: bool = False) -> Any:
+    """A new client for the current settings (not cached)."""
+    if conf.CLIENT is not None:
+        factory = import_string(conf.CLIENT)
+        return factory(asynchronous=asynchronous)
+    options = _options(asynchronous)
+    if conf.SENTINELS:
+        return _sentinel_primary(options, asynchronous=asynchronous)
+    if conf.CLUSTER:
+        # The cluster client retries on its own, node by node.
+        options.pop("retry", None)
+        cluster_class: Any = (
+            redis.asyncio.cluster.RedisCluster
+            if asynchronous
+            else redis.cluster.RedisCluster
+        )
+        return cluster_class.from_url(conf.URL, **options)
+    client_class: Any = redis.asyncio.Redis if asynchronous else redis.Redis
+    return client_class.from_url(conf.URL, **options)
+
+
+def _sentinel_primary(options: dict[str, Any], *, asynchronous: bool) -> Any:
+    # Credentials, database and TLS come from URL; its host and port are
+    # replaced by what Sentinel reports. Always the primary: a session must
+    # read its own writes, which a replica does not promise.
+    connection = {
+        name: value
+        for name, value in parse_url(conf.URL).items()  # type: ignore[no-untyped-call]
+        if name not in {"host", "port", "path", "connection_class"}
+    }
+    if conf.URL.startswith("rediss://"):
+        connection["ssl"] = True
+    sentinel_class: Any = (
+        redis.asyncio.sentinel.Sentinel if asynchronous else redis.sentinel.Sentinel
+    )
+    sentinel = sentinel_class(
+        conf.SENTINELS,
+        sentinel_kwargs={
+            key: options[key]
+            for key in ("socket_connect_timeout", "socket_timeout")
+            if key in options
+        },
+    )
+    return sentinel.master_for(conf.SENTINEL_SERVICE, **connection, **options)
+
+
+_lock = threading.Lock()
+_sync_client: Any = None
+_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def get_client() -> Any:
+    """The process-wide sync client, built on first use."""
+    global _sync_client
+    client = _sync_client
+    if client is None:
+        with _lock:
+            if _sync_client is None:
+                _sync_client = build_client()
+            client = _sync_client
+    return client
+
+
+def get_async_client() -> Any:
+    """The asyncio client of the running event loop, built on first use.
+
+    When the loop shuts down (``asyncio.run``, asgiref's ``async_to_sync``, an
+    ASGI server), ``loop.shutdown_asyncgens()`` closes the client's
+    connections, so no socket outlives its loop.
+    """
+    loop = asyncio.get_running_loop()
+    client = _async_clients.get(loop)
+    if client is None:
+        client = build_client(asynchronous=True)
+        _async_clients[loop] = client
+        closer = _close_at_loop_shutdown(client)
+        # Started now so the loop tracks it; its ``finally`` runs at shutdown.
+        started = loop.create_task(_start(closer))
+        _closers.setdefault(loop, []).append((closer, started))
+    return client
+
+
+_closers: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, list[tuple[AsyncIterator[None], asyncio.Task[None]]]
+] = weakref.WeakKeyDictionary()
+
+
+async def _start(closer: AsyncIterator[None]) -> None:
+    await anext(closer)
+
+
+async def _close_at_loop_shutdown(client: Any) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        await client.aclose()
+
+
+def close_clients() -> None:
+    """Close and forget the cached sync client; forget the asyncio ones.
+
+    An asyncio client can only be closed from its own loop; dropping it here
+    means the next call builds a new one, and its loop closes the old one at
+    shutdown.
+    """
+    global _sync_client
+    with _lock:
+        client, _sync_client = _sync_client, None
+    if client is not None:
+        client.close()
+    _async_clients.clear()
+
+
+@receiver(setting_changed)
+def _setting_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting == SETTING_NAME:
+        close_clients()

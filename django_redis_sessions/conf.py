@@ -1,0 +1,104 @@
+"""The ``SESSION_REDIS`` setting, read on every access.
+
+Nothing here is read at import time, so ``override_settings`` works, and a
+malformed value is reported by the system checks (``checks.py``) rather than by
+a crash at import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from django.conf import settings as django_settings
+
+SETTING_NAME = "SESSION_REDIS"
+
+DEFAULTS: dict[str, Any] = {
+    "URL": "redis://localhost:6379/0",
+    "OPTIONS": {},
+    "CLUSTER": False,
+    "SENTINELS": [],
+    "SENTINEL_SERVICE": "mymaster",
+    "CLIENT": None,
+    "PREFIX": "sessions:",
+    "SCAN_COUNT": 100,
+    "TTL_SECONDS": 86400,
+    "TOMBSTONE_SECONDS": 300,
+    "DISABLE_TOUCH": False,
+    "SERIALIZER": None,
+}
+
+
+class Settings:
+    """One property per ``SESSION_REDIS`` key, read from Django settings on access.
+
+    Values are returned as configured; their validity is the system checks' job.
+    """
+
+    @property
+    def raw(self) -> Mapping[str, Any]:
+        value = getattr(django_settings, SETTING_NAME, None)
+        return value if isinstance(value, Mapping) else {}
+
+    def _get(self, name: str) -> Any:
+        return self.raw.get(name, DEFAULTS[name])
+
+    @property
+    def URL(self) -> str:
+        return str(self._get("URL"))
+
+    @property
+    def OPTIONS(self) -> dict[str, Any]:
+        return dict(self._get("OPTIONS") or {})
+
+    @property
+    def CLUSTER(self) -> bool:
+        return bool(self._get("CLUSTER"))
+
+    @property
+    def SENTINELS(self) -> list[tuple[str, int]]:
+        sentinels: Sequence[Sequence[Any]] = self._get("SENTINELS") or []
+        return [(str(host), int(port)) for host, port in sentinels]
+
+    @property
+    def SENTINEL_SERVICE(self) -> str:
+        return str(self._get("SENTINEL_SERVICE"))
+
+    @property
+    def CLIENT(self) -> str | None:
+        value = self._get("CLIENT")
+        return None if value is None else str(value)
+
+    @property
+    def PREFIX(self) -> str:
+        return str(self._get("PREFIX"))
+
+    @property
+    def SCAN_COUNT(self) -> int:
+        return int(self._get("SCAN_COUNT"))
+
+    @property
+    def TTL_SECONDS(self) -> int:
+        # 0 or False: the store refuses data that carries no expiry of its own.
+        return int(self._get("TTL_SECONDS") or 0)
+
+    @property
+    def TOMBSTONE_SECONDS(self) -> int:
+        return int(self._get("TOMBSTONE_SECONDS"))
+
+    @property
+    def DISABLE_TOUCH(self) -> bool:
+        return bool(self._get("DISABLE_TOUCH"))
+
+    @property
+    def SERIALIZER(self) -> str:
+        value = self._get("SERIALIZER")
+        return str(value) if value else str(django_settings.SESSION_SERIALIZER)
+
+    @property
+    def SESSION_COOKIE_AGE(self) -> int:
+        return int(django_settings.SESSION_COOKIE_AGE)
+
+
+conf = Settings()

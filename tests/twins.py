@@ -1,0 +1,45 @@
+"""Run a test written against the sync API through the asyncio twins instead.
+
+``AsyncTwins(obj)`` answers ``obj.name(...)`` with ``asyncio.run(obj.aname(...))``,
+each call on a fresh event loop, which also proves that per-loop clients are
+built and closed without leaking a connection (the suite turns
+``ResourceWarning`` into an error). The sync client is replaced by one that
+fails, so an async method that falls back to blocking I/O fails the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+
+def no_sync_client() -> Any:
+    raise AssertionError("An asyncio method used the sync Redis client.")
+
+
+async def _collect(iterator: AsyncIterator[Any]) -> list[Any]:
+    return [item async for item in iterator]
+
+
+def run(value: Any) -> Any:
+    """Await a coroutine, or collect an async iterator, on a fresh loop."""
+    if hasattr(value, "__aiter__"):
+        value = _collect(value)
+    return asyncio.run(value)
+
+
+class AsyncTwins:
+    def __init__(self, target: Any, *, plain: frozenset[str] = frozenset()) -> None:
+        self._target = target
+        self._plain = plain
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self._plain or name.startswith("_"):
+            return getattr(self._target, name)
+        twin: Callable[..., Any] = getattr(self._target, "a" + name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return run(twin(*args, **kwargs))
+
+        return call
