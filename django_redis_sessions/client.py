@@ -161,6 +161,9 @@ def close_clients() -> None:
     with _lock:
         client, _sync_client = _sync_client, None
     if client is not None:
+        if hasattr(client, "disconnect_connection_pools"):
+            # RedisCluster.close() leaves the per-node connections open.
+            client.disconnect_connection_pools()
         client.close()
     _async_clients.clear()
 

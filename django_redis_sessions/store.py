@@ -567,12 +567,14 @@ class RedisSessionStore:
 
     async def _ascan(self) -> AsyncIterator[list[bytes]]:
         client = self._async_client()
+        if isinstance(client, redis.asyncio.cluster.RedisCluster):
+            await client.initialize()  # it learns its nodes lazily
         recent = RecentKeys(DEDUPE_BATCHES)
         for node in scan_nodes(client):
             cursor = 0
             while True:
-                cursor, keys = await node.scan(
-                    cursor, match=scan_pattern(self.prefix), count=self.scan_count
+                cursor, keys = await _ascan_page(
+                    node, cursor, scan_pattern(self.prefix), self.scan_count
                 )
                 if batch := recent.fresh(keys):
                     yield batch
@@ -605,10 +607,25 @@ def is_cluster(client: Any) -> bool:
 
 
 def scan_nodes(client: Any) -> list[Any]:
-    """What to SCAN: the client itself, or a client per Cluster primary."""
-    if is_cluster(client):
+    """What to SCAN: the client itself, or each primary of a Redis Cluster."""
+    if isinstance(client, redis.cluster.RedisCluster):
         return [client.get_redis_connection(node) for node in client.get_primaries()]
+    if isinstance(client, redis.asyncio.cluster.RedisCluster):
+        return list(client.get_primaries())
     return [client]
+
+
+async def _ascan_page(
+    node: Any, cursor: int, pattern: str, count: int
+) -> tuple[int, list[bytes]]:
+    if isinstance(node, redis.asyncio.cluster.ClusterNode):
+        reply = await node.execute_command(
+            "SCAN", cursor, "MATCH", pattern, "COUNT", count
+        )
+    else:
+        reply = await node.scan(cursor, match=pattern, count=count)
+    next_cursor, keys = reply
+    return int(next_cursor), list(keys)
 
 
 def _check_key(key: str) -> None:

@@ -162,3 +162,12 @@ def raw(store_raw: Any) -> redis.Redis:
 def store_keys(raw: redis.Redis, prefix: str) -> Callable[[], set[str]]:
     """The exact set of keys under this test's prefix on the store's server."""
     return lambda: keys_under(raw, prefix)
+
+
+@pytest.fixture(scope="session")
+def cluster_url() -> Iterator[str]:
+    """A three-primary Redis Cluster, started on first use."""
+    from django_redis_sessions.testing import RedisClusterServers
+
+    with RedisClusterServers() as cluster:
+        yield cluster.url

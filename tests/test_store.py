@@ -341,7 +341,13 @@ def test_keys_outside_the_prefix_are_never_touched(
 
 @pytest.mark.parametrize(
     ("glob_prefix", "lookalike"),
-    [("a*:", "aXYZ:"), ("b?:", "bQ:"), ("c[x]:", "cx:"), ("d\\:", "d:"), ("e[!a]*:", "eb:")],
+    [
+        ("a*:", "aXYZ:"),
+        ("b?:", "bQ:"),
+        ("c[x]:", "cx:"),
+        ("d\\:", "d:"),
+        ("e[!a]*:", "eb:"),
+    ],
 )
 def test_a_prefix_with_glob_characters_matches_only_itself(
     make_store: Callable[..., Any], glob_prefix: str, lookalike: str, prefix: str

@@ -1,0 +1,460 @@
+"""The Django contract of ``SessionStore``, and the races it must survive.
+
+``SessionContract`` is modelled on Django's own ``SessionTestsMixin``. It runs
+through the sync API and, on Django 5.1 and later, again through the asyncio
+twins (``aload``, ``asave``, ...), always on the real server.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import django
+import pytest
+import redis
+from django.contrib.sessions.backends.base import CreateError, UpdateError
+from django.contrib.sessions.exceptions import SessionInterrupted
+from django.contrib.sessions.middleware import SessionMiddleware
+from django.http import HttpRequest, HttpResponse
+from django.test import RequestFactory, override_settings
+from django.utils import timezone
+
+from django_redis_sessions.backends.redis import SessionStore
+from django_redis_sessions.store import data_key, get_store, tombstone_key
+from tests.twins import AsyncTwins, no_sync_client, run
+
+Keys = Callable[[], set[str]]
+
+#: Backend attributes that stay sync in an asyncio test: no I/O behind them.
+PLAIN = frozenset(
+    {
+        "session_key",
+        "modified",
+        "accessed",
+        "store",
+        "set_expiry",
+        "get_expiry_age",
+        "get_expiry_date",
+        "get_expire_at_browser_close",
+        "clear",
+        "is_empty",
+        "serializer",
+    }
+)
+
+
+class AsyncSession(AsyncTwins):
+    """A backend driven through its asyncio methods.
+
+    Item access goes through ``aget``/``aset``, so a session loaded in a test
+    is loaded by ``aload``.
+    """
+
+    def __getitem__(self, key: str) -> Any:
+        value = run(self._target.aget(key, KeyError))
+        if value is KeyError:
+            raise KeyError(key)
+        return value
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        run(self._target.aset(key, value))
+
+    def __contains__(self, key: str) -> bool:
+        return bool(run(self._target.ahas_key(key)))
+
+
+needs_async_backend = pytest.mark.skipif(
+    django.VERSION < (5, 1), reason="SessionBase has asyncio methods from Django 5.1"
+)
+
+
+@pytest.fixture(params=["sync", pytest.param("async", marks=needs_async_backend)])
+def session_mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def make_session(
+    session_mode: str, monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., Any]:
+    if session_mode == "async":
+        # An asyncio method that falls back to blocking I/O fails the test.
+        monkeypatch.setattr(get_store(), "_client", no_sync_client)
+
+    def make(session_key: str | None = None) -> Any:
+        session = SessionStore(session_key)
+        return session if session_mode == "sync" else AsyncSession(session, plain=PLAIN)
+
+    return make
+
+
+@pytest.fixture
+def session(make_session: Callable[..., Any]) -> Any:
+    return make_session()
+
+
+def data(prefix: str, key: str) -> str:
+    return data_key(prefix, key)
+
+
+def tomb(prefix: str, key: str) -> str:
+    return tombstone_key(prefix, key)
+
+
+# --- SessionTestsMixin, for this engine -------------------------------------------
+
+
+def test_a_new_session_is_empty_and_writes_nothing(
+    session: Any, redis_keys: Keys
+) -> None:
+    assert session.session_key is None
+    assert session.load() == {}
+    assert not session.modified
+    assert redis_keys() == set()
+
+
+def test_save_creates_a_random_key_holding_the_data(
+    session: Any, make_session: Callable[..., Any], redis_keys: Keys, prefix: str
+) -> None:
+    session["cat"] = "dog"
+    session.save()
+    key = session.session_key
+    assert len(key) == 32
+    assert redis_keys() == {data(prefix, key)}
+    assert make_session(key)["cat"] == "dog"
+
+
+def test_exists_returns_a_real_bool(
+    session: Any, make_session: Callable[..., Any]
+) -> None:
+    session.save()
+    assert session.exists(session.session_key) is True
+    assert session.exists("a" * 32) is False
+    assert session.exists(None) is False
+    assert session.exists("") is False
+    key = session.session_key
+    session.delete()
+    assert make_session().exists(key) is False
+
+
+def test_load_of_an_unknown_key_resets_the_key_and_writes_nothing(
+    make_session: Callable[..., Any], redis_keys: Keys
+) -> None:
+    session = make_session("unknownkey1234567890")
+    assert session.load() == {}
+    assert session.session_key is None
+    assert redis_keys() == set()
+
+
+def test_a_cookie_naming_an_unknown_key_gets_a_new_random_key(
+    make_session: Callable[..., Any], redis_keys: Keys, prefix: str
+) -> None:
+    chosen = "attacker-chosen-key-1234"
+    session = make_session(chosen)
+    session["user"] = 1
+    session.save()
+    assert session.session_key != chosen
+    assert redis_keys() == {data(prefix, session.session_key)}
+
+
+def test_save_after_delete_raises_update_error_and_writes_nothing(
+    session: Any, make_session: Callable[..., Any], redis_keys: Keys, prefix: str
+) -> None:
+    session["a"] = 1
+    session.save()
+    key = session.session_key
+    other = make_session(key)
+    other["a"]  # loaded
+    session.delete()
+    other["a"] = 2
+    with pytest.raises(UpdateError):
+        other.save()
+    assert redis_keys() == {tomb(prefix, key)}
+
+
+def test_save_must_create_on_a_taken_key_raises_create_error(
+    session: Any, make_session: Callable[..., Any]
+) -> None:
+    session.save()
+    other = make_session(session.session_key)
+    with pytest.raises(CreateError):
+        other.save(must_create=True)
+
+
+def test_delete_of_an_unknown_key_is_fine(session: Any) -> None:
+    session.delete("unknownkey1234567890")
+    session.delete()  # no key at all
+    assert session.session_key is None
+
+
+def test_flush_destroys_the_session_and_drops_the_key(
+    session: Any, redis_keys: Keys, prefix: str
+) -> None:
+    session["a"] = 1
+    session.save()
+    key = session.session_key
+    session.flush()
+    assert session.session_key is None
+    assert session.is_empty()
+    assert redis_keys() == {tomb(prefix, key)}
+
+
+def test_cycle_key_moves_the_data_and_destroys_the_old_key(
+    session: Any, make_session: Callable[..., Any], redis_keys: Keys, prefix: str
+) -> None:
+    session["a"] = 1
+    session.save()
+    old = session.session_key
+    session.cycle_key()
+    new = session.session_key
+    assert new != old
+    assert session["a"] == 1
+    assert make_session(new)["a"] == 1
+    assert redis_keys() == {data(prefix, new), tomb(prefix, old)}
+
+
+def test_cycle_key_of_a_new_session_creates_it(
+    session: Any, redis_keys: Keys, prefix: str
+) -> None:
+    session["a"] = 1
+    session.cycle_key()
+    assert redis_keys() == {data(prefix, session.session_key)}
+
+
+def test_set_expiry_fourteen_days_reaches_redis(
+    session: Any, raw_redis: redis.Redis, prefix: str
+) -> None:
+    session.set_expiry(timedelta(days=14))
+    session.save()
+    ttl = raw_redis.pttl(data(prefix, session.session_key))
+    assert 14 * 86400 * 1000 - 5000 < ttl <= 14 * 86400 * 1000
+
+
+@override_settings(SESSION_COOKIE_AGE=4321)
+def test_set_expiry_zero_keeps_the_session_for_the_cookie_age(
+    session: Any, raw_redis: redis.Redis, prefix: str
+) -> None:
+    session.set_expiry(0)
+    session.save()
+    assert session.get_expire_at_browser_close() is True
+    assert 4_320_000 < raw_redis.pttl(data(prefix, session.session_key)) <= 4_321_000
+
+
+def test_set_expiry_seconds_reaches_redis(
+    session: Any, raw_redis: redis.Redis, prefix: str
+) -> None:
+    session.set_expiry(300)
+    session.save()
+    assert 299_000 < raw_redis.pttl(data(prefix, session.session_key)) <= 300_000
+
+
+def test_an_expiry_in_the_past_deletes_instead_of_saving(
+    session: Any, make_session: Callable[..., Any], redis_keys: Keys, prefix: str
+) -> None:
+    session["a"] = 1
+    session.save()
+    key = session.session_key
+    session.set_expiry(timezone.now() - timedelta(seconds=1))
+    session.save()  # no "ERR invalid expire time"
+    assert redis_keys() == {tomb(prefix, key)}
+    assert make_session(key).load() == {}
+
+
+def test_a_key_alive_past_its_absolute_expiry_loads_as_empty(
+    make_session: Callable[..., Any], raw_redis: redis.Redis, prefix: str
+) -> None:
+    past = (timezone.now() - timedelta(minutes=1)).isoformat()
+    raw_redis.set(
+        data(prefix, "driftedkey123456"),
+        json.dumps({"_session_expiry": past, "a": 1}),
+        ex=600,
+    )
+    session = make_session("driftedkey123456")
+    assert session.load() == {}
+    assert session.session_key is None
+
+
+def test_a_corrupt_payload_loads_as_empty_and_logs_a_security_line(
+    make_session: Callable[..., Any],
+    raw_redis: redis.Redis,
+    prefix: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    raw_redis.set(data(prefix, "corruptkey123456"), b"\x00\xffgarbage", ex=600)
+    session = make_session("corruptkey123456")
+    with caplog.at_level(logging.WARNING, "django.security.SuspiciousSession"):
+        assert session.load() == {}
+    assert session.session_key is None
+    assert [r.name for r in caplog.records] == ["django.security.SuspiciousSession"]
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "a*b?[c]xyz",
+        "{brace}key1",
+        "nul\x00bytekey",
+        "ключ-сессии",
+        "k" * 5000,
+        "}leadingbrace",
+    ],
+)
+def test_unusual_cookie_values_load_as_empty_without_a_redis_error(
+    make_session: Callable[..., Any], redis_keys: Keys, key: str
+) -> None:
+    session = make_session(key)
+    assert session.load() == {}
+    assert session.session_key is None
+    assert redis_keys() == set()
+
+
+def test_unserializable_data_raises_and_writes_nothing(
+    session: Any, redis_keys: Keys
+) -> None:
+    session["when"] = object()
+    with pytest.raises(TypeError):
+        session.save()
+    assert redis_keys() == set()
+
+
+def test_clear_expired_is_a_no_op() -> None:
+    assert SessionStore.clear_expired() is None
+
+
+# --- The races of DESIGN.md section 6, interleaved by hand ------------------------
+
+
+def test_logout_while_another_request_saves_does_not_resurrect(
+    make_session: Callable[..., Any], redis_keys: Keys, prefix: str
+) -> None:
+    """Scenarios 1 and 2: the save of request A lands after B's logout."""
+    first = make_session()
+    first["user"] = 1
+    first.save()
+    key = first.session_key
+    request_a = make_session(key)
+    assert request_a["user"] == 1  # A has loaded
+    request_b = make_session(key)
+    request_b.flush()  # B logs out in between
+    request_a["cart"] = ["book"]
+    with pytest.raises(UpdateError):
+        request_a.save()
+    assert redis_keys() == {tomb(prefix, key)}
+
+
+def test_a_save_after_the_tombstone_lapsed_is_still_refused(
+    make_session: Callable[..., Any],
+    raw_redis: redis.Redis,
+    redis_keys: Keys,
+    prefix: str,
+) -> None:
+    """Scenario 3: save is update-only, tombstone or not."""
+    session = make_session()
+    session["user"] = 1
+    session.save()
+    key = session.session_key
+    late = make_session(key)
+    late["user"]
+    make_session(key).flush()
+    raw_redis.delete(tomb(prefix, key))
+    late["user"] = 2
+    with pytest.raises(UpdateError):
+        late.save()
+    assert redis_keys() == set()
+
+
+def test_an_unmodified_save_after_logout_creates_nothing(
+    make_session: Callable[..., Any],
+    raw_redis: redis.Redis,
+    redis_keys: Keys,
+    prefix: str,
+) -> None:
+    """Scenarios 4 and 5: the touch of a save-every-request refresh."""
+    session = make_session()
+    session["user"] = 1
+    session.save()
+    key = session.session_key
+    refresh = make_session(key)
+    refresh["user"]  # loaded, not modified
+    make_session(key).flush()
+    raw_redis.pexpire(tomb(prefix, key), 5000)
+    with pytest.raises(UpdateError):
+        refresh.save()
+    assert redis_keys() == {tomb(prefix, key)}
+    assert raw_redis.pttl(tomb(prefix, key)) <= 5000
+
+
+def test_cycle_key_racing_a_request_on_the_old_key_keeps_it_dead(
+    make_session: Callable[..., Any], redis_keys: Keys, prefix: str
+) -> None:
+    """Scenario 17: login cycles the key while another request still has the old one."""
+    session = make_session()
+    session["anonymous_cart"] = 1
+    session.save()
+    old = session.session_key
+    in_flight = make_session(old)
+    in_flight["anonymous_cart"]
+    session.cycle_key()
+    in_flight["anonymous_cart"] = 2
+    with pytest.raises(UpdateError):
+        in_flight.save()
+    assert redis_keys() == {data(prefix, session.session_key), tomb(prefix, old)}
+
+
+def test_two_writers_last_write_wins(
+    make_session: Callable[..., Any],
+) -> None:
+    """Scenario 6: no merge, the later save replaces the whole session."""
+    session = make_session()
+    session.save()
+    key = session.session_key
+    first, second = make_session(key), make_session(key)
+    first["a"], second["b"] = 1, 2
+    first.save()
+    second.save()
+    assert make_session(key).load() == {"b": 2}
+
+
+# --- The middleware -----------------------------------------------------------------
+
+
+def test_the_middleware_reports_a_logout_race_as_session_interrupted() -> None:
+    session = SessionStore()
+    session["user"] = 1
+    session.save()
+    key = session.session_key
+
+    def view(request: HttpRequest) -> HttpResponse:
+        request.session["visits"] = 1
+        SessionStore(key).flush()  # a logout elsewhere while this view runs
+        return HttpResponse("ok")
+
+    request = RequestFactory().get("/")
+    request.COOKIES["sessionid"] = key
+    with pytest.raises(SessionInterrupted):
+        SessionMiddleware(view)(request)
+
+
+def test_a_redis_outage_fails_the_request_and_keeps_the_cookie(
+    session_redis: dict[str, Any],
+) -> None:
+    with override_settings(
+        SESSION_REDIS={
+            **session_redis,
+            "URL": "redis://127.0.0.1:1/0",
+            "OPTIONS": {"socket_connect_timeout": 0.5},
+        }
+    ):
+
+        def view(request: HttpRequest) -> HttpResponse:
+            request.session["visits"] = 1
+            return HttpResponse("ok")
+
+        request = RequestFactory().get("/")
+        request.COOKIES["sessionid"] = "a" * 32
+        with pytest.raises(redis.ConnectionError):
+            SessionMiddleware(view)(request)

@@ -1,0 +1,177 @@
+"""Redis round trips per operation: the number that does not drift.
+
+Every command a connection sends is recorded; the first use of a client opens
+its connection and loads the scripts, so each test warms up before counting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import django
+import pytest
+import redis
+import redis.asyncio
+from django.test import Client
+
+from django_redis_sessions.backends.redis import SessionStore
+
+SENT: list[str] = []
+
+
+class CountingConnection(redis.Connection):
+    def send_command(self, *args: Any, **kwargs: Any) -> None:
+        SENT.append(str(args[0]).upper())
+        super().send_command(*args, **kwargs)
+
+
+class AsyncCountingConnection(redis.asyncio.Connection):
+    async def send_command(self, *args: Any, **kwargs: Any) -> None:
+        SENT.append(str(args[0]).upper())
+        await super().send_command(*args, **kwargs)
+
+
+@pytest.fixture(autouse=True)
+def counting(session_redis: dict[str, Any], settings: Any) -> Iterator[None]:
+    settings.SESSION_REDIS = {
+        **session_redis,
+        "OPTIONS": {"connection_class": CountingConnection},
+    }
+    warm = SessionStore()
+    warm.save()  # connects and loads the scripts
+    warm.cycle_key()
+    warm.delete()
+    SENT.clear()
+    yield
+    SENT.clear()
+
+
+def saved_session(**data: Any) -> str:
+    session = SessionStore()
+    session.update(data)
+    session.save()
+    SENT.clear()
+    return str(session.session_key)
+
+
+def test_create_is_one_round_trip_without_exists() -> None:
+    session = SessionStore()
+    session["a"] = 1
+    session.save()
+    assert SENT == ["EVALSHA"]
+
+
+def test_load_is_one_get() -> None:
+    key = saved_session(a=1)
+    assert SessionStore(key).load() == {"a": 1}
+    assert SENT == ["GET"]
+
+
+def test_save_of_a_changed_session_is_one_set() -> None:
+    key = saved_session(a=1)
+    session = SessionStore(key)
+    session["a"] = 2
+    SENT.clear()
+    session.save()
+    assert SENT == ["SET"]
+
+
+def test_save_of_an_unchanged_session_is_one_touch() -> None:
+    key = saved_session(a=1)
+    session = SessionStore(key)
+    assert session["a"] == 1
+    SENT.clear()
+    session.save()
+    assert SENT == ["PEXPIRE"]
+
+
+def test_save_of_an_unchanged_session_with_disable_touch_sends_nothing(
+    settings: Any,
+) -> None:
+    settings.SESSION_REDIS = {**settings.SESSION_REDIS, "DISABLE_TOUCH": True}
+    key = saved_session(a=1)
+    session = SessionStore(key)
+    assert session["a"] == 1
+    SENT.clear()
+    session.save()
+    assert SENT == []
+
+
+def test_delete_is_one_round_trip() -> None:
+    key = saved_session(a=1)
+    SessionStore(key).delete()
+    assert SENT == ["EVALSHA"]
+
+
+def test_cycle_key_is_one_round_trip_after_the_load() -> None:
+    key = saved_session(a=1)
+    session = SessionStore(key)
+    assert session["a"] == 1
+    SENT.clear()
+    session.cycle_key()
+    assert SENT == ["EVALSHA"]
+
+
+def test_a_request_that_only_reads_is_one_round_trip() -> None:
+    client = Client()
+    client.get("/write/")
+    SENT.clear()
+    assert client.get("/read/").content == b"1"
+    assert SENT == ["GET"]
+
+
+def test_a_request_that_writes_is_two_round_trips() -> None:
+    client = Client()
+    client.get("/write/")
+    SENT.clear()
+    assert client.get("/write/").content == b"2"
+    assert SENT == ["GET", "SET"]
+
+
+def test_the_first_request_of_a_visitor_is_one_round_trip() -> None:
+    assert Client().get("/write/").content == b"1"
+    assert SENT == ["EVALSHA"]
+
+
+@pytest.mark.skipif(django.VERSION < (5, 1), reason="asyncio sessions need Django 5.1")
+def test_the_asyncio_path_has_the_same_round_trips(settings: Any) -> None:
+    settings.SESSION_REDIS = {
+        **settings.SESSION_REDIS,
+        "OPTIONS": {"connection_class": AsyncCountingConnection},
+    }
+
+    async def flow() -> dict[str, list[str]]:
+        warm = SessionStore()
+        await warm.asave()
+        await warm.acycle_key()
+        await warm.adelete()
+        counts: dict[str, list[str]] = {}
+
+        async def step(name: str, coro: Any) -> None:
+            SENT.clear()
+            await coro
+            counts[name] = list(SENT)
+
+        session = SessionStore()
+        await session.aset("a", 1)
+        await step("create", session.asave())
+        loaded = SessionStore(session.session_key)
+        await step("load", loaded.aload())
+        loaded._session_cache = await loaded.aload()
+        await step("touch", loaded.asave())
+        await loaded.aset("a", 2)
+        await step("save", loaded.asave())
+        await step("cycle_key", loaded.acycle_key())
+        await step("delete", loaded.adelete())
+        return counts
+
+    assert asyncio.run(flow()) == {
+        "create": ["EVALSHA"],
+        "load": ["GET"],
+        "touch": ["PEXPIRE"],
+        "save": ["SET"],
+        "cycle_key": ["EVALSHA"],
+        "delete": ["EVALSHA"],
+    }
