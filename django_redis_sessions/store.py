@@ -182,7 +182,10 @@ class RecentKeys:
             if key not in batch and not any(key in seen for seen in self._batches):
                 batch.add(key)
                 fresh.append(key)
-        self._batches.append(batch)
+        if batch:
+            # An empty page visited no key, so it must not push out of the
+            # window the batches whose keys SCAN may still repeat.
+            self._batches.append(batch)
         return fresh
 
 
@@ -609,7 +612,8 @@ def is_cluster(client: Any) -> bool:
 def scan_nodes(client: Any) -> list[Any]:
     """What to SCAN: the client itself, or each primary of a Redis Cluster."""
     if isinstance(client, redis.cluster.RedisCluster):
-        return [client.get_redis_connection(node) for node in client.get_primaries()]
+        primaries = client.get_primaries()  # type: ignore[no-untyped-call]
+        return [client.get_redis_connection(node) for node in primaries]
     if isinstance(client, redis.asyncio.cluster.RedisCluster):
         return list(client.get_primaries())
     return [client]

@@ -26,6 +26,22 @@ from django_redis_sessions.testing import RedisServer
 from tests.twins import AsyncTwins, no_sync_client
 
 
+def pytest_report_header() -> list[str]:
+    import django_redis_sessions
+
+    return [f"django_redis_sessions: {os.path.dirname(django_redis_sessions.__file__)}"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tox_tests_the_built_wheel() -> None:
+    import django_redis_sessions
+
+    if os.environ.get("TOX_ENV_NAME", "").startswith("py"):
+        assert "site-packages" in django_redis_sessions.__file__, (
+            "tox must test the installed wheel, not the checkout."
+        )
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     url = os.environ.get("REDIS_URL")

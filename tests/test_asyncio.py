@@ -43,7 +43,8 @@ def test_every_store_method_has_an_asyncio_twin_and_back() -> None:
     asynchronous = {n for n in methods if is_async(getattr(RedisSessionStore, n))}
     synchronous = methods - asynchronous
     assert {f"a{name}" for name in synchronous} == asynchronous
-    assert "aall" in asynchronous and "get" in synchronous
+    assert "aall" in asynchronous
+    assert "get" in synchronous
 
 
 @needs_async_backend

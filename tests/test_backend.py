@@ -434,7 +434,7 @@ def test_the_middleware_reports_a_logout_race_as_session_interrupted() -> None:
         return HttpResponse("ok")
 
     request = RequestFactory().get("/")
-    request.COOKIES["sessionid"] = key
+    request.COOKIES["sessionid"] = str(key)
     with pytest.raises(SessionInterrupted):
         SessionMiddleware(view)(request)
 

@@ -382,8 +382,8 @@ class ScanProxy:
         return getattr(self.client, name)
 
     def scan(self, cursor: int, **kwargs: Any) -> tuple[int, list[bytes]]:
-        cursor, keys = self.client.scan(cursor, **kwargs)
-        keys = list(keys)
+        cursor, page = self.client.scan(cursor, **kwargs)
+        keys = [key for key in page if isinstance(key, bytes)]
         if self.repeat_previous_batch:
             # SCAN may return a key again, within a batch or in the next one.
             keys = keys + keys[:1] + self._previous
@@ -465,3 +465,6 @@ def test_recent_keys_drops_repeats_within_and_across_batches() -> None:
     assert recent.fresh([b"d"]) == [b"d"]
     # Only the last two batches are remembered: memory stays flat.
     assert recent.fresh([b"a", b"d"]) == [b"a"]
+    # Empty pages do not push remembered batches out.
+    assert recent.fresh([]) == []
+    assert recent.fresh([b"a", b"d"]) == []

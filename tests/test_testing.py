@@ -151,7 +151,7 @@ def test_cluster_serves_keys_on_all_nodes() -> None:
         finally:
             # RedisCluster.from_url() gives each node a pool that close() alone
             # leaves open (redis-py 8.1), so disconnect the pools explicitly.
-            client.disconnect_connection_pools()  # type: ignore[no-untyped-call]
+            client.disconnect_connection_pools()
             client.close()
         # The three hash tags map to slots of three different primaries.
         for node in cluster.nodes:
