@@ -105,6 +105,15 @@ def tomb(prefix: str, key: str) -> str:
     return tombstone_key(prefix, key)
 
 
+def saved_key(make_session: Callable[..., Any], **data: Any) -> str:
+    """The key of a new session saved with ``data``."""
+    session = make_session()
+    for name, value in data.items():
+        session[name] = value
+    session.save()
+    return str(session.session_key)
+
+
 # --- SessionTestsMixin, for this engine -------------------------------------------
 
 
@@ -332,10 +341,7 @@ def test_logout_while_another_request_saves_does_not_resurrect(
     make_session: Callable[..., Any], redis_keys: Keys, prefix: str
 ) -> None:
     """Scenarios 1 and 2: the save of request A lands after B's logout."""
-    first = make_session()
-    first["user"] = 1
-    first.save()
-    key = first.session_key
+    key = saved_key(make_session, user=1)
     request_a = make_session(key)
     assert request_a["user"] == 1  # A has loaded
     request_b = make_session(key)
@@ -353,10 +359,7 @@ def test_a_save_after_the_tombstone_lapsed_is_still_refused(
     prefix: str,
 ) -> None:
     """Scenario 3: save is update-only, tombstone or not."""
-    session = make_session()
-    session["user"] = 1
-    session.save()
-    key = session.session_key
+    key = saved_key(make_session, user=1)
     late = make_session(key)
     late["user"]
     make_session(key).flush()
@@ -374,10 +377,7 @@ def test_an_unmodified_save_after_logout_creates_nothing(
     prefix: str,
 ) -> None:
     """Scenarios 4 and 5: the touch of a save-every-request refresh."""
-    session = make_session()
-    session["user"] = 1
-    session.save()
-    key = session.session_key
+    key = saved_key(make_session, user=1)
     refresh = make_session(key)
     refresh["user"]  # loaded, not modified
     make_session(key).flush()
