@@ -15,6 +15,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import django
 import fakeredis
 import pytest
 import redis
@@ -24,6 +25,13 @@ from django_redis_sessions import client as client_module
 from django_redis_sessions.store import RedisSessionStore, glob_escape
 from django_redis_sessions.testing import RedisServer
 from tests.twins import AsyncTwins, no_sync_client
+
+# Django is set up here rather than from the pytest configuration: under tox the
+# checkout is only appended to sys.path (the package under test is the built
+# wheel), so ``tests.settings`` cannot be imported when pytest-django reads its
+# options. Nothing imported above reads settings.
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
+django.setup()
 
 
 def pytest_report_header() -> list[str]:

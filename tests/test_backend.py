@@ -458,3 +458,54 @@ def test_a_redis_outage_fails_the_request_and_keeps_the_cookie(
         request.COOKIES["sessionid"] = "a" * 32
         with pytest.raises(redis.ConnectionError):
             SessionMiddleware(view)(request)
+
+
+# --- Serializers --------------------------------------------------------------------
+
+
+SIGNED = "django_redis_sessions.serializers.SignedJSONSerializer"
+
+
+def test_a_custom_serializer_writes_and_reads_its_own_format(
+    settings: Any,
+    session_redis: dict[str, Any],
+    raw_redis: redis.Redis,
+    prefix: str,
+) -> None:
+    settings.SESSION_REDIS = {**session_redis, "SERIALIZER": SIGNED}
+    session = SessionStore()
+    session["cat"] = "dog"
+    session.save()
+    stored = raw_redis.get(data(prefix, str(session.session_key)))
+    assert stored is not None
+    assert b"dog" not in stored  # compressed and signed, not plain JSON
+    assert SessionStore(session.session_key)["cat"] == "dog"
+
+
+def test_a_signed_payload_tampered_with_in_redis_loads_as_empty(
+    settings: Any,
+    session_redis: dict[str, Any],
+    raw_redis: redis.Redis,
+    prefix: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings.SESSION_REDIS = {**session_redis, "SERIALIZER": SIGNED}
+    session = SessionStore()
+    session["is_staff"] = False
+    session.save()
+    key = str(session.session_key)
+    forged = json.dumps({"is_staff": True}).encode()
+    value, signature = raw_redis.get(data(prefix, key)).rsplit(b":", 1)
+    raw_redis.set(data(prefix, key), forged + b":" + signature, ex=600)
+    with caplog.at_level(logging.WARNING, "django.security.SuspiciousSession"):
+        assert SessionStore(key).load() == {}
+    assert [r.name for r in caplog.records] == ["django.security.SuspiciousSession"]
+
+
+def test_unchanged_signed_sessions_still_save_with_a_touch(
+    settings: Any, session_redis: dict[str, Any]
+) -> None:
+    settings.SESSION_REDIS = {**session_redis, "SERIALIZER": SIGNED}
+    key = saved_key(SessionStore, a=1)
+    first, second = SessionStore(key), SessionStore(key)
+    assert first._payload({"a": 1}) == second._payload({"a": 1})
