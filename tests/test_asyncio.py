@@ -93,6 +93,7 @@ def test_a_client_from_a_closed_loop_is_never_reused() -> None:
     assert asyncio.run(store.aget("abcdefgh")) == {"v": 1}
 
 
+@needs_async_backend
 def test_the_async_test_client_keeps_the_session_across_requests() -> None:
     async def visit() -> list[bytes]:
         client = AsyncClient()
@@ -101,6 +102,7 @@ def test_the_async_test_client_keeps_the_session_across_requests() -> None:
     assert asyncio.run(visit()) == [b"1", b"2", b"3"]
 
 
+@needs_async_backend
 def test_the_asgi_application_serves_a_session() -> None:
     app = get_asgi_application()
 

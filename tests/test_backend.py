@@ -495,7 +495,9 @@ def test_a_signed_payload_tampered_with_in_redis_loads_as_empty(
     session.save()
     key = str(session.session_key)
     forged = json.dumps({"is_staff": True}).encode()
-    value, signature = raw_redis.get(data(prefix, key)).rsplit(b":", 1)
+    stored = raw_redis.get(data(prefix, key))
+    assert isinstance(stored, bytes)
+    signature = stored.rsplit(b":", 1)[1]
     raw_redis.set(data(prefix, key), forged + b":" + signature, ex=600)
     with caplog.at_level(logging.WARNING, "django.security.SuspiciousSession"):
         assert SessionStore(key).load() == {}
