@@ -22,7 +22,7 @@ DEFAULTS: dict[str, Any] = {
     "SENTINEL_SERVICE": "mymaster",
     "CLIENT": None,
     "PREFIX": "sessions:",
-    "SCAN_COUNT": 100,
+    "SCAN_COUNT": 1000,
     "TTL_SECONDS": 86400,
     "TOMBSTONE_SECONDS": 300,
     "DISABLE_TOUCH": False,

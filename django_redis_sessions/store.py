@@ -170,22 +170,26 @@ def _expired(reply: Any) -> Outcome:
 
 
 class RecentKeys:
-    """Drops keys SCAN already returned in the last few batches."""
+    """Drops keys SCAN already returned in the last few non-empty batches."""
 
     def __init__(self, batches: int) -> None:
-        self._batches: deque[set[bytes]] = deque(maxlen=batches)
+        self._batches: deque[list[bytes]] = deque()
+        self._limit = batches
+        self._seen: set[bytes] = set()
 
     def fresh(self, keys: Iterable[bytes]) -> list[bytes]:
-        batch: set[bytes] = set()
+        seen = self._seen
         fresh = []
         for key in keys:
-            if key not in batch and not any(key in seen for seen in self._batches):
-                batch.add(key)
+            if key not in seen:
+                seen.add(key)
                 fresh.append(key)
-        if batch:
+        if fresh:
             # An empty page visited no key, so it must not push out of the
             # window the batches whose keys SCAN may still repeat.
-            self._batches.append(batch)
+            self._batches.append(fresh)
+            if len(self._batches) > self._limit:
+                seen.difference_update(self._batches.popleft())
         return fresh
 
 
