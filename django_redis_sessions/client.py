@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import redis
@@ -98,9 +97,13 @@ def _sentinel_primary(options: dict[str, Any], *, asynchronous: bool) -> Any:
 
 _lock = threading.Lock()
 _sync_client: Any = None
-_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
-    weakref.WeakKeyDictionary()
-)
+# Plain dicts, emptied when each loop shuts down: an asyncio client references
+# its loop, so a weak mapping from loop to client could never drop either.
+_async_clients: dict[asyncio.AbstractEventLoop, Any] = {}
+# The loop tracks async generators only weakly: a closer nobody holds would be
+# collected, and would close its client while the loop still uses it.
+_closers: dict[asyncio.AbstractEventLoop, list[AsyncGenerator[None, None]]] = {}
+_starting: set[asyncio.Task[None]] = set()
 
 
 def get_client() -> Any:
@@ -119,34 +122,37 @@ def get_async_client() -> Any:
     """The asyncio client of the running event loop, built on first use.
 
     When the loop shuts down (``asyncio.run``, asgiref's ``async_to_sync``, an
-    ASGI server), ``loop.shutdown_asyncgens()`` closes the client's
-    connections, so no socket outlives its loop.
+    ASGI server), ``loop.shutdown_asyncgens()`` closes the client and forgets
+    it, so neither a socket nor the loop outlives the loop's run. A loop closed
+    without ``shutdown_asyncgens()`` keeps its client until the process ends.
     """
     loop = asyncio.get_running_loop()
     client = _async_clients.get(loop)
     if client is None:
         client = build_client(asynchronous=True)
         _async_clients[loop] = client
-        closer = _close_at_loop_shutdown(client)
+        closer = _close_at_loop_shutdown(loop, client)
+        _closers.setdefault(loop, []).append(closer)
         # Started now so the loop tracks it; its ``finally`` runs at shutdown.
         started = loop.create_task(_start(closer))
-        _closers.setdefault(loop, []).append((closer, started))
+        _starting.add(started)
+        started.add_done_callback(_starting.discard)
     return client
 
 
-_closers: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, list[tuple[AsyncIterator[None], asyncio.Task[None]]]
-] = weakref.WeakKeyDictionary()
-
-
-async def _start(closer: AsyncIterator[None]) -> None:
+async def _start(closer: AsyncGenerator[None, None]) -> None:
     await anext(closer)
 
 
-async def _close_at_loop_shutdown(client: Any) -> AsyncIterator[None]:
+async def _close_at_loop_shutdown(
+    loop: asyncio.AbstractEventLoop, client: Any
+) -> AsyncGenerator[None, None]:
     try:
         yield
     finally:
+        if _async_clients.get(loop) is client:
+            del _async_clients[loop]
+        _closers.pop(loop, None)
         await client.aclose()
 
 

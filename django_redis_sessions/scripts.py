@@ -2,7 +2,7 @@
 
 Each script touches only the keys it is given in ``KEYS``, and every key of one
 session shares the session's hash tag, so a script runs on a single Redis
-Cluster slot. Scripts are registered once per client with ``register_script``:
+Cluster slot. Scripts are registered once per client class with ``register_script``:
 redis-py sends ``EVALSHA`` and falls back to ``SCRIPT LOAD`` on ``NOSCRIPT``
 (after a restart or a ``SCRIPT FLUSH``), so the steady state is one round trip.
 The sync and the asyncio clients register the same text.
@@ -11,7 +11,6 @@ The sync and the asyncio clients register the same text.
 from __future__ import annotations
 
 import enum
-import weakref
 from typing import Any
 
 
@@ -76,18 +75,19 @@ return 1
 
 ALL = (CREATE, SET_UNLESS_TOMBSTONED, DESTROY, CYCLE)
 
-# client -> {script text: registered Script}. Weak, so a dropped client (a
-# settings change, a closed event loop) takes its scripts with it.
-_registered: weakref.WeakKeyDictionary[Any, dict[str, Any]] = (
-    weakref.WeakKeyDictionary()
-)
+# (client class, script text) -> Script. A Script holds the client it was
+# registered with, so keeping one per client would keep every client (and,
+# for asyncio, its event loop) alive; the SHA does not depend on the client,
+# so one Script per client class serves all of them, called with ``client=``.
+_registered: dict[tuple[type, str], Any] = {}
 
 
 def registered(client: Any, script: str) -> Any:
-    """The ``Script`` (or ``AsyncScript``) for ``script`` on ``client``."""
-    scripts = _registered.setdefault(client, {})
+    """The ``Script`` (or ``AsyncScript``) for ``script``; call it with ``client=``."""
+    key = (type(client), script)
     try:
-        return scripts[script]
+        return _registered[key]
     except KeyError:
-        scripts[script] = client.register_script(script)
-        return scripts[script]
+        registered_script = client.register_script(script)
+        registered_script.registered_client = None
+        return _registered.setdefault(key, registered_script)

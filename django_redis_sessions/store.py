@@ -170,27 +170,29 @@ def _expired(reply: Any) -> Outcome:
 
 
 class RecentKeys:
-    """Drops keys SCAN already returned in the last few non-empty batches."""
+    """Drops keys SCAN already returned in the last few non-empty batches.
+
+    With ``batches=0`` it remembers nothing and passes every page through.
+    """
 
     def __init__(self, batches: int) -> None:
-        self._batches: deque[list[bytes]] = deque()
+        self._batches: deque[set[bytes]] = deque()
         self._limit = batches
         self._seen: set[bytes] = set()
 
     def fresh(self, keys: Iterable[bytes]) -> list[bytes]:
-        seen = self._seen
-        fresh = []
-        for key in keys:
-            if key not in seen:
-                seen.add(key)
-                fresh.append(key)
+        if not self._limit:
+            return list(keys)
+        # Set arithmetic runs in C: this is the whole cost of deduplicating.
+        fresh = set(keys) - self._seen
         if fresh:
             # An empty page visited no key, so it must not push out of the
             # window the batches whose keys SCAN may still repeat.
+            self._seen |= fresh
             self._batches.append(fresh)
             if len(self._batches) > self._limit:
-                seen.difference_update(self._batches.popleft())
-        return fresh
+                self._seen -= self._batches.popleft()
+        return list(fresh)
 
 
 @dataclass(frozen=True)
@@ -368,7 +370,7 @@ class RedisSessionStore:
         if op.script is None:
             return op.decode(client.execute_command(*op.args))
         script = scripts.registered(client, op.script)
-        return op.decode(script(keys=op.keys, args=op.args))
+        return op.decode(script(keys=op.keys, args=op.args, client=client))
 
     async def _aexecute(self, op: Op[T]) -> T:
         if op.args is None:
@@ -377,7 +379,7 @@ class RedisSessionStore:
         if op.script is None:
             return op.decode(await client.execute_command(*op.args))
         script = scripts.registered(client, op.script)
-        return op.decode(await script(keys=op.keys, args=op.args))
+        return op.decode(await script(keys=op.keys, args=op.args, client=client))
 
     # The public API: single sessions.
 
@@ -541,11 +543,13 @@ class RedisSessionStore:
         when SCAN repeats a key. Tombstones are not touched (not re-armed, not
         removed). If it fails half-way, running it again finishes the job.
         """
-        for batch in self._scan():
+        # UNLINK counts only keys that existed, so SCAN's repeats need no
+        # filtering here: the total is exact and memory stays at one batch.
+        for batch in self._scan(remember=0):
             yield self._unlink(batch)
 
     async def aclear_in_batches(self) -> AsyncIterator[int]:
-        async for batch in self._ascan():
+        async for batch in self._ascan(remember=0):
             yield await self._aunlink(batch)
 
     def _sessions(
@@ -558,9 +562,9 @@ class RedisSessionStore:
             if data is not None:
                 yield session_key_from(self.prefix, redis_key), data
 
-    def _scan(self) -> Iterator[list[bytes]]:
+    def _scan(self, remember: int = DEDUPE_BATCHES) -> Iterator[list[bytes]]:
         client = self._client()
-        recent = RecentKeys(DEDUPE_BATCHES)
+        recent = RecentKeys(remember)
         for node in scan_nodes(client):
             cursor = 0
             while True:
@@ -572,11 +576,13 @@ class RedisSessionStore:
                 if not int(cursor):
                     break
 
-    async def _ascan(self) -> AsyncIterator[list[bytes]]:
+    async def _ascan(
+        self, remember: int = DEDUPE_BATCHES
+    ) -> AsyncIterator[list[bytes]]:
         client = self._async_client()
         if isinstance(client, redis.asyncio.cluster.RedisCluster):
             await client.initialize()  # it learns its nodes lazily
-        recent = RecentKeys(DEDUPE_BATCHES)
+        recent = RecentKeys(remember)
         for node in scan_nodes(client):
             cursor = 0
             while True:

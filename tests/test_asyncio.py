@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
+import weakref
 from typing import Any
 
 import django
@@ -139,3 +141,23 @@ def test_the_asgi_application_serves_a_session() -> None:
         return [first, second]
 
     assert asyncio.run(two_requests()) == [b"1", b"2"]
+
+
+def test_finished_event_loops_and_their_clients_are_not_kept_alive() -> None:
+    store = get_store()
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+    clients: list[weakref.ref[Any]] = []
+
+    async def use() -> None:
+        await store.acreate("abcdefgh", {"v": 1}, ttl=60)  # a script, too
+        await store.aget("abcdefgh")
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        clients.append(weakref.ref(client_module.get_async_client()))
+
+    for _ in range(5):
+        asyncio.run(use())
+    gc.collect()
+    assert client_module._async_clients == {}
+    assert client_module._closers == {}
+    assert [ref() for ref in loops] == [None] * 5
+    assert [ref() for ref in clients] == [None] * 5

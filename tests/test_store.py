@@ -460,7 +460,7 @@ def test_clear_in_batches_reports_each_batch(
 
 def test_recent_keys_drops_repeats_within_and_across_batches() -> None:
     recent = RecentKeys(2)
-    assert recent.fresh([b"a", b"b", b"a"]) == [b"a", b"b"]
+    assert sorted(recent.fresh([b"a", b"b", b"a"])) == [b"a", b"b"]
     assert recent.fresh([b"b", b"c"]) == [b"c"]
     assert recent.fresh([b"d"]) == [b"d"]
     # Only the last two batches are remembered: memory stays flat.
@@ -468,3 +468,9 @@ def test_recent_keys_drops_repeats_within_and_across_batches() -> None:
     # Empty pages do not push remembered batches out.
     assert recent.fresh([]) == []
     assert recent.fresh([b"a", b"d"]) == []
+
+
+def test_recent_keys_with_no_window_passes_pages_through() -> None:
+    recent = RecentKeys(0)
+    assert recent.fresh([b"a", b"a"]) == [b"a", b"a"]
+    assert recent.fresh([b"a"]) == [b"a"]
