@@ -154,6 +154,17 @@ async def _close_at_loop_shutdown(
             del _async_clients[loop]
         _closers.pop(loop, None)
         await client.aclose()
+        for sentinel in _sentinel_clients(client):
+            await sentinel.aclose()
+
+
+def _sentinel_clients(client: Any) -> list[Any]:
+    # Closing a client from Sentinel.master_for() leaves the manager's own
+    # connections to the Sentinels open.
+    manager = getattr(
+        getattr(client, "connection_pool", None), "sentinel_manager", None
+    )
+    return list(manager.sentinels) if manager is not None else []
 
 
 def close_clients() -> None:
@@ -171,6 +182,8 @@ def close_clients() -> None:
             # RedisCluster.close() leaves the per-node connections open.
             client.disconnect_connection_pools()
         client.close()
+        for sentinel in _sentinel_clients(client):
+            sentinel.close()
     _async_clients.clear()
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -170,29 +169,46 @@ def _expired(reply: Any) -> Outcome:
 
 
 class RecentKeys:
-    """Drops keys SCAN already returned in the last few non-empty batches.
+    """Drops keys SCAN already returned in recent non-empty batches.
 
-    With ``batches=0`` it remembers nothing and passes every page through.
+    It remembers at least the last ``batches`` batches and at most twice as
+    many: two generations of keys, the older dropped whole when the newer is
+    full, so forgetting costs nothing. With ``batches=0`` every page passes
+    through untouched.
     """
 
     def __init__(self, batches: int) -> None:
-        self._batches: deque[set[bytes]] = deque()
         self._limit = batches
-        self._seen: set[bytes] = set()
+        self._current: set[bytes] = set()
+        self._previous: set[bytes] = set()
+        self._current_batches = 0
 
     def fresh(self, keys: Iterable[bytes]) -> list[bytes]:
+        page = keys if isinstance(keys, list) else list(keys)
         if not self._limit:
-            return list(keys)
-        # Set arithmetic runs in C: this is the whole cost of deduplicating.
-        fresh = set(keys) - self._seen
+            return page
+        current, previous = self._current, self._previous
+        # The common case, no repeat at all, stays in C: two lookups and one
+        # insertion per key. This is the whole cost of deduplicating.
+        if current.isdisjoint(page) and previous.isdisjoint(page):
+            before = len(current)
+            current.update(page)
+            if len(current) - before == len(page):
+                fresh = page
+            else:
+                fresh = list(dict.fromkeys(page))
+        else:
+            candidates = dict.fromkeys(page)
+            fresh = [k for k in candidates if k not in current and k not in previous]
+            current.update(fresh)
         if fresh:
             # An empty page visited no key, so it must not push out of the
             # window the batches whose keys SCAN may still repeat.
-            self._seen |= fresh
-            self._batches.append(fresh)
-            if len(self._batches) > self._limit:
-                self._seen -= self._batches.popleft()
-        return list(fresh)
+            self._current_batches += 1
+            if self._current_batches >= self._limit:
+                self._previous, self._current = current, set()
+                self._current_batches = 0
+        return fresh
 
 
 @dataclass(frozen=True)

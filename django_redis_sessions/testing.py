@@ -21,14 +21,20 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-__all__ = ["RedisClusterServers", "RedisServer", "ServerNotFound", "find_server_binary"]
+__all__ = [
+    "RedisClusterServers",
+    "RedisSentinelServers",
+    "RedisServer",
+    "ServerNotFound",
+    "find_server_binary",
+]
 
 _HOST = "127.0.0.1"
 _PORT_ATTEMPTS = 5
@@ -106,9 +112,13 @@ class RedisServer:
         *,
         extra_args: Sequence[str] = (),
         startup_timeout: float = 10.0,
+        config: str | None = None,
     ) -> None:
         self._binary = binary
         self._extra_args = list(extra_args)
+        # Written to the server's directory and passed first: Sentinel needs a
+        # config file it can rewrite.
+        self._config = config
         self._startup_timeout = startup_timeout
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -141,7 +151,13 @@ class RedisServer:
             self._log.close()
         self._log = open(os.path.join(self._dir, "server.log"), "wb")  # noqa: SIM115
         self._port = _free_port()
-        args = [binary, "--port", str(self._port), "--bind", _HOST, "--save", ""]
+        args = [binary]
+        if self._config is not None:
+            config_path = os.path.join(self._dir, "server.conf")
+            with open(config_path, "w") as config_file:
+                config_file.write(self._config)
+            args.append(config_path)
+        args += ["--port", str(self._port), "--bind", _HOST, "--save", ""]
         args += ["--appendonly", "no", "--dir", self._dir, "--daemonize", "no"]
         args += ["--protected-mode", "yes"]
         if "--cluster-enabled" in self._extra_args:
@@ -333,3 +349,118 @@ class RedisClusterServers:
         if not self._nodes:
             raise RuntimeError("RedisClusterServers has not been started")
         return self._nodes[0].url
+
+
+class RedisSentinelServers:
+    """A primary, one replica and one Sentinel watching them as ``service``.
+
+    Sentinel declares the primary down after half a second, so ``fail_over()``
+    (which kills the primary) gets the replica promoted within seconds.
+    """
+
+    def __init__(
+        self,
+        binary: str | None = None,
+        *,
+        service: str = "mymaster",
+        startup_timeout: float = 30.0,
+    ) -> None:
+        self._binary = binary
+        self.service = service
+        self._startup_timeout = startup_timeout
+        self.primary = RedisServer(binary)
+        self.replica: RedisServer | None = None
+        self.sentinel: RedisServer | None = None
+
+    def start(self) -> RedisSentinelServers:
+        """Start all three and wait until Sentinel knows the replica."""
+        try:
+            self.primary.start()
+            self.replica = RedisServer(
+                self._binary,
+                extra_args=["--replicaof", _HOST, str(self.primary.port)],
+            ).start()
+            self.sentinel = RedisServer(
+                self._binary,
+                extra_args=["--sentinel"],
+                config=(
+                    f"sentinel monitor {self.service} {_HOST} {self.primary.port} 1\n"
+                    f"sentinel down-after-milliseconds {self.service} 500\n"
+                    f"sentinel failover-timeout {self.service} 5000\n"
+                ),
+            ).start()
+            deadline = time.monotonic() + self._startup_timeout
+            self._wait(deadline, "the replica to sync", self._replica_ready)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _replica_ready(self) -> bool:
+        assert self.replica is not None
+        assert self.sentinel is not None
+        with _client(self.replica.port) as replica:
+            if replica.info("replication").get("master_link_status") != "up":
+                return False
+        with _client(self.sentinel.port) as sentinel:
+            replicas = sentinel.execute_command("SENTINEL", "REPLICAS", self.service)
+        return bool(replicas)
+
+    def primary_state(self) -> dict[str, str]:
+        """What Sentinel reports of the primary (``SENTINEL MASTER``)."""
+        assert self.sentinel is not None
+        with _client(self.sentinel.port) as sentinel:
+            reply = sentinel.execute_command("SENTINEL", "MASTER", self.service)
+        if isinstance(reply, dict):
+            return {str(k): str(v) for k, v in reply.items()}
+        return {str(k): str(v) for k, v in zip(reply[::2], reply[1::2], strict=True)}
+
+    def fail_over(self, timeout: float = 30.0) -> None:
+        """Kill the primary and wait until clients can use the promoted replica."""
+        self.primary.stop()
+        self.wait_for_failover(timeout)
+
+    def wait_for_failover(self, timeout: float = 30.0) -> None:
+        """Wait until Sentinel's primary is the former replica, settled.
+
+        Sentinel reports the new address before the failover has settled;
+        redis-py only accepts a primary whose flags are plain ``master``.
+        """
+        assert self.replica is not None
+        replica_port = str(self.replica.port)
+
+        def promoted() -> bool:
+            state = self.primary_state()
+            return state.get("port") == replica_port and state.get("flags") == "master"
+
+        self._wait(time.monotonic() + timeout, "Sentinel to fail over", promoted)
+
+    @staticmethod
+    def _wait(deadline: float, what: str, ready: Callable[[], bool]) -> None:
+        while True:
+            try:
+                if ready():
+                    return
+            except (redis.ConnectionError, redis.TimeoutError):
+                pass
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"Timed out waiting for {what}.")
+            time.sleep(0.05)  # polling interval, not a readiness substitute
+
+    @property
+    def sentinels(self) -> list[tuple[str, int]]:
+        """``SESSION_REDIS['SENTINELS']`` for this setup."""
+        assert self.sentinel is not None
+        return [(_HOST, self.sentinel.port)]
+
+    def stop(self) -> None:
+        """Stop every server; safe to call twice."""
+        for server in (self.sentinel, self.replica, self.primary):
+            if server is not None:
+                server.stop()
+
+    def __enter__(self) -> RedisSentinelServers:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

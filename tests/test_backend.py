@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -511,3 +512,31 @@ def test_unchanged_signed_sessions_still_save_with_a_touch(
     key = saved_key(SessionStore, a=1)
     first, second = SessionStore(key), SessionStore(key)
     assert first._payload({"a": 1}) == second._payload({"a": 1})
+
+
+def test_a_stalled_redis_on_save_fails_in_bounded_time_and_loses_nothing(
+    settings: Any,
+    session_redis: dict[str, Any],
+    raw_redis: redis.Redis,
+    redis_keys: Keys,
+    prefix: str,
+) -> None:
+    """Scenario 15: writes stall (CLIENT PAUSE WRITE); the save gives up."""
+    settings.SESSION_REDIS = {**session_redis, "OPTIONS": {"socket_timeout": 0.2}}
+    key = saved_key(SessionStore, user=1)
+    session = SessionStore(key)
+    assert session["user"] == 1
+    session["user"] = 2
+    raw_redis.execute_command("CLIENT", "PAUSE", 5000, "WRITE")
+    try:
+        started = time.monotonic()
+        with pytest.raises(redis.TimeoutError):
+            session.save()
+        # Two attempts of 0.2 s and a short backoff, far below the stall.
+        assert time.monotonic() - started < 2.5
+    finally:
+        raw_redis.execute_command("CLIENT", "UNPAUSE")
+    # The update may or may not have landed once Redis resumed, but the
+    # session is whole either way: nothing lost, nothing else written.
+    assert SessionStore(key)["user"] in {1, 2}
+    assert redis_keys() == {data(prefix, key)}

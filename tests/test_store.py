@@ -460,14 +460,26 @@ def test_clear_in_batches_reports_each_batch(
 
 def test_recent_keys_drops_repeats_within_and_across_batches() -> None:
     recent = RecentKeys(2)
-    assert sorted(recent.fresh([b"a", b"b", b"a"])) == [b"a", b"b"]
+    assert recent.fresh([b"a", b"b", b"a"]) == [b"a", b"b"]
     assert recent.fresh([b"b", b"c"]) == [b"c"]
-    assert recent.fresh([b"d"]) == [b"d"]
-    # Only the last two batches are remembered: memory stays flat.
-    assert recent.fresh([b"a", b"d"]) == [b"a"]
+    assert recent.fresh([b"c", b"c", b"d"]) == [b"d"]
+    assert recent.fresh([b"a", b"e"]) == [b"e"]
     # Empty pages do not push remembered batches out.
     assert recent.fresh([]) == []
-    assert recent.fresh([b"a", b"d"]) == []
+    assert recent.fresh([b"d", b"e"]) == []
+
+
+def test_recent_keys_forgets_old_batches_so_memory_stays_flat() -> None:
+    recent = RecentKeys(2)
+    for n in range(10):
+        recent.fresh([bytes([n])])
+    # At least the last two batches are remembered, never more than four.
+    assert recent.fresh([bytes([8]), bytes([9])]) == []
+    assert recent.fresh([bytes([0]), bytes([1]), bytes([2])]) == [
+        bytes([0]),
+        bytes([1]),
+        bytes([2]),
+    ]
 
 
 def test_recent_keys_with_no_window_passes_pages_through() -> None:

@@ -1,0 +1,76 @@
+"""Sentinel: sessions live on the primary and survive a failover."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from django_redis_sessions import client as client_module
+from django_redis_sessions.backends.redis import SessionStore
+from django_redis_sessions.store import RedisSessionStore
+from django_redis_sessions.testing import RedisSentinelServers
+
+
+@pytest.fixture
+def sentinel_setup(settings: Any, prefix: str) -> Iterator[RedisSentinelServers]:
+    """A fresh primary, replica and Sentinel: the failover test consumes them."""
+    with RedisSentinelServers(service="sessions") as servers:
+        settings.SESSION_REDIS = {
+            "URL": "redis://ignored:1/0",  # the address comes from Sentinel
+            "SENTINELS": servers.sentinels,
+            "SENTINEL_SERVICE": "sessions",
+            "PREFIX": prefix,
+            "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 1.0},
+        }
+        yield servers
+        client_module.close_clients()
+
+
+def replicate(servers: RedisSentinelServers) -> None:
+    """Wait until the replica has every write the primary acknowledged."""
+    with redis.Redis(port=servers.primary.port) as primary:
+        assert primary.execute_command("WAIT", 1, 5000) == 1
+
+
+def test_sessions_are_read_and_written_on_the_primary(
+    sentinel_setup: RedisSentinelServers,
+) -> None:
+    session = SessionStore()
+    session["user"] = 1
+    session.save()
+    with redis.Redis(port=sentinel_setup.primary.port) as primary:
+        assert primary.exists(f"{RedisSessionStore().prefix}{{{session.session_key}}}")
+    assert SessionStore(session.session_key)["user"] == 1
+    assert asyncio.run(RedisSessionStore().aget(str(session.session_key))) == {
+        "user": 1
+    }
+
+
+def test_a_failover_is_survived_without_a_restart(
+    sentinel_setup: RedisSentinelServers,
+) -> None:
+    session = SessionStore()
+    session["user"] = 1
+    session.save()
+    key = str(session.session_key)
+    assert SessionStore(key)["user"] == 1  # the cached client is connected
+    replicate(sentinel_setup)
+
+    sentinel_setup.primary.stop()
+    # Sentinel needs half a second to call the primary down: meanwhile a
+    # request fails loudly instead of reading an empty session.
+    with pytest.raises(redis.ConnectionError):
+        SessionStore(key).load()
+    sentinel_setup.wait_for_failover()
+
+    # The same process and cached client: it asks Sentinel again on reconnect.
+    after = SessionStore(key)
+    assert after["user"] == 1
+    after["user"] = 2
+    after.save()
+    assert SessionStore(key)["user"] == 2
+    assert asyncio.run(RedisSessionStore().aget(key)) == {"user": 2}
