@@ -6,6 +6,8 @@ server is up (or from ``REDIS_URL``).
 
 from __future__ import annotations
 
+import os
+
 SECRET_KEY = "django-redis-sessions-tests-only"
 DEBUG = False
 USE_TZ = True
@@ -23,5 +25,10 @@ MIDDLEWARE = [
 DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
 ROOT_URLCONF = "tests.urls"
 SESSION_ENGINE = "django_redis_sessions.backends.redis"
-SESSION_REDIS = {"URL": "redis://127.0.0.1:6379/0", "PREFIX": "test-sessions:"}
+# A process started by a test (an ASGI server) learns its Redis from the test.
+SESSION_REDIS = {
+    "URL": os.environ.get("TEST_SESSION_REDIS_URL", "redis://127.0.0.1:6379/0"),
+    "PREFIX": os.environ.get("TEST_SESSION_REDIS_PREFIX", "test-sessions:"),
+    "OPTIONS": {"client_name": os.environ.get("TEST_SESSION_REDIS_CLIENT_NAME")},
+}
 DEFAULT_AUTO_FIELD = "django.db.models.AutoField"

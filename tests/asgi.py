@@ -1,0 +1,10 @@
+"""The test project as an ASGI application, for a real ASGI server."""
+
+from __future__ import annotations
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
+application = get_asgi_application()
