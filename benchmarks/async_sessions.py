@@ -69,23 +69,19 @@ import statistics
 import time
 import uuid
 import warnings
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import django
 import redis
-import redis.asyncio
 from django.conf import settings
 
-from django_redis_sessions.store import glob_escape
+from benchmarks import common
 
 if TYPE_CHECKING:
     from django.contrib.sessions.backends.base import SessionBase
-
-#: Every command sent by any engine, in order; cleared before each measurement.
-SENT: list[str] = []
 
 SESSION_DATA: dict[str, Any] = {
     "_auth_user_id": "48213",
@@ -97,22 +93,6 @@ SESSION_DATA: dict[str, Any] = {
 EXPECTED_SUBJECT_TRIPS = {"create": 1, "load": 1, "save": 1, "cycle_key": 1}
 EXPECTED_SUBJECT_TRIPS |= {"delete": 1, "flow": 4}
 TARGET_RATIO = 2.0
-
-
-class CountingConnection(redis.Connection):
-    """Records the name of every command sent (one command, one round trip)."""
-
-    def send_command(self, *args: Any, **kwargs: Any) -> None:
-        SENT.append(str(args[0]).upper())
-        super().send_command(*args, **kwargs)  # type: ignore[no-untyped-call]
-
-
-class AsyncCountingConnection(redis.asyncio.Connection):
-    """The asyncio twin of ``CountingConnection``."""
-
-    async def send_command(self, *args: Any, **kwargs: Any) -> None:
-        SENT.append(str(args[0]).upper())
-        await super().send_command(*args, **kwargs)
 
 
 # --- Engines ------------------------------------------------------------------
@@ -248,28 +228,28 @@ async def async_trips(engine: Engine) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     store = engine.store()
     await store.aset("cart", SESSION_DATA["cart"])
-    SENT.clear()
+    common.SENT.clear()
     await store.asave()
-    found["create"] = list(SENT)
+    found["create"] = list(common.SENT)
     loaded = engine.store(store.session_key)
-    SENT.clear()
+    common.SENT.clear()
     await loaded.aload()
-    found["load"] = list(SENT)
+    found["load"] = list(common.SENT)
     await loaded.aget("cart")  # loads (and caches) the data
     loaded["visits"] = 2
-    SENT.clear()
+    common.SENT.clear()
     await loaded.asave()
-    found["save"] = list(SENT)
-    SENT.clear()
+    found["save"] = list(common.SENT)
+    common.SENT.clear()
     await loaded.acycle_key()
-    found["cycle_key"] = list(SENT)
-    SENT.clear()
+    found["cycle_key"] = list(common.SENT)
+    common.SENT.clear()
     await loaded.adelete()
-    found["delete"] = list(SENT)
+    found["delete"] = list(common.SENT)
     flow = engine.store()
-    SENT.clear()
+    common.SENT.clear()
     await op_flow(flow)
-    found["flow"] = list(SENT)
+    found["flow"] = list(common.SENT)
     return found
 
 
@@ -280,27 +260,27 @@ def sync_trips(engine: Engine) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     store = engine.store()
     store["cart"] = SESSION_DATA["cart"]
-    SENT.clear()
+    common.SENT.clear()
     store.save()
-    found["create"] = list(SENT)
+    found["create"] = list(common.SENT)
     loaded = engine.store(store.session_key)
-    SENT.clear()
+    common.SENT.clear()
     loaded.load()
-    found["load"] = list(SENT)
+    found["load"] = list(common.SENT)
     loaded.get("cart")
     loaded["visits"] = 2
-    SENT.clear()
+    common.SENT.clear()
     loaded.save()
-    found["save"] = list(SENT)
-    SENT.clear()
+    found["save"] = list(common.SENT)
+    common.SENT.clear()
     loaded.cycle_key()
-    found["cycle_key"] = list(SENT)
-    SENT.clear()
+    found["cycle_key"] = list(common.SENT)
+    common.SENT.clear()
     loaded.delete()
-    found["delete"] = list(SENT)
+    found["delete"] = list(common.SENT)
     flow = engine.store()
     flow["cart"] = SESSION_DATA["cart"]
-    SENT.clear()
+    common.SENT.clear()
     flow.save()
     flow.cycle_key()
     flow[SESSION_KEY] = SESSION_DATA["_auth_user_id"]
@@ -308,7 +288,7 @@ def sync_trips(engine: Engine) -> dict[str, list[str]]:
     flow[HASH_SESSION_KEY] = SESSION_DATA["_auth_user_hash"]
     flow.save()
     flow.flush()
-    found["flow"] = list(SENT)
+    found["flow"] = list(common.SENT)
     return found
 
 
@@ -335,11 +315,6 @@ class Results:
         ]
 
 
-def rotated(items: Sequence[Engine], by: int) -> list[Engine]:
-    shift = by % len(items)
-    return [*items[shift:], *items[:shift]]
-
-
 async def create_pool(engine: Engine, size: int, concurrency: int) -> list[str]:
     stores = [engine.store() for _ in range(size)]
 
@@ -361,17 +336,17 @@ async def one_round(
 ) -> None:
     """Every operation on every engine, engines in a rotated order."""
     for operation in OPERATIONS:
-        for engine in rotated(all_engines, round_index):
+        for engine in common.rotated(all_engines, round_index):
             count = max(1, ops // operation.share)
             stores = await operation.prepare(
                 engine, pools[engine.label], count, concurrency
             )
-            SENT.clear()
+            common.SENT.clear()
             seconds = await run_concurrently(stores, operation.run, concurrency)
             if results is not None:
                 key = (operation.name, engine.label)
                 results.rates.setdefault(key, []).append(count / seconds)
-                results.trips[key] = len(SENT) / count
+                results.trips[key] = len(common.SENT) / count
 
 
 async def bench(
@@ -394,10 +369,10 @@ async def bench(
             engine.label: await create_pool(engine, pool_size, concurrency)
             for engine in all_engines
         }
-        progress("warm-up")
+        common.progress("warm-up")
         await one_round(all_engines, pools, 2 * concurrency, concurrency, 0, None)
         for round_index in range(rounds):
-            progress(f"round {round_index + 1}/{rounds}")
+            common.progress(f"round {round_index + 1}/{rounds}")
             await one_round(all_engines, pools, ops, concurrency, round_index, results)
     finally:
         close_caches()
@@ -406,29 +381,6 @@ async def bench(
 
 
 # --- Output -------------------------------------------------------------------
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [
-        max(len(str(cell)) for cell in column)
-        for column in zip(headers, *rows, strict=True)
-    ]
-
-    def line(cells: Sequence[str]) -> str:
-        first, *rest = cells
-        parts = [first.ljust(widths[0])]
-        parts += [
-            cell.rjust(width) for cell, width in zip(rest, widths[1:], strict=True)
-        ]
-        return "  ".join(parts).rstrip()
-
-    rule = "  ".join("-" * width for width in widths)
-    return "\n".join([line(headers), rule, *(line(row) for row in rows)])
-
-
-def progress(message: str) -> None:
-    sys.stdout.flush()
-    print(f"  .. {message}", file=sys.stderr, flush=True)
 
 
 OPERATION_LABELS = {
@@ -454,7 +406,7 @@ def report(results: Results, all_engines: list[Engine], *, rounds: int) -> bool:
         for operation in OPERATIONS
     ]
     print(f"\n== Throughput, ops/s (median of {rounds} interleaved rounds) ==\n")
-    print(table(["operation", *labels], rows))
+    print(common.table(["operation", *labels], rows))
 
     rows = []
     target_met = True
@@ -464,7 +416,7 @@ def report(results: Results, all_engines: list[Engine], *, rounds: int) -> bool:
             ratios = results.ratios(operation.name, subject, peer)
             median = statistics.median(ratios)
             target_met &= median >= TARGET_RATIO
-            cells += [f"{median:.2f}", f"{min(ratios):.2f}-{max(ratios):.2f}"]
+            cells += common.ratio_cells(ratios)
         rows.append(cells)
     headers = ["operation"]
     for peer in peers:
@@ -473,7 +425,7 @@ def report(results: Results, all_engines: list[Engine], *, rounds: int) -> bool:
         f"\n== Ratio {subject} ops/s / peer ops/s, per round, median "
         f"(target >= {TARGET_RATIO:.0f}x) ==\n"
     )
-    print(table(headers, rows))
+    print(common.table(headers, rows))
     print(
         f"\nTarget: {subject} at least {TARGET_RATIO:.0f}x every peer on every "
         f"operation: {'met' if target_met else 'NOT met'}."
@@ -492,7 +444,7 @@ def report(results: Results, all_engines: list[Engine], *, rounds: int) -> bool:
         cells += [trips(results.async_commands[peer][name]) for peer in peers]
         rows.append(cells)
     print("\n== Round trips, one operation at a time (commands sent) ==\n")
-    print(table(headers, rows))
+    print(common.table(headers, rows))
 
     headers = ["operation", *(f"{label} RT/op" for label in [subject, *peers])]
     rows = [
@@ -506,7 +458,7 @@ def report(results: Results, all_engines: list[Engine], *, rounds: int) -> bool:
         for operation in OPERATIONS
     ]
     print("\n== Round trips per operation in the timed, concurrent runs ==\n")
-    print(table(headers, rows))
+    print(common.table(headers, rows))
     for operation in OPERATIONS:
         expected = EXPECTED_SUBJECT_TRIPS[operation.name]
         if abs(results.trips[operation.name, subject] - expected) > 1e-9:
@@ -529,7 +481,7 @@ def configure(url: str, namespace: str) -> None:
         SESSION_REDIS={
             "URL": url,
             "PREFIX": f"{namespace}s:",
-            "OPTIONS": {"connection_class": AsyncCountingConnection},
+            "OPTIONS": {"connection_class": common.AsyncCountingConnection},
         },
         CACHES={
             "default": {
@@ -537,14 +489,16 @@ def configure(url: str, namespace: str) -> None:
                 "LOCATION": url,
                 "KEY_PREFIX": f"{namespace}dr",
                 "OPTIONS": {
-                    "CONNECTION_POOL_KWARGS": {"connection_class": CountingConnection},
+                    "CONNECTION_POOL_KWARGS": {
+                        "connection_class": common.CountingConnection
+                    },
                 },
             },
             "builtin": {
                 "BACKEND": "django.core.cache.backends.redis.RedisCache",
                 "LOCATION": url,
                 "KEY_PREFIX": f"{namespace}dj",
-                "OPTIONS": {"connection_class": CountingConnection},
+                "OPTIONS": {"connection_class": common.CountingConnection},
             },
         },
     )
@@ -558,7 +512,7 @@ def measure_sync_trips(url: str, namespace: str, subject: Engine) -> dict[str, A
     config = {
         "URL": url,
         "PREFIX": f"{namespace}s:",
-        "OPTIONS": {"connection_class": CountingConnection},
+        "OPTIONS": {"connection_class": common.CountingConnection},
     }
     # Changing SESSION_REDIS closes the sync client and drops the cached store.
     with override_settings(SESSION_REDIS=config):
@@ -604,29 +558,6 @@ def open_sockets() -> int | None:
     return count
 
 
-def delete_namespace(client: redis.Redis, namespace: str) -> int:
-    deleted = 0
-    cursor = 0
-    pattern = glob_escape(namespace) + "*"
-    while True:
-        cursor, keys = client.scan(cursor, match=pattern, count=1000)
-        if keys:
-            deleted += int(client.unlink(*keys))
-        if not cursor:
-            return deleted
-
-
-@contextmanager
-def server_url(url: str | None) -> Iterator[tuple[str, str]]:
-    if url is not None:
-        yield url, "given"
-        return
-    from django_redis_sessions.testing import RedisServer
-
-    with RedisServer() as server:
-        yield server.url, f"throwaway {server.version}"
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0] if __doc__ else None
@@ -643,11 +574,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="leave out the Django RedisCache peer",
     )
-    parser.add_argument(
-        "--redis-url",
-        help="use this server instead of a throwaway one; only keys under a "
-        "random drs-bench-*: namespace are written, and deleted at the end",
-    )
+    common.add_redis_url_argument(parser)
     args = parser.parse_args(argv)
     if args.ops < 1 or args.concurrency < 1 or args.rounds < 1:
         parser.error("--ops, --concurrency and --rounds must be positive")
@@ -670,13 +597,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     sockets_before = open_sockets()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ResourceWarning)
-        with server_url(args.redis_url) as (url, origin):
+        with common.server_url(args.redis_url) as (url, origin):
             configure(url, namespace)
             all_engines = engines(builtin=not args.no_builtin)
             admin = redis.Redis.from_url(url)
             try:
-                info = admin.info("server")
-                server = info.get("valkey_version") or info.get("redis_version")
+                server = common.server_version(admin)
                 print(
                     f"async_sessions.py: {args.ops:,} ops per measurement "
                     f"(flow {args.ops // 4:,}), {args.concurrency} concurrent "
@@ -697,8 +623,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     )
                 )
             finally:
-                delete_namespace(admin, namespace)
-                pattern = glob_escape(namespace) + "*"
+                common.delete_namespace(admin, namespace)
+                pattern = common.namespace_pattern(namespace)
                 left = sum(1 for _ in admin.scan_iter(match=pattern))
                 admin.close()
         gc.collect()

@@ -70,17 +70,17 @@ import subprocess
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, ClassVar
+from typing import Any
 
 import django
 import redis
 from django.conf import settings
 
-from django_redis_sessions.store import glob_escape, scan_pattern
+from benchmarks import common
+from django_redis_sessions.store import scan_pattern
 
 DEFAULT_SIZES = (100_000, 1_000_000)
 QUICK_SIZES = (20_000, 100_000)
@@ -103,16 +103,6 @@ PAYLOAD = json.dumps(
     },
     separators=(",", ":"),
 ).encode()
-
-
-class CountingConnection(redis.Connection):
-    """Counts every command sent, by name: one command is one round trip here."""
-
-    sent: ClassVar[Counter[str]] = Counter()
-
-    def send_command(self, *args: Any, **kwargs: Any) -> None:
-        CountingConnection.sent[str(args[0]).upper()] += 1
-        super().send_command(*args, **kwargs)  # type: ignore[no-untyped-call]
 
 
 # --- Key layout ---------------------------------------------------------------
@@ -193,26 +183,15 @@ def fill_extras(client: redis.Redis, layout: Layout, size: int) -> None:
 def census(client: redis.Redis, layout: Layout) -> Counter[str]:
     """Keys under the namespace, by kind (session, tombstone, decoy)."""
     kinds: Counter[str] = Counter()
-    pattern = glob_escape(layout.namespace) + "*"
+    pattern = common.namespace_pattern(layout.namespace)
     for key in client.scan_iter(match=pattern, count=REFERENCE_COUNT):
         kinds[layout.kind(key)] += 1
     return kinds
 
 
-def delete_namespace(client: redis.Redis, namespace: str) -> int:
-    """UNLINK every key under ``namespace``, one SCAN batch at a time."""
-    deleted = 0
-    cursor = 0
-    pattern = glob_escape(namespace) + "*"
-    while True:
-        cursor, keys = client.scan(cursor, match=pattern, count=REFERENCE_COUNT)
-        if keys:
-            deleted += int(client.unlink(*keys))
-        if not cursor:
-            return deleted
-
-
 # --- The reference loops ------------------------------------------------------
+
+# The clear reference is ``unlink_matching(client, pattern, REFERENCE_COUNT)``.
 
 
 def raw_count(client: redis.Redis, pattern: str) -> int:
@@ -223,17 +202,6 @@ def raw_count(client: redis.Redis, pattern: str) -> int:
         total += len(keys)
         if not cursor:
             return total
-
-
-def raw_clear(client: redis.Redis, pattern: str) -> int:
-    deleted = 0
-    cursor = 0
-    while True:
-        cursor, keys = client.scan(cursor, match=pattern, count=REFERENCE_COUNT)
-        if keys:
-            deleted += int(client.unlink(*keys))
-        if not cursor:
-            return deleted
 
 
 def naive_clear(client: redis.Redis, pattern: str) -> int:
@@ -288,7 +256,7 @@ def scan_stats(client: redis.Redis) -> tuple[int, int] | None:
 
 
 def measure(admin: redis.Redis, action: Callable[[], int]) -> Run:
-    CountingConnection.sent.clear()
+    common.SENT.clear()
     before = scan_stats(admin)
     start = time.perf_counter()
     result = action()
@@ -297,12 +265,7 @@ def measure(admin: redis.Redis, action: Callable[[], int]) -> Run:
     per_call = None
     if before is not None and after is not None and after[0] > before[0]:
         per_call = (after[1] - before[1]) / (after[0] - before[0])
-    return Run(seconds, result, Counter(CountingConnection.sent), per_call)
-
-
-def rotated(items: Sequence[Variant], by: int) -> list[Variant]:
-    shift = by % len(items)
-    return [*items[shift:], *items[:shift]]
+    return Run(seconds, result, Counter(common.SENT), per_call)
 
 
 def _status_kib(field_name: str) -> int | None:
@@ -356,28 +319,6 @@ class PeakGrowth:
 # --- Output -------------------------------------------------------------------
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [
-        max(len(str(cell)) for cell in column)
-        for column in zip(headers, *rows, strict=True)
-    ]
-
-    def line(cells: Sequence[str]) -> str:
-        first, *rest = cells
-        parts = [first.ljust(widths[0])]
-        parts += [
-            cell.rjust(width) for cell, width in zip(rest, widths[1:], strict=True)
-        ]
-        return "  ".join(parts).rstrip()
-
-    rule = "  ".join("-" * width for width in widths)
-    return "\n".join([line(headers), rule, *(line(row) for row in rows)])
-
-
-def ratio_cells(ratios: list[float]) -> list[str]:
-    return [f"{statistics.median(ratios):.2f}", f"{min(ratios):.2f}-{max(ratios):.2f}"]
-
-
 def series_table(series: Series, variants: Sequence[Variant], reference: str) -> str:
     rows = []
     for variant in variants:
@@ -393,7 +334,7 @@ def series_table(series: Series, variants: Sequence[Variant], reference: str) ->
             [
                 variant.label,
                 f"{seconds:.3f}",
-                *ratio_cells(ratios),
+                *common.ratio_cells(ratios),
                 f"{trips:,}",
                 detail,
                 "n/a" if per_call is None else f"{per_call:.0f}",
@@ -408,12 +349,7 @@ def series_table(series: Series, variants: Sequence[Variant], reference: str) ->
         "commands",
         "server us/SCAN",
     ]
-    return table(headers, rows)
-
-
-def progress(message: str) -> None:
-    sys.stdout.flush()
-    print(f"  .. {message}", file=sys.stderr, flush=True)
+    return common.table(headers, rows)
 
 
 # --- Django -------------------------------------------------------------------
@@ -422,7 +358,7 @@ def progress(message: str) -> None:
 def configure_django(url: str, prefix: str, *, counting: bool) -> None:
     options: dict[str, Any] = {}
     if counting:
-        options["connection_class"] = CountingConnection
+        options["connection_class"] = common.CountingConnection
     settings.configure(
         SECRET_KEY="django-redis-sessions-benchmark",
         USE_TZ=True,
@@ -494,7 +430,7 @@ def bench_size(
     memory_growth: dict[str, int] = {}
     memory_method = [""]
     try:
-        progress(f"{size:,}: filling")
+        common.progress(f"{size:,}: filling")
         fill_extras(admin, layout, size)
         fill_sessions(admin, layout, size)
 
@@ -506,8 +442,8 @@ def bench_size(
         for variant in variants:  # warm-up: connections, scripts, caches
             counter(variant)()
         for round_index in range(rounds):
-            progress(f"{size:,}: count round {round_index + 1}/{rounds}")
-            for variant in rotated(variants, round_index):
+            common.progress(f"{size:,}: count round {round_index + 1}/{rounds}")
+            for variant in common.rotated(variants, round_index):
                 run = measure(admin, counter(variant))
                 check(
                     run.result == size,
@@ -517,12 +453,14 @@ def bench_size(
 
         def clearer(variant: Variant) -> Callable[[], int]:
             if variant.scan_count is None:
-                return lambda: raw_clear(reference_client, pattern)
+                return lambda: common.unlink_matching(
+                    reference_client, pattern, REFERENCE_COUNT
+                )
             return stores[variant.scan_count].clear
 
         for round_index in range(rounds):
-            progress(f"{size:,}: clear round {round_index + 1}/{rounds}")
-            for variant in rotated(variants, round_index):
+            common.progress(f"{size:,}: clear round {round_index + 1}/{rounds}")
+            for variant in common.rotated(variants, round_index):
                 fill_sessions(admin, layout, size)
                 run = measure(admin, clearer(variant))
                 check(
@@ -537,7 +475,7 @@ def bench_size(
             children.append(("naive", None))
             for impl, count in children:
                 label = memory_label(impl, count)
-                progress(f"{size:,}: peak memory of {label}")
+                common.progress(f"{size:,}: peak memory of {label}")
                 fill_sessions(admin, layout, size)
                 report = run_child(impl, url, layout.prefix, count)
                 check(
@@ -548,7 +486,7 @@ def bench_size(
                 memory_growth[label] = report["growth"]
                 memory_method[0] = report["method"]
     finally:
-        delete_namespace(admin, layout.namespace)
+        common.delete_namespace(admin, layout.namespace)
         left = sum(census(admin, layout).values())
         check(left == 0, f"cleanup left {left} keys under {layout.namespace}")
 
@@ -606,7 +544,7 @@ def child_main(args: argparse.Namespace) -> None:
         action = store.clear
     elif args.child == "raw":
         client.ping()
-        action = partial(raw_clear, client, pattern)
+        action = partial(common.unlink_matching, client, pattern, REFERENCE_COUNT)
     else:
         client.ping()
         action = partial(naive_clear, client, pattern)
@@ -650,11 +588,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--skip-memory", action="store_true", help="skip the peak memory children"
     )
-    parser.add_argument(
-        "--redis-url",
-        help="use this server instead of a throwaway one; only keys under a "
-        "random drs-bench-*: namespace are written, and deleted at the end",
-    )
+    common.add_redis_url_argument(parser)
     parser.add_argument(
         "--child", choices=["store", "raw", "naive"], help=argparse.SUPPRESS
     )
@@ -666,17 +600,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     return args
-
-
-@contextmanager
-def server_url(url: str | None) -> Iterator[tuple[str, str]]:
-    if url is not None:
-        yield url, "given"
-        return
-    from django_redis_sessions.testing import RedisServer
-
-    with RedisServer() as server:
-        yield server.url, f"throwaway {server.version}"
 
 
 def summary(results: Sequence[SizeResult], scan_counts: Sequence[int]) -> None:
@@ -701,7 +624,7 @@ def summary(results: Sequence[SizeResult], scan_counts: Sequence[int]) -> None:
             meeting.append(count)
         rows.append([*cells, f"{worst:.2f}", "yes" if ok else "no"])
     print("\n== Summary: median ratio store / raw loop ==\n")
-    print(table(headers, rows))
+    print(common.table(headers, rows))
     if meeting:
         print(
             f"\nSmallest SCAN_COUNT within {TARGET_RATIO}x of the raw loop for "
@@ -720,7 +643,7 @@ def summary(results: Sequence[SizeResult], scan_counts: Sequence[int]) -> None:
             for label in labels
         ]
         print("\n== Peak memory of one clear, in a fresh process ==\n")
-        print(table(headers, rows))
+        print(common.table(headers, rows))
         print(
             "\n(Peak RSS during the clear minus RSS after imports and connecting, "
             f"measured by {results[0].memory_method}; a few hundred KiB is noise.)"
@@ -733,17 +656,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         child_main(args)
         return 0
     started = time.perf_counter()
-    with server_url(args.redis_url) as (url, origin):
+    with common.server_url(args.redis_url) as (url, origin):
         configure_django(url, "drs-bench-unused:", counting=True)
         from django_redis_sessions.client import close_clients
 
         admin = redis.Redis.from_url(url)
         reference_client = redis.Redis.from_url(
-            url, connection_class=CountingConnection
+            url, connection_class=common.CountingConnection
         )
         try:
-            version = admin.info("server")
-            server = version.get("valkey_version") or version.get("redis_version")
+            server = common.server_version(admin)
             print(
                 f"bulk.py: sizes {', '.join(f'{s:,}' for s in args.sizes)}; "
                 f"SCAN_COUNT {', '.join(map(str, args.scan_counts))}; "

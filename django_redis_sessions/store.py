@@ -22,13 +22,14 @@ import logging
 import math
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 import redis.asyncio.cluster
 import redis.cluster
 from django.core.signals import setting_changed
 from django.dispatch import receiver
+from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from django_redis_sessions import scripts
@@ -115,9 +116,12 @@ def expiry_seconds(
     if isinstance(expiry, str):
         expires_at = datetime.fromisoformat(expiry)
         if now is None:
-            now = datetime.now(timezone.utc)
-        if expires_at.tzinfo is None:
-            now = now.replace(tzinfo=None)
+            now = timezone.now()
+        # Django writes a naive expiry when USE_TZ is off: local wall time.
+        if timezone.is_naive(expires_at) and timezone.is_aware(now):
+            now = timezone.make_naive(now)
+        elif timezone.is_aware(expires_at) and timezone.is_naive(now):
+            now = timezone.make_aware(now)
         return (expires_at - now).total_seconds()
     return float(expiry)
 

@@ -486,3 +486,15 @@ def test_recent_keys_with_no_window_passes_pages_through() -> None:
     recent = RecentKeys(0)
     assert recent.fresh([b"a", b"a"]) == [b"a", b"a"]
     assert recent.fresh([b"a"]) == [b"a"]
+
+
+@override_settings(USE_TZ=False, TIME_ZONE="America/New_York")
+def test_a_naive_expiry_written_without_time_zones_is_local_time(
+    store: Any, raw: redis.Redis, prefix: str
+) -> None:
+    from django.utils import timezone as django_timezone
+
+    expires = django_timezone.now() + timedelta(hours=1)  # naive, New York time
+    assert django_timezone.is_naive(expires)
+    store.set("abcdefgh", {"_session_expiry": expires.isoformat()})
+    assert 3_590_000 < raw.pttl(data_key(prefix, "abcdefgh")) <= 3_600_000
