@@ -318,8 +318,17 @@ class RedisSessionStore:
         tombstone_ms = ttl_milliseconds(self.tombstone_seconds)
         return Op((tombstone_ms,), _bool, scripts.DESTROY, self._keys(key))
 
-    def _expired_op(self, key: str) -> Op[Outcome]:
-        # A write whose TTL is not positive ends the session instead.
+    def _unless_expired(
+        self, key: str, ttl: float, write: Callable[[int], Op[Outcome]]
+    ) -> Op[Outcome]:
+        """``write(ttl_ms)``, or, when the TTL is not positive, a destroy.
+
+        The one place that turns an expired write into the end of a session:
+        Redis would reject a non-positive TTL (``ERR invalid expire time``).
+        """
+        ttl_ms = ttl_milliseconds(ttl)
+        if ttl_ms:
+            return write(ttl_ms)
         destroy = self._destroy_op(key)
         return Op(destroy.args, _expired, destroy.script, destroy.keys)
 
@@ -327,41 +336,46 @@ class RedisSessionStore:
         self, script: str, key: str, payload: bytes, ttl: float
     ) -> Op[Outcome]:
         _check_key(key)
-        ttl_ms = ttl_milliseconds(ttl)
-        if not ttl_ms:
-            return self._expired_op(key)
-        return Op((payload, ttl_ms), decode_outcome, script, self._keys(key))
+        keys = self._keys(key)
+        return self._unless_expired(
+            key, ttl, lambda ttl_ms: Op((payload, ttl_ms), decode_outcome, script, keys)
+        )
 
     def _update_op(self, key: str, payload: bytes, ttl: float) -> Op[Outcome]:
         # SET XX alone is atomic: a destroyed session has no data key (its
         # tombstone and its data never coexist), so there is nothing to update.
         _check_key(key)
-        ttl_ms = ttl_milliseconds(ttl)
-        if not ttl_ms:
-            return self._expired_op(key)
-        data, _ = self._keys(key)
-        return Op(("SET", data, payload, "PX", ttl_ms, "XX"), _written_or_missing)
+        data = data_key(self.prefix, key)
+        return self._unless_expired(
+            key,
+            ttl,
+            lambda ttl_ms: Op(
+                ("SET", data, payload, "PX", ttl_ms, "XX"), _written_or_missing
+            ),
+        )
 
     def _touch_op(self, key: str, ttl: float) -> Op[Outcome]:
         # PEXPIRE never creates a key, and a tombstone is another key: a touch
         # after a destroy changes nothing.
         if not is_valid_key(key):
             return Op(None, _written_or_missing)
-        ttl_ms = ttl_milliseconds(ttl)
-        if not ttl_ms:
-            return self._expired_op(key)
-        data, _ = self._keys(key)
-        return Op(("PEXPIRE", data, ttl_ms), _written_or_missing)
+        data = data_key(self.prefix, key)
+        return self._unless_expired(
+            key, ttl, lambda ttl_ms: Op(("PEXPIRE", data, ttl_ms), _written_or_missing)
+        )
 
     def _cycle_op(
         self, old_key: str, new_key: str, payload: bytes, ttl: float
     ) -> Op[Outcome]:
-        write = self._write_op(scripts.CYCLE, new_key, payload, ttl)
-        if write.script != scripts.CYCLE or write.args is None:
-            return write
-        tombstone_ms = ttl_milliseconds(self.tombstone_seconds)
-        keys = write.keys + self._keys(old_key)
-        return Op((*write.args, tombstone_ms), decode_outcome, scripts.CYCLE, keys)
+        # Only for a positive TTL: cycle() ends the old session itself otherwise.
+        _check_key(new_key)
+        args = (
+            payload,
+            ttl_milliseconds(ttl),
+            ttl_milliseconds(self.tombstone_seconds),
+        )
+        keys = self._keys(new_key) + self._keys(old_key)
+        return Op(args, decode_outcome, scripts.CYCLE, keys)
 
     def _data_op(
         self, script: str, key: str, data: SessionData, ttl: float | None
@@ -585,12 +599,11 @@ class RedisSessionStore:
     def _scan(self, remember: int = DEDUPE_BATCHES) -> Iterator[list[bytes]]:
         client = self._client()
         recent = RecentKeys(remember)
+        pattern = scan_pattern(self.prefix)
         for node in scan_nodes(client):
             cursor = 0
             while True:
-                cursor, keys = node.scan(
-                    cursor, match=scan_pattern(self.prefix), count=self.scan_count
-                )
+                cursor, keys = node.scan(cursor, match=pattern, count=self.scan_count)
                 if batch := recent.fresh(keys):
                     yield batch
                 if not int(cursor):
@@ -603,12 +616,11 @@ class RedisSessionStore:
         if isinstance(client, redis.asyncio.cluster.RedisCluster):
             await client.initialize()  # it learns its nodes lazily
         recent = RecentKeys(remember)
+        pattern = scan_pattern(self.prefix)
         for node in scan_nodes(client):
             cursor = 0
             while True:
-                cursor, keys = await _ascan_page(
-                    node, cursor, scan_pattern(self.prefix), self.scan_count
-                )
+                cursor, keys = await _ascan_page(node, cursor, pattern, self.scan_count)
                 if batch := recent.fresh(keys):
                     yield batch
                 if not int(cursor):

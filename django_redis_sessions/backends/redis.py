@@ -81,13 +81,18 @@ class SessionStore(SessionBase):
         if self._stored is not None and self._stored[0] == key:
             self._stored = None
 
-    def _cycled(self, outcome: Outcome, data: dict[str, Any], key: str) -> bool:
+    def _cycled(
+        self, outcome: Outcome, data: dict[str, Any], key: str, payload: bytes
+    ) -> bool:
+        """Take the new key after a cycle; False if ``key`` was unusable."""
         if outcome is Outcome.EXPIRED:
             self._session_key = None
-        elif outcome is not Outcome.WRITTEN:
-            return False
-        else:
+            self._stored = None
+        elif outcome is Outcome.WRITTEN:
             self._session_key = key
+            self._stored = (key, payload)
+        else:
+            return False
         self._session_cache = data
         self.modified = True
         return True
@@ -144,8 +149,7 @@ class SessionStore(SessionBase):
         for _ in range(CREATE_ATTEMPTS):
             new_key = self._get_new_session_key()
             outcome = self.store.cycle(old_key, new_key, payload, ttl)
-            if self._cycled(outcome, data, new_key):
-                self._save_outcome(outcome, new_key, payload, must_create=True)
+            if self._cycled(outcome, data, new_key, payload):
                 return
         raise RuntimeError(_create_failed_message())
 
@@ -211,8 +215,7 @@ class SessionStore(SessionBase):
             for _ in range(CREATE_ATTEMPTS):
                 new_key = await self._aget_new_session_key()
                 outcome = await self.store.acycle(old_key, new_key, payload, ttl)
-                if self._cycled(outcome, data, new_key):
-                    self._save_outcome(outcome, new_key, payload, must_create=True)
+                if self._cycled(outcome, data, new_key, payload):
                     return
             raise RuntimeError(_create_failed_message())
 
