@@ -225,31 +225,27 @@ def trips(commands: Sequence[str]) -> str:
 
 async def async_trips(engine: Engine) -> dict[str, list[str]]:
     """The commands each operation sends, on the asyncio path."""
+    log = common.LOG
     found: dict[str, list[str]] = {}
     store = engine.store()
     await store.aset("cart", SESSION_DATA["cart"])
-    common.SENT.clear()
+    log.take()
     await store.asave()
-    found["create"] = list(common.SENT)
+    found["create"] = log.take()
     loaded = engine.store(store.session_key)
-    common.SENT.clear()
     await loaded.aload()
-    found["load"] = list(common.SENT)
+    found["load"] = log.take()
     await loaded.aget("cart")  # loads (and caches) the data
     loaded["visits"] = 2
-    common.SENT.clear()
+    log.take()
     await loaded.asave()
-    found["save"] = list(common.SENT)
-    common.SENT.clear()
+    found["save"] = log.take()
     await loaded.acycle_key()
-    found["cycle_key"] = list(common.SENT)
-    common.SENT.clear()
+    found["cycle_key"] = log.take()
     await loaded.adelete()
-    found["delete"] = list(common.SENT)
-    flow = engine.store()
-    common.SENT.clear()
-    await op_flow(flow)
-    found["flow"] = list(common.SENT)
+    found["delete"] = log.take()
+    await op_flow(engine.store())
+    found["flow"] = log.take()
     return found
 
 
@@ -257,30 +253,27 @@ def sync_trips(engine: Engine) -> dict[str, list[str]]:
     """The same on the sync path (``flow`` as auth's login and logout do it)."""
     from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
 
+    log = common.LOG
     found: dict[str, list[str]] = {}
     store = engine.store()
     store["cart"] = SESSION_DATA["cart"]
-    common.SENT.clear()
+    log.take()
     store.save()
-    found["create"] = list(common.SENT)
+    found["create"] = log.take()
     loaded = engine.store(store.session_key)
-    common.SENT.clear()
     loaded.load()
-    found["load"] = list(common.SENT)
+    found["load"] = log.take()
     loaded.get("cart")
     loaded["visits"] = 2
-    common.SENT.clear()
+    log.take()
     loaded.save()
-    found["save"] = list(common.SENT)
-    common.SENT.clear()
+    found["save"] = log.take()
     loaded.cycle_key()
-    found["cycle_key"] = list(common.SENT)
-    common.SENT.clear()
+    found["cycle_key"] = log.take()
     loaded.delete()
-    found["delete"] = list(common.SENT)
+    found["delete"] = log.take()
     flow = engine.store()
     flow["cart"] = SESSION_DATA["cart"]
-    common.SENT.clear()
     flow.save()
     flow.cycle_key()
     flow[SESSION_KEY] = SESSION_DATA["_auth_user_id"]
@@ -288,7 +281,7 @@ def sync_trips(engine: Engine) -> dict[str, list[str]]:
     flow[HASH_SESSION_KEY] = SESSION_DATA["_auth_user_hash"]
     flow.save()
     flow.flush()
-    found["flow"] = list(common.SENT)
+    found["flow"] = log.take()
     return found
 
 
@@ -341,12 +334,12 @@ async def one_round(
             stores = await operation.prepare(
                 engine, pools[engine.label], count, concurrency
             )
-            common.SENT.clear()
+            common.LOG.sent.clear()
             seconds = await run_concurrently(stores, operation.run, concurrency)
             if results is not None:
                 key = (operation.name, engine.label)
                 results.rates.setdefault(key, []).append(count / seconds)
-                results.trips[key] = len(common.SENT) / count
+                results.trips[key] = len(common.LOG.sent) / count
 
 
 async def bench(
@@ -481,7 +474,7 @@ def configure(url: str, namespace: str) -> None:
         SESSION_REDIS={
             "URL": url,
             "PREFIX": f"{namespace}s:",
-            "OPTIONS": {"connection_class": common.AsyncCountingConnection},
+            "OPTIONS": {"connection_class": common.LOG.async_connection_class},
         },
         CACHES={
             "default": {
@@ -490,7 +483,7 @@ def configure(url: str, namespace: str) -> None:
                 "KEY_PREFIX": f"{namespace}dr",
                 "OPTIONS": {
                     "CONNECTION_POOL_KWARGS": {
-                        "connection_class": common.CountingConnection
+                        "connection_class": common.LOG.connection_class
                     },
                 },
             },
@@ -498,7 +491,7 @@ def configure(url: str, namespace: str) -> None:
                 "BACKEND": "django.core.cache.backends.redis.RedisCache",
                 "LOCATION": url,
                 "KEY_PREFIX": f"{namespace}dj",
-                "OPTIONS": {"connection_class": common.CountingConnection},
+                "OPTIONS": {"connection_class": common.LOG.connection_class},
             },
         },
     )
@@ -512,7 +505,7 @@ def measure_sync_trips(url: str, namespace: str, subject: Engine) -> dict[str, A
     config = {
         "URL": url,
         "PREFIX": f"{namespace}s:",
-        "OPTIONS": {"connection_class": common.CountingConnection},
+        "OPTIONS": {"connection_class": common.LOG.connection_class},
     }
     # Changing SESSION_REDIS closes the sync client and drops the cached store.
     with override_settings(SESSION_REDIS=config):

@@ -256,7 +256,7 @@ def scan_stats(client: redis.Redis) -> tuple[int, int] | None:
 
 
 def measure(admin: redis.Redis, action: Callable[[], int]) -> Run:
-    common.SENT.clear()
+    common.LOG.sent.clear()
     before = scan_stats(admin)
     start = time.perf_counter()
     result = action()
@@ -265,7 +265,7 @@ def measure(admin: redis.Redis, action: Callable[[], int]) -> Run:
     per_call = None
     if before is not None and after is not None and after[0] > before[0]:
         per_call = (after[1] - before[1]) / (after[0] - before[0])
-    return Run(seconds, result, Counter(common.SENT), per_call)
+    return Run(seconds, result, Counter(common.LOG.sent), per_call)
 
 
 def _status_kib(field_name: str) -> int | None:
@@ -358,7 +358,7 @@ def series_table(series: Series, variants: Sequence[Variant], reference: str) ->
 def configure_django(url: str, prefix: str, *, counting: bool) -> None:
     options: dict[str, Any] = {}
     if counting:
-        options["connection_class"] = common.CountingConnection
+        options["connection_class"] = common.LOG.connection_class
     settings.configure(
         SECRET_KEY="django-redis-sessions-benchmark",
         USE_TZ=True,
@@ -662,7 +662,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         admin = redis.Redis.from_url(url)
         reference_client = redis.Redis.from_url(
-            url, connection_class=common.CountingConnection
+            url, connection_class=common.LOG.connection_class
         )
         try:
             server = common.server_version(admin)

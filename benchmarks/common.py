@@ -1,8 +1,7 @@
 """Helpers shared by the benchmark scripts.
 
-* ``SENT``, ``CountingConnection`` and ``AsyncCountingConnection``: the
-  round-trip counter (every command sent, by name, through a connection class
-  passed as ``connection_class``);
+* ``LOG``: the round-trip counter, a ``django_redis_sessions.testing.CommandLog``
+  (every command sent, by name, through its connection classes);
 * ``server_url`` and ``add_redis_url_argument``: the server to run against,
   given or throwaway, and the ``--redis-url`` option that names it;
   ``server_version``: what that server says it is;
@@ -22,34 +21,17 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import redis
-import redis.asyncio
 
 from django_redis_sessions.store import glob_escape
+from django_redis_sessions.testing import CommandLog
 
 T = TypeVar("T")
 
 # --- Round trips ----------------------------------------------------------------
 
-#: The name of every command sent through a counting connection, in order.
-#: Clear it before a measurement; it is never rebound, so import it by name.
-SENT: list[str] = []
-
-
-class CountingConnection(redis.Connection):
-    """Records the name of every command sent in ``SENT`` (one command, one
-    round trip)."""
-
-    def send_command(self, *args: Any, **kwargs: Any) -> None:
-        SENT.append(str(args[0]).upper())
-        super().send_command(*args, **kwargs)
-
-
-class AsyncCountingConnection(redis.asyncio.Connection):
-    """The asyncio twin of ``CountingConnection``."""
-
-    async def send_command(self, *args: Any, **kwargs: Any) -> None:
-        SENT.append(str(args[0]).upper())
-        await super().send_command(*args, **kwargs)
+#: Every command sent through ``LOG.connection_class`` (or its asyncio twin),
+#: one command per round trip.
+LOG = CommandLog()
 
 
 # --- The server -----------------------------------------------------------------

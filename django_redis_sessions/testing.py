@@ -25,10 +25,12 @@ from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 import redis
+import redis.asyncio
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 __all__ = [
+    "CommandLog",
     "RedisClusterServers",
     "RedisSentinelServers",
     "RedisServer",
@@ -464,3 +466,41 @@ class RedisSentinelServers:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+class CommandLog:
+    """The name of every command sent through its connection classes, in order.
+
+    Pass ``connection_class`` (or ``async_connection_class``) in
+    ``SESSION_REDIS['OPTIONS']``; every command sent is one round trip (a
+    pipeline would be one send of several, which the engine never uses)::
+
+        log = CommandLog()
+        settings.SESSION_REDIS = {"OPTIONS": {"connection_class": log.connection_class}}
+        log.take()
+        client.get("/")
+        assert log.take() == ["GET", "SET"]
+    """
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        sent = self.sent
+
+        class Connection(redis.Connection):
+            def send_command(self, *args: Any, **kwargs: Any) -> None:
+                sent.append(str(args[0]).upper())
+                super().send_command(*args, **kwargs)  # type: ignore[no-untyped-call]
+
+        class AsyncConnection(redis.asyncio.Connection):
+            async def send_command(self, *args: Any, **kwargs: Any) -> None:
+                sent.append(str(args[0]).upper())
+                await super().send_command(*args, **kwargs)
+
+        self.connection_class: type[redis.Connection] = Connection
+        self.async_connection_class: type[redis.asyncio.Connection] = AsyncConnection
+
+    def take(self) -> list[str]:
+        """The commands sent since the last ``take()``, forgetting them."""
+        taken = list(self.sent)
+        self.sent.clear()
+        return taken

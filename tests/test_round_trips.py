@@ -12,32 +12,20 @@ from typing import Any
 
 import django
 import pytest
-import redis
-import redis.asyncio
 from django.test import Client
 
 from django_redis_sessions.backends.redis import SessionStore
+from django_redis_sessions.testing import CommandLog
 
-SENT: list[str] = []
-
-
-class CountingConnection(redis.Connection):
-    def send_command(self, *args: Any, **kwargs: Any) -> None:
-        SENT.append(str(args[0]).upper())
-        super().send_command(*args, **kwargs)
-
-
-class AsyncCountingConnection(redis.asyncio.Connection):
-    async def send_command(self, *args: Any, **kwargs: Any) -> None:
-        SENT.append(str(args[0]).upper())
-        await super().send_command(*args, **kwargs)
+LOG = CommandLog()
+SENT = LOG.sent
 
 
 @pytest.fixture(autouse=True)
 def counting(session_redis: dict[str, Any], settings: Any) -> Iterator[None]:
     settings.SESSION_REDIS = {
         **session_redis,
-        "OPTIONS": {"connection_class": CountingConnection},
+        "OPTIONS": {"connection_class": LOG.connection_class},
     }
     warm = SessionStore()
     warm.save()  # connects and loads the scripts
@@ -139,7 +127,7 @@ def test_the_first_request_of_a_visitor_is_one_round_trip() -> None:
 def test_the_asyncio_path_has_the_same_round_trips(settings: Any) -> None:
     settings.SESSION_REDIS = {
         **settings.SESSION_REDIS,
-        "OPTIONS": {"connection_class": AsyncCountingConnection},
+        "OPTIONS": {"connection_class": LOG.async_connection_class},
     }
 
     async def flow() -> dict[str, list[str]]:
