@@ -37,16 +37,22 @@ def _live_session(request: HttpRequest) -> tuple[str | None, int]:
     return request.session.session_key, counter
 
 
-def _expires_at(key: str) -> datetime | None:
-    """When Redis will drop the session, from the key's TTL in Redis.
+def _expiry_dates(keys: list[str]) -> list[datetime | None]:
+    """When Redis will drop each session, from the keys' TTLs, in one round trip.
 
     Django's ``get_expiry_date()`` would assume the session was saved just now;
     the TTL is what Redis will really do, without any cleanup job.
     """
-    milliseconds = get_client().pttl(data_key(get_store().prefix, key))
-    if milliseconds < 0:  # the key is gone (-2) or has no TTL (-1)
-        return None
-    return timezone.now() + timedelta(milliseconds=milliseconds)
+    prefix = get_store().prefix
+    pipeline = get_client().pipeline(transaction=False)
+    for key in keys:
+        pipeline.pttl(data_key(prefix, key))
+    now = timezone.now()
+    # A negative TTL: the key is gone (-2) or has none (-1).
+    return [
+        now + timedelta(milliseconds=ms) if ms >= 0 else None
+        for ms in pipeline.execute()
+    ]
 
 
 @require_http_methods(["GET", "POST"])
@@ -62,7 +68,7 @@ def index(request: HttpRequest) -> HttpResponse:
         "counter": counter,
         "session_key": key,
         "short_key": key[:SHORT] if key else None,
-        "expires_at": _expires_at(key) if key else None,
+        "expires_at": _expiry_dates([key])[0] if key else None,
     }
     return render(request, "demo/index.html", context)
 
@@ -73,19 +79,21 @@ def sessions(request: HttpRequest) -> HttpResponse:
     A real site would show this to staff only; the demo shows it to anyone.
     """
     current_key, _ = _live_session(request)
-    store = get_store()
+    live = list(get_store().all())
+    expiry_dates = _expiry_dates([key for key, _ in live])
     rows = [
         {
             "short_key": key[:SHORT],
             "user_id": data.get(USER_ID_KEY),
             "counter": data.get(COUNTER, 0),
-            "expires_at": _expires_at(key),
+            "expires_at": expires_at,
             "is_current": key == current_key,
         }
-        for key, data in store.all()
+        for (key, data), expires_at in zip(live, expiry_dates, strict=True)
     ]
     rows.sort(key=lambda row: (not row["is_current"], row["short_key"]))
-    context = {"rows": rows, "total": store.count()}
+    # len(rows), not store.count(): the page has already scanned every session.
+    context = {"rows": rows, "total": len(rows)}
     return render(request, "demo/sessions.html", context)
 
 
