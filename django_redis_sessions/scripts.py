@@ -22,7 +22,8 @@ class Outcome(enum.IntEnum):
     EXISTS = 2
     #: a tombstone blocks the key: the session was destroyed recently.
     TOMBSTONED = 3
-    #: update/touch: no live session holds the key.
+    #: update/touch: no live session holds the key; cycle: the old session
+    #: is no longer live, so its data was not carried to the new key.
     MISSING = 4
     #: the TTL was not positive, so the session was destroyed instead.
     EXPIRED = 5
@@ -30,10 +31,14 @@ class Outcome(enum.IntEnum):
 
 # KEYS[1] data key, KEYS[2] tombstone key
 # ARGV[1] payload, ARGV[2] TTL in milliseconds (> 0)
-# returns TOMBSTONED, EXISTS or WRITTEN
+# returns TOMBSTONED, EXISTS or WRITTEN. A key already holding exactly this
+# payload reports WRITTEN: that is this very create, run again by the client's
+# retry after its reply was lost, and answering EXISTS would make the backend
+# create a second session while the first stays alive, unseen by logout.
 CREATE = """
 if redis.call('EXISTS', KEYS[2]) == 1 then return 3 end
 if redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 end
 return 2
 """
 
@@ -47,12 +52,16 @@ return 1
 """
 
 # KEYS[1] data key, KEYS[2] tombstone key
-# ARGV[1] tombstone lifetime in milliseconds (> 0)
+# ARGV[1] tombstone lifetime in milliseconds (> 0), ARGV[2] a token unique to
+# this call, stored as the tombstone's value
 # returns 1 if a live session was removed, else 0; the tombstone is set either
 # way, so a write racing a logout of an already expired session stays refused.
+# A tombstone holding this call's own token means the call already ran and its
+# reply was lost: the retry reports what the first run did.
 DESTROY = """
+if redis.call('GET', KEYS[2]) == ARGV[2] then return 1 end
 local removed = redis.call('DEL', KEYS[1])
-redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[1])
 return removed
 """
 
@@ -63,13 +72,20 @@ return removed
 # KEYS[1] new data key, KEYS[2] new tombstone key,
 # KEYS[3] old data key, KEYS[4] old tombstone key
 # ARGV[1] payload, ARGV[2] TTL in milliseconds (> 0),
-# ARGV[3] tombstone lifetime in milliseconds (> 0)
-# returns TOMBSTONED or EXISTS (new key unusable, nothing changed) or WRITTEN
+# ARGV[3] tombstone lifetime in milliseconds (> 0), ARGV[4] a token unique to
+# this call, stored as the old key's tombstone
+# returns WRITTEN, or MISSING (the old session is no longer live: a logout, a
+# clear or another cycle ended it, so its data must not live on under a new
+# key), or TOMBSTONED or EXISTS (the new key is unusable); nothing changes
+# unless WRITTEN. The first line recognizes this very call run again by the
+# client's retry after a lost reply (only this call knows the new key).
 CYCLE = """
+if redis.call('GET', KEYS[4]) == ARGV[4] then return 1 end
+if redis.call('EXISTS', KEYS[3]) == 0 then return 4 end
 if redis.call('EXISTS', KEYS[2]) == 1 then return 3 end
 if not redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') then return 2 end
 redis.call('DEL', KEYS[3])
-redis.call('SET', KEYS[4], '1', 'PX', ARGV[3])
+redis.call('SET', KEYS[4], ARGV[4], 'PX', ARGV[3])
 return 1
 """
 

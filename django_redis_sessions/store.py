@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,6 +28,7 @@ from typing import Any, Generic, TypeVar
 
 import redis.asyncio.cluster
 import redis.cluster
+import redis.exceptions
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 from django.utils import timezone
@@ -80,6 +82,27 @@ def tombstone_key(prefix: str, key: str) -> str:
 def session_key_from(prefix: str, redis_key: bytes) -> str:
     """The session key inside a data key found by SCAN."""
     return redis_key.decode()[len(prefix) + 1 : -1]
+
+
+def session_names(keys: list[bytes]) -> list[bytes]:
+    """``keys`` without the names that are not UTF-8, which no session has.
+
+    Joined with NUL, the batch decodes in one C call exactly when every name
+    does (a NUL can neither end nor continue a multi-byte character).
+    """
+    try:
+        b"\x00".join(keys).decode()
+    except UnicodeDecodeError:
+        return [key for key in keys if _is_utf8(key)]
+    return keys
+
+
+def _is_utf8(name: bytes) -> bool:
+    try:
+        name.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def glob_escape(text: str) -> str:
@@ -242,6 +265,10 @@ def _bool(reply: Any) -> bool:
     return bool(reply)
 
 
+def _is_string(reply: Any) -> bool:
+    return reply in (b"string", "string")
+
+
 def _identity(reply: Any) -> Any:
     return reply
 
@@ -310,13 +337,15 @@ class RedisSessionStore:
     def _exists_op(self, key: str) -> Op[bool]:
         if not is_valid_key(key):
             return Op(None, _false)
-        return Op(("EXISTS", data_key(self.prefix, key)), _bool)
+        # TYPE, not EXISTS: a list or hash under the name is not a session.
+        return Op(("TYPE", data_key(self.prefix, key)), _is_string)
 
     def _destroy_op(self, key: str) -> Op[bool]:
         if not is_valid_key(key):
             return Op(None, _false)
         tombstone_ms = ttl_milliseconds(self.tombstone_seconds)
-        return Op((tombstone_ms,), _bool, scripts.DESTROY, self._keys(key))
+        args = (tombstone_ms, retry_token())
+        return Op(args, _bool, scripts.DESTROY, self._keys(key))
 
     def _unless_expired(
         self, key: str, ttl: float, write: Callable[[int], Op[Outcome]]
@@ -337,6 +366,10 @@ class RedisSessionStore:
     ) -> Op[Outcome]:
         _check_key(key)
         keys = self._keys(key)
+        if script is scripts.CREATE and not ttl_milliseconds(ttl):
+            # Nothing exists to end: a create that is already over writes
+            # nothing, not even a tombstone.
+            return Op(None, _expired)
         return self._unless_expired(
             key, ttl, lambda ttl_ms: Op((payload, ttl_ms), decode_outcome, script, keys)
         )
@@ -373,6 +406,7 @@ class RedisSessionStore:
             payload,
             ttl_milliseconds(ttl),
             ttl_milliseconds(self.tombstone_seconds),
+            retry_token(),
         )
         keys = self._keys(new_key) + self._keys(old_key)
         return Op(args, decode_outcome, scripts.CYCLE, keys)
@@ -382,11 +416,6 @@ class RedisSessionStore:
     ) -> Op[Outcome]:
         payload = self.serializer.dumps(data)
         return self._write_op(script, key, payload, self._ttl(data, ttl))
-
-    def _cycles_in_one_script(self, client: Any, old_key: str | None) -> bool:
-        # On Redis Cluster the old and the new session live on different
-        # slots, which one script may not touch.
-        return old_key is not None and is_valid_key(old_key) and not is_cluster(client)
 
     def decode(self, payload: bytes) -> SessionData | None:
         """The session in ``payload``; None (and a security log line) if corrupt."""
@@ -426,10 +455,18 @@ class RedisSessionStore:
 
     def get_payload(self, key: str) -> bytes | None:
         """The stored bytes of the session under ``key``, undecoded."""
-        return self._execute(self._get_op(key))
+        try:
+            return self._execute(self._get_op(key))
+        except redis.exceptions.ResponseError as error:
+            _reject_foreign_value(error)
+            return None
 
     async def aget_payload(self, key: str) -> bytes | None:
-        return await self._aexecute(self._get_op(key))
+        try:
+            return await self._aexecute(self._get_op(key))
+        except redis.exceptions.ResponseError as error:
+            _reject_foreign_value(error)
+            return None
 
     def set(self, key: str, data: SessionData, ttl: float | None = None) -> bool:
         """Write ``data`` under ``key`` unless a tombstone blocks it (then False)."""
@@ -515,34 +552,46 @@ class RedisSessionStore:
     ) -> Outcome:
         """Move a session to ``new_key`` and destroy ``old_key``: the login path.
 
-        One atomic script on a single Redis; on Redis Cluster, where the two
-        keys live on different slots, a create followed by a destroy. Returns
-        EXISTS or TOMBSTONED (nothing changed) when ``new_key`` is unusable.
+        One atomic script on a single Redis. Outcomes: WRITTEN; MISSING when
+        ``old_key`` no longer holds a live session (a logout, a ``clear`` or
+        another cycle ended it: its data must not live on under a new key, so
+        nothing is written); EXISTS or TOMBSTONED when ``new_key`` is unusable
+        (nothing changed); EXPIRED when the TTL is not positive (the old
+        session is destroyed, nothing is written). With no ``old_key`` it is
+        a create.
         """
-        if old_key is not None and not ttl_milliseconds(ttl):
+        if old_key is None:
+            return self.create_payload(new_key, payload, ttl)
+        if not ttl_milliseconds(ttl):
             self.destroy(old_key)
             return Outcome.EXPIRED
-        if self._cycles_in_one_script(self._client(), old_key):
-            assert old_key is not None
+        if not is_valid_key(old_key):
+            return Outcome.MISSING
+        if not is_cluster(self._client()):
             return self._execute(self._cycle_op(old_key, new_key, payload, ttl))
-        outcome = self.create_payload(new_key, payload, ttl)
-        if outcome is Outcome.WRITTEN and old_key is not None:
-            self.destroy(old_key)
-        return outcome
+        # On Redis Cluster the two sessions live on different slots, which one
+        # script may not touch. The old one ends first and the new one is
+        # created only if the old was live: a failure in between logs the user
+        # out, where the other order could leave two live sessions.
+        if not self.destroy(old_key):
+            return Outcome.MISSING
+        return self.create_payload(new_key, payload, ttl)
 
     async def acycle(
         self, old_key: str | None, new_key: str, payload: bytes, ttl: float
     ) -> Outcome:
-        if old_key is not None and not ttl_milliseconds(ttl):
+        if old_key is None:
+            return await self.acreate_payload(new_key, payload, ttl)
+        if not ttl_milliseconds(ttl):
             await self.adestroy(old_key)
             return Outcome.EXPIRED
-        if self._cycles_in_one_script(self._async_client(), old_key):
-            assert old_key is not None
+        if not is_valid_key(old_key):
+            return Outcome.MISSING
+        if not is_cluster(self._async_client()):
             return await self._aexecute(self._cycle_op(old_key, new_key, payload, ttl))
-        outcome = await self.acreate_payload(new_key, payload, ttl)
-        if outcome is Outcome.WRITTEN and old_key is not None:
-            await self.adestroy(old_key)
-        return outcome
+        if not await self.adestroy(old_key):
+            return Outcome.MISSING
+        return await self.acreate_payload(new_key, payload, ttl)
 
     # The public API: every session under the prefix, a SCAN batch at a time.
 
@@ -579,11 +628,11 @@ class RedisSessionStore:
         """
         # UNLINK counts only keys that existed, so SCAN's repeats need no
         # filtering here: the total is exact and memory stays at one batch.
-        for batch in self._scan(remember=0):
+        for batch in self._scan(remember=0, sessions_only=False):
             yield self._unlink(batch)
 
     async def aclear_in_batches(self) -> AsyncIterator[int]:
-        async for batch in self._ascan(remember=0):
+        async for batch in self._ascan(remember=0, sessions_only=False):
             yield await self._aunlink(batch)
 
     def _sessions(
@@ -596,33 +645,41 @@ class RedisSessionStore:
             if data is not None:
                 yield session_key_from(self.prefix, redis_key), data
 
-    def _scan(self, remember: int = DEDUPE_BATCHES) -> Iterator[list[bytes]]:
+    def _scan(
+        self, remember: int = DEDUPE_BATCHES, *, sessions_only: bool = True
+    ) -> Iterator[list[bytes]]:
         client = self._client()
         recent = RecentKeys(remember)
         pattern = scan_pattern(self.prefix)
+        kind = "string" if sessions_only else None
         for node in scan_nodes(client):
             cursor = 0
             while True:
-                cursor, keys = node.scan(cursor, match=pattern, count=self.scan_count)
+                cursor, keys = node.scan(
+                    cursor, match=pattern, count=self.scan_count, _type=kind
+                )
                 if batch := recent.fresh(keys):
-                    yield batch
+                    yield session_names(batch) if sessions_only else batch
                 if not int(cursor):
                     break
 
     async def _ascan(
-        self, remember: int = DEDUPE_BATCHES
+        self, remember: int = DEDUPE_BATCHES, *, sessions_only: bool = True
     ) -> AsyncIterator[list[bytes]]:
         client = self._async_client()
         if isinstance(client, redis.asyncio.cluster.RedisCluster):
             await client.initialize()  # it learns its nodes lazily
         recent = RecentKeys(remember)
         pattern = scan_pattern(self.prefix)
+        kind = "string" if sessions_only else None
         for node in scan_nodes(client):
             cursor = 0
             while True:
-                cursor, keys = await _ascan_page(node, cursor, pattern, self.scan_count)
+                cursor, keys = await _ascan_page(
+                    node, cursor, pattern, self.scan_count, kind
+                )
                 if batch := recent.fresh(keys):
-                    yield batch
+                    yield session_names(batch) if sessions_only else batch
                 if not int(cursor):
                     break
 
@@ -662,16 +719,37 @@ def scan_nodes(client: Any) -> list[Any]:
 
 
 async def _ascan_page(
-    node: Any, cursor: int, pattern: str, count: int
+    node: Any, cursor: int, pattern: str, count: int, kind: str | None
 ) -> tuple[int, list[bytes]]:
     if isinstance(node, redis.asyncio.cluster.ClusterNode):
-        reply = await node.execute_command(
-            "SCAN", cursor, "MATCH", pattern, "COUNT", count
-        )
+        args: tuple[Any, ...] = ("SCAN", cursor, "MATCH", pattern, "COUNT", count)
+        if kind is not None:
+            args += ("TYPE", kind)
+        reply = await node.execute_command(*args)
     else:
-        reply = await node.scan(cursor, match=pattern, count=count)
+        reply = await node.scan(cursor, match=pattern, count=count, _type=kind)
     next_cursor, keys = reply
     return int(next_cursor), list(keys)
+
+
+def _reject_foreign_value(error: redis.exceptions.ResponseError) -> None:
+    """Log a GET of a list, hash or other non-string value; re-raise the rest."""
+    if not str(error).startswith("WRONGTYPE"):
+        raise error
+    security_logger.warning(
+        "Session data corrupted: a key under the session prefix holds a "
+        "value that is not a string and was treated as empty."
+    )
+    return
+
+
+def retry_token() -> str:
+    """A value unique to one destroy or cycle, stored as the tombstone.
+
+    redis-py resends a command whose reply was lost; a script that finds its
+    own token knows it already ran and reports what that first run did.
+    """
+    return secrets.token_hex(8)
 
 
 def _check_key(key: str) -> None:

@@ -25,7 +25,12 @@ from django.test import RequestFactory, override_settings
 from django.utils import timezone
 
 from django_redis_sessions.backends.redis import SessionStore
-from django_redis_sessions.store import data_key, get_store, tombstone_key
+from django_redis_sessions.store import (
+    RedisSessionStore,
+    data_key,
+    get_store,
+    tombstone_key,
+)
 from tests.twins import AsyncTwins, no_sync_client, run
 
 Keys = Callable[[], set[str]]
@@ -191,6 +196,7 @@ def test_save_must_create_on_a_taken_key_raises_create_error(
 ) -> None:
     session.save()
     other = make_session(session.session_key)
+    other["a"] = 1
     with pytest.raises(CreateError):
         other.save(must_create=True)
 
@@ -540,3 +546,104 @@ def test_a_stalled_redis_on_save_fails_in_bounded_time_and_loses_nothing(
     # session is whole either way: nothing lost, nothing else written.
     assert SessionStore(key)["user"] in {1, 2}
     assert redis_keys() == {data(prefix, key)}
+
+
+# --- Races and faults of the second release ----------------------------------------
+
+
+def test_a_session_created_with_an_expiry_in_the_past_writes_nothing(
+    session: Any, redis_keys: Keys
+) -> None:
+    session["a"] = 1
+    session.set_expiry(timezone.now() - timedelta(seconds=1))
+    session.save()
+    assert redis_keys() == set()
+
+
+def test_cycle_key_after_a_logout_elsewhere_carries_nothing_over(
+    make_session: Callable[..., Any], redis_keys: Keys, prefix: str
+) -> None:
+    """Scenario 21: a password change or login racing a logout."""
+    key = saved_key(make_session, _auth_user_id="1", cart="book")
+    request_a = make_session(key)
+    assert request_a["_auth_user_id"] == "1"  # A has loaded
+    make_session(key).flush()  # B logs out
+    request_a.cycle_key()
+    assert request_a.session_key is None
+    assert request_a.load() == {}
+    assert redis_keys() == {tomb(prefix, key)}
+    # What the request writes next lands in a new session of its own.
+    request_a["_auth_user_id"] = "1"
+    request_a.save()
+    assert make_session(request_a.session_key).load() == {"_auth_user_id": "1"}
+
+
+def test_two_cycle_keys_racing_leave_one_live_session_with_the_data(
+    make_session: Callable[..., Any], redis_keys: Keys, prefix: str
+) -> None:
+    """Scenario 22."""
+    key = saved_key(make_session, cart="book")
+    first, second = make_session(key), make_session(key)
+    assert first["cart"] == second["cart"] == "book"
+    first.cycle_key()
+    second.cycle_key()
+    assert second.session_key is None
+    assert second.load() == {}
+    assert redis_keys() == {data(prefix, first.session_key), tomb(prefix, key)}
+
+
+def test_cycle_key_after_a_store_clear_carries_nothing_over(
+    make_session: Callable[..., Any], redis_keys: Keys
+) -> None:
+    key = saved_key(make_session, cart="book")
+    in_flight = make_session(key)
+    assert in_flight["cart"] == "book"
+    assert RedisSessionStore().clear() == 1
+    in_flight.cycle_key()
+    assert in_flight.load() == {}
+    assert redis_keys() == set()
+
+
+def test_an_explicit_write_of_the_loaded_value_is_not_dropped(
+    make_session: Callable[..., Any],
+) -> None:
+    """Scenario 23: A loads sudo=False, B saves sudo=True, A writes False last."""
+    key = saved_key(make_session, sudo=False)
+    request_a = make_session(key)
+    assert request_a["sudo"] is False
+    request_b = make_session(key)
+    request_b["sudo"] = True
+    request_b.save()
+    request_a["sudo"] = False
+    request_a.save()
+    assert make_session(key)["sudo"] is False
+
+
+@pytest.mark.parametrize(
+    "kind", ["list", "hash", "set", "zset", "stream"], ids=lambda kind: kind
+)
+def test_a_value_of_another_type_under_the_key_loads_as_empty_and_logs(
+    make_session: Callable[..., Any],
+    raw_redis: redis.Redis,
+    prefix: str,
+    caplog: pytest.LogCaptureFixture,
+    kind: str,
+) -> None:
+    """Scenario 25: never a 500."""
+    key = "foreignvalue12345678"
+    name = data(prefix, key)
+    write = {
+        "list": lambda: raw_redis.rpush(name, "x"),
+        "hash": lambda: raw_redis.hset(name, "x", "y"),
+        "set": lambda: raw_redis.sadd(name, "x"),
+        "zset": lambda: raw_redis.zadd(name, {"x": 1}),
+        "stream": lambda: raw_redis.xadd(name, {"x": "y"}),
+    }[kind]
+    write()
+    session = make_session(key)
+    with caplog.at_level(logging.WARNING, "django.security.SuspiciousSession"):
+        assert session.load() == {}
+    assert session.session_key is None
+    assert session.exists(key) is False
+    assert [r.name for r in caplog.records] == ["django.security.SuspiciousSession"]
+    assert raw_redis.type(name) == kind.encode()

@@ -339,6 +339,51 @@ def test_keys_outside_the_prefix_are_never_touched(
         raw.delete(*decoys)
 
 
+def test_foreign_values_under_the_prefix_are_skipped_and_cleared(
+    store: Any, raw: redis.Redis, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Scenario 25: a list, a hash or a name that is not UTF-8 never crashes."""
+    keys = fill(store, 2)
+    raw.rpush(prefix.encode() + b"{a-list}", b"x")
+    raw.hset(prefix.encode() + b"{a-hash}", b"x", b"y")
+    raw.set(prefix.encode() + b"{\xff\xfe}", b"{}", ex=600)
+    with caplog.at_level(logging.WARNING, "django.security.SuspiciousSession"):
+        assert store.get("a-list") is None
+        assert store.get("a-hash") is None
+    assert len(caplog.records) == 2
+    assert store.exists("a-list") is False
+    assert store.count() == 2
+    assert dict(store.all()) == {key: {"n": key} for key in keys}
+    # clear deletes every name of this store's layout, whatever it holds.
+    assert store.clear() == 5
+    assert store.count() == 0
+
+
+def test_a_create_already_over_writes_nothing(store: Any, store_keys: Keys) -> None:
+    assert store.create("abcdefgh", {"v": 1}, ttl=0) is False
+    assert store_keys() == set()
+
+
+def test_cycle_of_a_session_ended_elsewhere_writes_nothing(
+    store: Any, store_keys: Keys, prefix: str
+) -> None:
+    store.create("oldoldold", {"v": 1}, ttl=60)
+    store.destroy("oldoldold")
+    assert store.cycle("oldoldold", "newnewnew", b'{"v":1}', 60).name == "MISSING"
+    assert store_keys() == {tombstone_key(prefix, "oldoldold")}
+
+
+def test_a_create_run_twice_with_the_same_payload_reports_written_both_times(
+    store: Any, store_keys: Keys, prefix: str
+) -> None:
+    """What redis-py's retry after a lost reply does to a create."""
+    assert store.create("abcdefgh", {"v": 1}, ttl=60) is True
+    assert store.create("abcdefgh", {"v": 1}, ttl=60) is True
+    assert store.create("abcdefgh", {"v": 2}, ttl=60) is False
+    assert store.get("abcdefgh") == {"v": 1}
+    assert store_keys() == {data_key(prefix, "abcdefgh")}
+
+
 @pytest.mark.parametrize(
     ("glob_prefix", "lookalike"),
     [

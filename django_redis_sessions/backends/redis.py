@@ -75,7 +75,9 @@ class SessionStore(SessionBase):
             self._stored = (key, payload)
 
     def _is_unchanged(self, key: str, payload: bytes) -> bool:
-        return self._stored == (key, payload)
+        # An explicit write is never dropped, even of the value that was
+        # loaded: another request may have changed it since (last write wins).
+        return not self.modified and self._stored == (key, payload)
 
     def _forget(self, key: str) -> None:
         if self._stored is not None and self._stored[0] == key:
@@ -85,7 +87,15 @@ class SessionStore(SessionBase):
         self, outcome: Outcome, data: dict[str, Any], key: str, payload: bytes
     ) -> bool:
         """Take the new key after a cycle; False if ``key`` was unusable."""
-        if outcome is Outcome.EXPIRED:
+        if outcome is Outcome.MISSING:
+            # Another request ended the session (a logout, a clear, another
+            # cycle_key) after this one loaded it. Its data must not live on:
+            # start afresh, so what this request writes next (a login) lands
+            # in a new session holding nothing of the old one.
+            self._session_key = None
+            self._stored = None
+            data = {}
+        elif outcome is Outcome.EXPIRED:
             self._session_key = None
             self._stored = None
         elif outcome is Outcome.WRITTEN:

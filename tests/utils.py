@@ -1,0 +1,158 @@
+"""Helpers shared by the test modules."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import django
+import pytest
+import redis
+import redis.asyncio
+
+#: The exact set of keys a test left in Redis (see the ``redis_keys`` fixture).
+Keys = Callable[[], set[str]]
+
+needs_async_backend = pytest.mark.skipif(
+    django.VERSION < (5, 1), reason="SessionBase has asyncio methods from Django 5.1"
+)
+
+
+class LostReplies:
+    """Connection classes that can lose the reply of the next command.
+
+    ``arm()`` makes the next reply read by either class vanish after the server
+    has sent it: the command ran, and the client sees a ``ConnectionError``, as
+    when a connection drops at the worst moment. redis-py then reconnects and
+    sends the command again, which is what every store operation must survive.
+    """
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.lost = 0
+        replies = self
+
+        class Connection(redis.Connection):
+            def read_response(self, *args: Any, **kwargs: Any) -> Any:
+                response = super().read_response(*args, **kwargs)
+                replies._lose(response)
+                return response
+
+        class AsyncConnection(redis.asyncio.Connection):
+            async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+                response = await super().read_response(*args, **kwargs)
+                replies._lose(response)
+                return response
+
+        self.connection_class: type[redis.Connection] = Connection
+        self.async_connection_class: type[redis.asyncio.Connection] = AsyncConnection
+
+    def arm(self) -> None:
+        self.armed = True
+
+    def _lose(self, response: Any) -> None:
+        if self.armed:
+            self.armed = False
+            self.lost += 1
+            raise redis.ConnectionError("The reply was lost (forced by the test).")
+
+
+class ReplyDroppingProxy:
+    """A loopback TCP proxy in front of a Redis server that can drop one reply.
+
+    After ``drop_next_reply(command)``, the reply to the next request that
+    sends ``command`` is thrown away and its connection is closed: the server
+    ran the command, the client never hears of it and sees its socket close.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self._upstream = (host, port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._command: bytes | None = None
+        self._drop = threading.Event()
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._threads: list[threading.Thread] = []
+        self._closed = False
+        self.dropped = 0
+        self._spawn(self._accept)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self._listener.getsockname()[1]}/0"
+
+    def drop_next_reply(self, command: str) -> None:
+        self._command = f"\r\n{command.upper()}\r\n".encode()
+
+    def _spawn(self, target: Callable[..., None], *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed by close()
+            server = socket.create_connection(self._upstream)
+            with self._lock:
+                if self._closed:
+                    client.close()
+                    server.close()
+                    return
+                self._sockets += [client, server]
+            self._spawn(self._pump, client, server, False)
+            self._spawn(self._pump, server, client, True)
+
+    def _pump(
+        self, source: socket.socket, target: socket.socket, replies: bool
+    ) -> None:
+        while True:
+            try:
+                data = source.recv(65536)
+            except OSError:
+                data = b""
+            # Requests are forwarded before their replies can arrive, so the
+            # flag is up before the reply to be dropped is read.
+            if not replies and self._command is not None and self._command in data:
+                self._command = None
+                self._drop.set()
+            if replies and data and self._drop.is_set():
+                self._drop.clear()
+                self.dropped += 1
+                data = b""
+            if not data:
+                # Closing both ends tells the client its connection is gone.
+                for sock in (source, target):
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+                return
+            try:
+                target.sendall(data)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            sockets, self._sockets = self._sockets, []
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes accept() on Linux
+        self._listener.close()
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        for thread in self._threads:
+            thread.join(timeout=5)
+        for sock in sockets:
+            sock.close()
+
+    def __enter__(self) -> ReplyDroppingProxy:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
