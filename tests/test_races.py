@@ -1,0 +1,273 @@
+"""Concurrent requests under forced interleavings of their round trips.
+
+A request is a list of steps, each one round trip of the Django backend
+(``load``, ``save``, ``cycle_key``, ``flush``) followed by what the view does
+with the session before its next round trip. A schedule is an order of all the
+requests' steps; each scenario runs under at least ``SCHEDULES`` schedules
+(every distinct one when there are fewer, else a seeded sample) and checks its
+invariants after each, through the sync methods and through the asyncio twins.
+Where a scenario says so, the reply of one step is lost after the server ran
+it, and redis-py sends the command again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio.retry
+from django.contrib.sessions.backends.base import VALID_KEY_CHARS, UpdateError
+from django.core.signing import JSONSerializer
+from django.utils.crypto import get_random_string
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from django_redis_sessions.backends.redis import SessionStore
+from django_redis_sessions.store import data_key, glob_escape, session_key_from
+from tests.utils import LostReplies, needs_async_backend
+
+SCHEDULES = 500
+
+#: The backend method of each step, sync and asyncio. ``load`` fills the
+#: session's cache the way the first access in a view does.
+METHODS = {
+    "load": ("_get_session", "_aget_session"),
+    "save": ("save", "asave"),
+    "cycle_key": ("cycle_key", "acycle_key"),
+    "flush": ("flush", "aflush"),
+}
+
+
+@dataclass
+class Request:
+    """One request: its session and its steps, ``(method, then)`` pairs."""
+
+    name: str
+    session: SessionStore
+    steps: list[tuple[str, Callable[[], None] | None]]
+    errors: list[str] = field(default_factory=list)
+
+
+def request(name: str, key: str | None, *steps: Any) -> Request:
+    session = SessionStore(key)
+    pairs = [(step, None) if isinstance(step, str) else step for step in steps]
+    return Request(name, session, pairs)
+
+
+def schedules(requests: list[Request], seed: int) -> list[list[int]]:
+    """Every distinct order of the requests' steps, or ``SCHEDULES`` of them.
+
+    An order lists, for each round trip, which request runs its next step.
+    """
+    slots = [index for index, req in enumerate(requests) for _ in req.steps]
+    total = math.factorial(len(slots))
+    for req in requests:
+        total //= math.factorial(len(req.steps))
+    if total <= SCHEDULES:
+        return [list(order) for order in sorted(set(itertools.permutations(slots)))]
+    rng = random.Random(seed)
+    sampled: set[tuple[int, ...]] = set()
+    while len(sampled) < SCHEDULES:
+        rng.shuffle(slots)
+        sampled.add(tuple(slots))
+    return [list(order) for order in sorted(sampled)]
+
+
+class Harness:
+    """Plays schedules sync or asyncio and reads back the live sessions."""
+
+    def __init__(self, mode: str, raw: redis.Redis, prefix: str) -> None:
+        self.mode = mode
+        self.raw = raw
+        self.prefix = prefix
+        self.lost_replies = LostReplies()
+        self.played = 0
+
+    def saved(self, **data: Any) -> str:
+        """A new live session holding ``data``, written behind the engine's back."""
+        key = get_random_string(32, VALID_KEY_CHARS)
+        payload = JSONSerializer().dumps(data)  # byte for byte what save() writes
+        self.raw.set(data_key(self.prefix, key), payload, px=60_000)
+        return key
+
+    def play(
+        self, requests: list[Request], order: list[int], lose_at: int | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """Run the steps in ``order``; the live sessions afterwards, key -> data.
+
+        With ``lose_at``, the first reply at or after that position is lost
+        (a step whose session has no key sends nothing).
+        """
+        cursors = [iter(req.steps) for req in requests]
+        plan = []
+        for position, index in enumerate(order):
+            method, then = next(cursors[index])
+            plan.append((requests[index], method, then, position == lose_at))
+        if self.mode == "sync":
+            for req, method, then, lose in plan:
+                if lose:
+                    self.lost_replies.arm()
+                try:
+                    getattr(req.session, METHODS[method][0])()
+                except UpdateError:
+                    req.errors.append(method)
+                if then is not None:
+                    then()
+        else:
+
+            async def play_async() -> None:
+                for req, method, then, lose in plan:
+                    if lose:
+                        self.lost_replies.arm()
+                    try:
+                        await getattr(req.session, METHODS[method][1])()
+                    except UpdateError:
+                        req.errors.append(method)
+                    if then is not None:
+                        then()
+
+            asyncio.run(play_async())
+        self.lost_replies.armed = False
+        self.played += 1
+        return self._live_sessions_then_clean_up()
+
+    def _live_sessions_then_clean_up(self) -> dict[str, dict[str, Any]]:
+        names = list(self.raw.scan_iter(match=glob_escape(self.prefix) + "*"))
+        sessions = [name for name in names if not name.endswith(b":tombstone")]
+        values = self.raw.mget(sessions) if sessions else []
+        if names:
+            self.raw.unlink(*names)
+        return {
+            session_key_from(self.prefix, name): json.loads(value)
+            for name, value in zip(sessions, values, strict=True)
+            if value is not None
+        }
+
+
+@pytest.fixture(params=["sync", pytest.param("async", marks=needs_async_backend)])
+def harness(
+    request: pytest.FixtureRequest,
+    raw_redis: redis.Redis,
+    prefix: str,
+    settings: Any,
+    session_redis: dict[str, Any],
+) -> Harness:
+    harness = Harness(str(request.param), raw_redis, prefix)
+    replies = harness.lost_replies
+    # The engine's one retry, without its backoff: the resend is what matters.
+    if harness.mode == "sync":
+        options = {
+            "connection_class": replies.connection_class,
+            "retry": Retry(NoBackoff(), 1),
+        }
+    else:
+        options = {
+            "connection_class": replies.async_connection_class,
+            "retry": redis.asyncio.retry.Retry(NoBackoff(), 1),
+        }
+    settings.SESSION_REDIS = {**session_redis, "OPTIONS": options}
+    return harness
+
+
+def position(order: list[int], requests: list[Request], name: str, step: str) -> int:
+    """Where in ``order`` request ``name`` runs its ``step``."""
+    wanted = next(i for i, req in enumerate(requests) if req.name == name)
+    taken = 0
+    for at, index in enumerate(order):
+        if index == wanted:
+            if requests[index].steps[taken][0] == step:
+                return at
+            taken += 1
+    raise AssertionError(f"{name} has no {step} step.")
+
+
+def logins_and_a_logout(key: str) -> list[Request]:
+    """A login and a password change cycle the key while a logout flushes it."""
+    login = request("login", key, "load", "cycle_key", "save")
+    login.steps[1] = ("cycle_key", lambda: login.session.update({"by": "login"}))
+    password = request("password", key, "load", "cycle_key", "save")
+    password.steps[1] = ("cycle_key", lambda: password.session.update({"hash": "2"}))
+    logout = request("logout", key, "load", "flush")
+    return [login, password, logout]
+
+
+def check_no_revival(
+    live: dict[str, dict[str, Any]],
+    requests: list[Request],
+    order: list[int],
+    old: str,
+) -> None:
+    carrying = [key for key, data in live.items() if data.get("secret") == "S"]
+    # Item 22: at most one live session carries the data.
+    assert len(carrying) <= 1, live
+    # Item 1: once the logout ran, no cycle may carry the data over.
+    flushed = position(order, requests, "logout", "flush")
+    cycles = [
+        position(order, requests, name, "cycle_key") for name in ("login", "password")
+    ]
+    if flushed < min(cycles):
+        assert carrying == [], live
+    assert old not in live
+    # Item 3: no orphan, every live session is one a request holds.
+    assert set(live) <= {str(req.session.session_key) for req in requests}, live
+    assert [req.errors for req in requests] == [[], [], []]
+
+
+def test_cycle_key_racing_a_logout_and_another_cycle_key(harness: Harness) -> None:
+    """Items 1 and 22 under every schedule of login, password change and logout."""
+    orders = schedules(logins_and_a_logout("x" * 32), seed=1)
+    for order in orders:
+        old = harness.saved(secret="S", _auth_user_id="1")
+        requests = logins_and_a_logout(old)
+        live = harness.play(requests, order)
+        check_no_revival(live, requests, order, old)
+    assert harness.played >= SCHEDULES
+
+
+def test_lost_replies_anywhere_create_nothing_twice(harness: Harness) -> None:
+    """Item 3: the same schedules, each with a reply lost at one of its steps."""
+    orders = schedules(logins_and_a_logout("x" * 32), seed=3)
+    for n, order in enumerate(orders):
+        # Each schedule loses a reply at two of its eight steps, in turn.
+        for lose_at in (n % len(order), (n + 4) % len(order)):
+            old = harness.saved(secret="S", _auth_user_id="1")
+            requests = logins_and_a_logout(old)
+            live = harness.play(requests, order, lose_at)
+            check_no_revival(live, requests, order, old)
+    assert harness.lost_replies.lost >= SCHEDULES
+
+
+def writers(key: str) -> list[Request]:
+    """Four requests write ``sudo`` (two the value they loaded); one only reads."""
+    requests = []
+    for name, value in WRITES.items():
+        writer = request(name, key, "load", "save")
+        writer.steps[0] = ("load", partial(writer.session.update, {"sudo": value}))
+        requests.append(writer)
+    requests.append(request("reader", key, "load", "save"))
+    return requests
+
+
+WRITES = {"w1": False, "w2": True, "w3": False, "w4": True}
+
+
+def test_explicit_writes_are_never_dropped(harness: Harness) -> None:
+    """Item 2: the last save wins, even when it writes back what it loaded."""
+    orders = schedules(writers("x" * 32), seed=2)
+    for order in orders:
+        key = harness.saved(sudo=False)
+        requests = writers(key)
+        live = harness.play(requests, order)
+        last = max(WRITES, key=lambda name: position(order, requests, name, "save"))
+        assert live == {key: {"sudo": WRITES[last]}}
+        assert all(req.errors == [] for req in requests)
+    assert harness.played >= SCHEDULES
