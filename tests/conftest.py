@@ -19,10 +19,10 @@ import django
 import fakeredis
 import pytest
 import redis
-from django.conf import settings as django_settings
 
-from django_redis_sessions import client as client_module
-from django_redis_sessions.store import RedisSessionStore, glob_escape
+from django_redis_sessions.keys import glob_escape
+from django_redis_sessions.redis_layer import RedisLayer
+from django_redis_sessions.store import RedisSessionStore
 from django_redis_sessions.testing import RedisServer
 from tests.twins import AsyncTwins, no_sync_client
 
@@ -75,26 +75,20 @@ def prefix() -> str:
 
 @pytest.fixture(autouse=True)
 def session_redis(
-    redis_url: str, prefix: str, raw_redis: redis.Redis
+    redis_url: str, prefix: str, raw_redis: redis.Redis, settings: Any
 ) -> Iterator[dict[str, Any]]:
-    """``SESSION_REDIS`` for this test: the test server and a unique prefix."""
+    """``SESSION_REDIS`` for this test: the test server and a unique prefix.
+
+    Set through pytest-django's ``settings``, so the engine's clients and
+    caches are dropped before and after, as ``override_settings`` does. The
+    dict may be changed before the engine first uses it.
+    """
     config: dict[str, Any] = {"URL": redis_url, "PREFIX": prefix}
-    old = getattr(django_settings, "SESSION_REDIS", None)
-    django_settings.SESSION_REDIS = config
-    _forget_cached()
+    settings.SESSION_REDIS = config
     yield config
-    django_settings.SESSION_REDIS = old
-    _forget_cached()
     keys = list(raw_redis.scan_iter(match=glob_escape(prefix) + "*", count=1000))
     if keys:
         raw_redis.unlink(*keys)
-
-
-def _forget_cached() -> None:
-    from django_redis_sessions import store
-
-    client_module.close_clients()
-    store._store = None
 
 
 def keys_under(client: redis.Redis, prefix: str) -> set[str]:
@@ -154,26 +148,32 @@ def make_store(
     method that fell back to blocking I/O fails loudly.
     """
 
-    def make(**kwargs: Any) -> Any:
+    def make(kind: type[Any] = RedisSessionStore, **kwargs: Any) -> Any:
         kwargs.setdefault("prefix", prefix)
         if backend_name == "fakeredis":
             kwargs.setdefault("client", lambda: store_raw.sync)
             kwargs.setdefault("async_client", store_raw.async_client)
         if api_mode == "async":
             kwargs["client"] = no_sync_client
-            return AsyncTwins(RedisSessionStore(**kwargs), plain=STORE_PLAIN)
-        return RedisSessionStore(**kwargs)
+            return AsyncTwins(kind(**kwargs), plain=PLAIN)
+        return kind(**kwargs)
 
     return make
 
 
-#: Store attributes that are not I/O and have no asyncio twin.
-STORE_PLAIN = frozenset({"prefix", "serializer", "decode", "scan_count"})
+#: Attributes that are not I/O and have no asyncio twin.
+PLAIN = frozenset({"prefix", "scan_count"})
 
 
 @pytest.fixture
 def store(make_store: Callable[..., Any]) -> Any:
     return make_store()
+
+
+@pytest.fixture
+def layer(make_store: Callable[..., Any]) -> Any:
+    """The Redis layer under ``store``, sync or through its twins."""
+    return make_store(RedisLayer)
 
 
 @pytest.fixture

@@ -69,7 +69,7 @@ def test_each_event_loop_gets_its_own_client_closed_with_the_loop() -> None:
 
     async def use() -> None:
         await store.aset("abcdefgh", {"v": 1}, ttl=60)
-        seen.append(client_module.get_async_client())
+        seen.append(client_module.clients.for_running_loop())
 
     asyncio.run(use())
     asyncio.run(use())
@@ -152,12 +152,11 @@ def test_finished_event_loops_and_their_clients_are_not_kept_alive() -> None:
         await store.acreate("abcdefgh", {"v": 1}, ttl=60)  # a script, too
         await store.aget("abcdefgh")
         loops.append(weakref.ref(asyncio.get_running_loop()))
-        clients.append(weakref.ref(client_module.get_async_client()))
+        clients.append(weakref.ref(client_module.clients.for_running_loop()))
 
     for _ in range(5):
         asyncio.run(use())
     gc.collect()
-    assert client_module._async_clients == {}
-    assert client_module._closers == {}
+    assert client_module.clients.loops == 0
     assert [ref() for ref in loops] == [None] * 5
     assert [ref() for ref in clients] == [None] * 5

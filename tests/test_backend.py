@@ -14,7 +14,6 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-import django
 import pytest
 import redis
 from django.contrib.sessions.backends.base import CreateError, UpdateError
@@ -25,15 +24,11 @@ from django.test import RequestFactory, override_settings
 from django.utils import timezone
 
 from django_redis_sessions.backends.redis import SessionStore
-from django_redis_sessions.store import (
-    RedisSessionStore,
-    data_key,
-    get_store,
-    tombstone_key,
-)
+from django_redis_sessions.keys import data_key, tombstone_key
+from django_redis_sessions.redis_layer import get_layer
+from django_redis_sessions.store import RedisSessionStore
 from tests.twins import AsyncTwins, no_sync_client, run
-
-Keys = Callable[[], set[str]]
+from tests.utils import Keys, needs_async_backend
 
 #: Backend attributes that stay sync in an asyncio test: no I/O behind them.
 PLAIN = frozenset(
@@ -73,11 +68,6 @@ class AsyncSession(AsyncTwins):
         return bool(run(self._target.ahas_key(key)))
 
 
-needs_async_backend = pytest.mark.skipif(
-    django.VERSION < (5, 1), reason="SessionBase has asyncio methods from Django 5.1"
-)
-
-
 @pytest.fixture(params=["sync", pytest.param("async", marks=needs_async_backend)])
 def session_mode(request: pytest.FixtureRequest) -> str:
     return str(request.param)
@@ -89,7 +79,7 @@ def make_session(
 ) -> Callable[..., Any]:
     if session_mode == "async":
         # An asyncio method that falls back to blocking I/O fails the test.
-        monkeypatch.setattr(get_store(), "_client", no_sync_client)
+        monkeypatch.setattr(get_layer(), "_client", no_sync_client)
 
     def make(session_key: str | None = None) -> Any:
         session = SessionStore(session_key)
@@ -517,7 +507,7 @@ def test_unchanged_signed_sessions_still_save_with_a_touch(
     settings.SESSION_REDIS = {**session_redis, "SERIALIZER": SIGNED}
     key = saved_key(SessionStore, a=1)
     first, second = SessionStore(key), SessionStore(key)
-    assert first._payload({"a": 1}) == second._payload({"a": 1})
+    assert first._payloads.dumps({"a": 1}) == second._payloads.dumps({"a": 1})
 
 
 def test_a_stalled_redis_on_save_fails_in_bounded_time_and_loses_nothing(

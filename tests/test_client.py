@@ -31,10 +31,10 @@ def client_factory(*, asynchronous: bool) -> Any:
 def test_clients_are_built_once_and_rebuilt_when_the_setting_changes(
     settings: Any, session_redis: dict[str, Any]
 ) -> None:
-    first = client_module.get_client()
-    assert client_module.get_client() is first
+    first = client_module.clients.get()
+    assert client_module.clients.get() is first
     settings.SESSION_REDIS = {**session_redis, "OPTIONS": {"max_connections": 7}}
-    second = client_module.get_client()
+    second = client_module.clients.get()
     assert second is not first
     assert second.connection_pool.max_connections == 7
 
@@ -42,11 +42,11 @@ def test_clients_are_built_once_and_rebuilt_when_the_setting_changes(
 def test_timeouts_are_bounded_by_default_and_options_override_them(
     settings: Any, session_redis: dict[str, Any]
 ) -> None:
-    kwargs = client_module.get_client().connection_pool.connection_kwargs
+    kwargs = client_module.clients.get().connection_pool.connection_kwargs
     assert kwargs["socket_connect_timeout"] == 2.0
     assert kwargs["socket_timeout"] == 5.0
     settings.SESSION_REDIS = {**session_redis, "OPTIONS": {"socket_timeout": 0.25}}
-    kwargs = client_module.get_client().connection_pool.connection_kwargs
+    kwargs = client_module.clients.get().connection_pool.connection_kwargs
     assert kwargs["socket_timeout"] == 0.25
 
 
@@ -75,7 +75,7 @@ def test_an_acl_user_in_the_url_is_used(
         with pytest.raises(redis.AuthenticationError):
             RedisSessionStore().get("abcdefgh")
     finally:
-        client_module.close_clients()
+        client_module.clients.close()
         raw_redis.execute_command("ACL", "DELUSER", user)
 
 
@@ -94,7 +94,7 @@ def test_a_unix_socket_url_works(
     store = RedisSessionStore()
     assert store.create("abcdefgh", {"v": 1}, ttl=60) is True
     assert asyncio.run(store.aget("abcdefgh")) == {"v": 1}
-    client_module.close_clients()
+    client_module.clients.close()
 
 
 def test_a_rediss_url_builds_a_tls_connection(
@@ -105,7 +105,7 @@ def test_a_rediss_url_builds_a_tls_connection(
         "URL": "rediss://user:pw@redis.invalid:6380/2",
         "OPTIONS": {"ssl_cert_reqs": "required"},
     }
-    pool = client_module.get_client().connection_pool
+    pool = client_module.clients.get().connection_pool
     assert pool.connection_class is redis.SSLConnection
     assert pool.connection_kwargs["username"] == "user"
     assert pool.connection_kwargs["db"] == 2
@@ -119,7 +119,7 @@ def test_sentinels_ask_for_the_primary_with_the_url_credentials(
         "SENTINELS": [("127.0.0.1", 26379)],
         "SENTINEL_SERVICE": "sessions",
     }
-    client = client_module.get_client()
+    client = client_module.clients.get()
     pool = client.connection_pool
     assert isinstance(pool, redis.sentinel.SentinelConnectionPool)
     assert pool.service_name == "sessions"

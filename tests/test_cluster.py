@@ -8,8 +8,10 @@ from typing import Any
 import pytest
 import redis.cluster
 
-from django_redis_sessions.client import close_clients
-from django_redis_sessions.store import RedisSessionStore, tombstone_key
+from django_redis_sessions.client import clients
+from django_redis_sessions.keys import tombstone_key
+from django_redis_sessions.redis_layer import RedisLayer
+from django_redis_sessions.store import RedisSessionStore
 from tests.twins import AsyncTwins, no_sync_client
 
 
@@ -34,11 +36,11 @@ def cluster_store(
         yield RedisSessionStore()
     else:
         store = RedisSessionStore(client=no_sync_client)
-        yield AsyncTwins(store, plain=frozenset({"prefix"}))
+        yield AsyncTwins(store)
     keys = list(cluster_client.scan_iter(match=prefix + "*"))
     for key in keys:
         cluster_client.unlink(key)
-    close_clients()
+    clients.close()
 
 
 def test_single_session_operations_run_on_one_slot(cluster_store: Any) -> None:
@@ -51,11 +53,19 @@ def test_single_session_operations_run_on_one_slot(cluster_store: Any) -> None:
     assert cluster_store.exists("abcdefgh") is False
 
 
+def layer_like(store: Any) -> Any:
+    """The Redis layer configured like ``store``, in the same mode."""
+    if isinstance(store, AsyncTwins):
+        return AsyncTwins(RedisLayer(client=no_sync_client))
+    return RedisLayer()
+
+
 def test_cycle_moves_a_session_across_slots(
     cluster_store: Any, cluster_client: redis.cluster.RedisCluster, prefix: str
 ) -> None:
     cluster_store.create("oldsession1", {"v": 1}, ttl=60)
-    outcome = cluster_store.cycle("oldsession1", "newsession2", b'{"v":1}', 60)
+    layer = layer_like(cluster_store)
+    outcome = layer.cycle("oldsession1", "newsession2", b'{"v":1}', 60)
     assert outcome.name == "WRITTEN"
     assert cluster_store.get("newsession2") == {"v": 1}
     assert cluster_client.exists(tombstone_key(prefix, "oldsession1")) == 1
@@ -77,3 +87,14 @@ def test_bulk_operations_scan_every_primary(
     assert dict(cluster_store.all()) == {key: {"n": key} for key in keys[1:]}
     assert cluster_store.clear() == 59
     assert cluster_store.count() == 0
+
+
+def test_cycle_of_a_session_ended_elsewhere_creates_nothing(
+    cluster_store: Any, cluster_client: redis.cluster.RedisCluster, prefix: str
+) -> None:
+    cluster_store.create("oldsession1", {"v": 1}, ttl=60)
+    cluster_store.destroy("oldsession1")
+    layer = layer_like(cluster_store)
+    outcome = layer.cycle("oldsession1", "newsession2", b'{"v":1}', 60)
+    assert outcome.name == "MISSING"
+    assert cluster_client.exists(f"{prefix}{{newsession2}}") == 0

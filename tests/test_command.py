@@ -13,7 +13,9 @@ import redis
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
+from django_redis_sessions.client import redact_url
 from django_redis_sessions.management.commands import redis_sessions as command
+from django_redis_sessions.redis_layer import RedisLayer
 from django_redis_sessions.store import RedisSessionStore
 
 LIVE = ["alive-1", "alive-2", "alive-3"]
@@ -351,16 +353,16 @@ def many_sessions(prefix: str) -> int:
 
 @pytest.fixture
 def batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """What each SCAN batch of the command's clear deleted, in order."""
+    """What each UNLINK of the command's clear deleted, in order."""
     deleted: list[int] = []
-    clear_in_batches = RedisSessionStore.clear_in_batches
+    unlink = RedisLayer.unlink
 
-    def recording(store: RedisSessionStore) -> Iterator[int]:
-        for count in clear_in_batches(store):
-            deleted.append(count)
-            yield count
+    def recording(layer: RedisLayer, names: list[bytes]) -> int:
+        count = unlink(layer, names)
+        deleted.append(count)
+        return count
 
-    monkeypatch.setattr(RedisSessionStore, "clear_in_batches", recording)
+    monkeypatch.setattr(RedisLayer, "unlink", recording)
     return deleted
 
 
@@ -583,7 +585,8 @@ def test_clear_fails_with_a_command_error_when_redis_is_unreachable(
 
     message = str(excinfo.value)
     assert message.startswith(
-        f"Could not reach Redis at redis://user@127.0.0.1:{unreachable}/0?db=0: "
+        "Could not delete sessions: could not reach Redis at "
+        f"redis://user@127.0.0.1:{unreachable}/0?db=0: "
     )
     assert message.endswith(
         ". Nothing after the last completed batch was deleted; run the command "
@@ -600,7 +603,8 @@ def test_clear_says_nothing_was_deleted_when_redis_is_unreachable_before_asking(
 
     message = str(excinfo.value)
     assert message.startswith(
-        f"Could not reach Redis at redis://user@127.0.0.1:{unreachable}/0?db=0: "
+        "Could not count sessions: could not reach Redis at "
+        f"redis://user@127.0.0.1:{unreachable}/0?db=0: "
     )
     assert message.endswith(". Nothing was deleted.")
     assert "s3cret" not in message
@@ -617,4 +621,4 @@ def test_clear_says_nothing_was_deleted_when_redis_is_unreachable_before_asking(
     ],
 )
 def test_urls_are_shown_without_passwords(url: str, shown: str) -> None:
-    assert command.redact_url(url) == shown
+    assert redact_url(url) == shown

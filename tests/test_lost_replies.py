@@ -16,7 +16,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from django_redis_sessions.backends.redis import SessionStore
-from django_redis_sessions.store import RedisSessionStore, data_key, tombstone_key
+from django_redis_sessions.keys import data_key, tombstone_key
+from django_redis_sessions.store import RedisSessionStore
 from tests.utils import Keys, ReplyDroppingProxy, needs_async_backend
 
 

@@ -32,7 +32,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from django_redis_sessions.backends.redis import SessionStore
-from django_redis_sessions.store import data_key, glob_escape, session_key_from
+from django_redis_sessions.keys import data_key, glob_escape, session_key_from
 from tests.utils import LostReplies, needs_async_backend
 
 SCHEDULES = 500

@@ -11,6 +11,7 @@ import redis
 
 from django_redis_sessions import client as client_module
 from django_redis_sessions.backends.redis import SessionStore
+from django_redis_sessions.keys import data_key
 from django_redis_sessions.store import RedisSessionStore
 from django_redis_sessions.testing import RedisSentinelServers
 
@@ -27,7 +28,7 @@ def sentinel_setup(settings: Any, prefix: str) -> Iterator[RedisSentinelServers]
             "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 1.0},
         }
         yield servers
-        client_module.close_clients()
+        client_module.clients.close()
 
 
 def replicate(servers: RedisSentinelServers) -> None:
@@ -37,13 +38,13 @@ def replicate(servers: RedisSentinelServers) -> None:
 
 
 def test_sessions_are_read_and_written_on_the_primary(
-    sentinel_setup: RedisSentinelServers,
+    sentinel_setup: RedisSentinelServers, prefix: str
 ) -> None:
     session = SessionStore()
     session["user"] = 1
     session.save()
     with redis.Redis(port=sentinel_setup.primary.port) as primary:
-        assert primary.exists(f"{RedisSessionStore().prefix}{{{session.session_key}}}")
+        assert primary.exists(data_key(prefix, str(session.session_key)))
     assert SessionStore(session.session_key)["user"] == 1
     assert asyncio.run(RedisSessionStore().aget(str(session.session_key))) == {
         "user": 1

@@ -12,15 +12,14 @@ import pytest
 import redis
 from django.test import override_settings
 
-from django_redis_sessions.store import (
-    RecentKeys,
+from django_redis_sessions.keys import (
     data_key,
     glob_escape,
     scan_pattern,
     tombstone_key,
 )
-
-Keys = Callable[[], set[str]]
+from django_redis_sessions.redis_layer import RecentKeys, RedisLayer
+from tests.utils import Keys
 
 
 def test_create_writes_one_data_key_and_get_reads_it(
@@ -262,10 +261,10 @@ def test_unusual_keys_round_trip_without_a_redis_error(
 
 
 def test_cycle_moves_the_data_and_destroys_the_old_key(
-    store: Any, store_keys: Keys, prefix: str
+    store: Any, layer: Any, store_keys: Keys, prefix: str
 ) -> None:
     store.create("oldoldold", {"v": 1}, ttl=60)
-    outcome = store.cycle("oldoldold", "newnewnew", b'{"v":1}', 60)
+    outcome = layer.cycle("oldoldold", "newnewnew", b'{"v":1}', 60)
     assert outcome.name == "WRITTEN"
     assert store.get("newnewnew") == {"v": 1}
     assert store_keys() == {
@@ -275,11 +274,11 @@ def test_cycle_moves_the_data_and_destroys_the_old_key(
 
 
 def test_cycle_to_a_taken_key_changes_nothing(
-    store: Any, store_keys: Keys, prefix: str
+    store: Any, layer: Any, store_keys: Keys, prefix: str
 ) -> None:
     store.create("oldoldold", {"v": 1}, ttl=60)
     store.create("newnewnew", {"other": 1}, ttl=60)
-    assert store.cycle("oldoldold", "newnewnew", b'{"v":1}', 60).name == "EXISTS"
+    assert layer.cycle("oldoldold", "newnewnew", b'{"v":1}', 60).name == "EXISTS"
     assert store.get("oldoldold") == {"v": 1}
     assert store.get("newnewnew") == {"other": 1}
 
@@ -365,11 +364,11 @@ def test_a_create_already_over_writes_nothing(store: Any, store_keys: Keys) -> N
 
 
 def test_cycle_of_a_session_ended_elsewhere_writes_nothing(
-    store: Any, store_keys: Keys, prefix: str
+    store: Any, layer: Any, store_keys: Keys, prefix: str
 ) -> None:
     store.create("oldoldold", {"v": 1}, ttl=60)
     store.destroy("oldoldold")
-    assert store.cycle("oldoldold", "newnewnew", b'{"v":1}', 60).name == "MISSING"
+    assert layer.cycle("oldoldold", "newnewnew", b'{"v":1}', 60).name == "MISSING"
     assert store_keys() == {tombstone_key(prefix, "oldoldold")}
 
 
@@ -493,14 +492,17 @@ def test_a_clear_that_fails_half_way_raises_and_a_second_run_finishes(
     assert store_keys() == set()
 
 
-def test_clear_in_batches_reports_each_batch(
+def test_the_layer_scans_in_batches_and_unlinks_each(
     make_store: Callable[..., Any],
 ) -> None:
     store = make_store(scan_count=10)
+    layer = make_store(RedisLayer, scan_count=10)
     fill(store, 25)
-    batches = list(store.clear_in_batches())
-    assert sum(batches) == 25
+    batches = list(layer.scan(remember=0, sessions_only=False))
+    assert sum(len(names) for names in batches) == 25
     assert len(batches) >= 2
+    assert [layer.unlink(names) for names in batches] == [len(n) for n in batches]
+    assert store.count() == 0
 
 
 def test_recent_keys_drops_repeats_within_and_across_batches() -> None:

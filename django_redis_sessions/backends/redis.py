@@ -1,8 +1,8 @@
 """``SESSION_ENGINE = "django_redis_sessions.backends.redis"``.
 
-Serialization and expiry live here, Redis in ``store.py``. Round trips: load 1,
-create 1, save 1 (a TTL refresh when the session did not change), delete 1,
-cycle_key 1.
+Serialization and expiry live here, Redis in ``redis_layer.py``. Round trips:
+load 1, create 1, save 1 (a TTL refresh when the session did not change),
+delete 1, cycle_key 1.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from django.contrib.sessions.backends.base import (
 from django.utils.crypto import get_random_string
 
 from django_redis_sessions.conf import conf
+from django_redis_sessions.payloads import Payloads, get_payloads
+from django_redis_sessions.redis_layer import RedisLayer, get_layer
 from django_redis_sessions.scripts import Outcome
-from django_redis_sessions.store import RedisSessionStore, get_store
 
 #: A new key is 32 random characters; colliding even once is unheard of, so
 #: running out of attempts means something refuses every write.
@@ -33,28 +34,31 @@ class SessionStore(SessionBase):
     ``save()`` only updates a session that still exists: a session destroyed
     by a logout in another request raises ``UpdateError`` (which the middleware
     reports as ``SessionInterrupted``) instead of coming back to life.
+    ``cycle_key()`` of a session another request ended meanwhile carries
+    nothing over: the session starts afresh, empty and without a key.
     """
 
     def __init__(self, session_key: str | None = None) -> None:
         super().__init__(session_key)
-        # (key, payload) as last read from or written to Redis: a save of the
-        # same bytes under the same key only needs its TTL refreshed.
+        # (key, payload) as last read from or written to Redis: an unmodified
+        # save of the same bytes under the same key only refreshes the TTL.
         self._stored: tuple[str, bytes] | None = None
 
     @property
-    def store(self) -> RedisSessionStore:
-        return get_store()
+    def _layer(self) -> RedisLayer:
+        return get_layer()
+
+    @property
+    def _payloads(self) -> Payloads:
+        return get_payloads()
 
     def _get_new_session_key(self) -> str:
         # No EXISTS round trip: the create script refuses a taken key itself.
         return get_random_string(32, VALID_KEY_CHARS)
 
-    def _payload(self, data: dict[str, Any]) -> bytes:
-        payload: bytes = self.store.serializer.dumps(data)
-        return payload
-
-    def _loaded(self, key: str | None, payload: bytes | None) -> dict[str, Any]:
-        data = None if payload is None else self.store.decode(payload)
+    def _accept_loaded(self, key: str | None, payload: bytes | None) -> dict[str, Any]:
+        """The data read under ``key``; forget the key if there is none."""
+        data = self._payloads.loads(payload)
         if key is None or payload is None or data is None:
             # Never keep a key the client chose: the next save creates a
             # fresh random one (no session fixation).
@@ -64,7 +68,7 @@ class SessionStore(SessionBase):
         self._stored = (key, payload)
         return data
 
-    def _save_outcome(
+    def _accept_saved(
         self, outcome: Outcome, key: str, payload: bytes, *, must_create: bool
     ) -> None:
         if outcome is Outcome.EXPIRED:
@@ -74,16 +78,16 @@ class SessionStore(SessionBase):
         else:
             self._stored = (key, payload)
 
-    def _is_unchanged(self, key: str, payload: bytes) -> bool:
+    def _only_needs_touch(self, key: str, payload: bytes) -> bool:
         # An explicit write is never dropped, even of the value that was
         # loaded: another request may have changed it since (last write wins).
         return not self.modified and self._stored == (key, payload)
 
-    def _forget(self, key: str) -> None:
+    def _forget_stored(self, key: str) -> None:
         if self._stored is not None and self._stored[0] == key:
             self._stored = None
 
-    def _cycled(
+    def _accept_cycled(
         self, outcome: Outcome, data: dict[str, Any], key: str, payload: bytes
     ) -> bool:
         """Take the new key after a cycle; False if ``key`` was unusable."""
@@ -109,10 +113,10 @@ class SessionStore(SessionBase):
 
     def load(self) -> dict[str, Any]:
         key = self.session_key
-        return self._loaded(key, None if key is None else self.store.get_payload(key))
+        return self._accept_loaded(key, None if key is None else self._layer.read(key))
 
     def exists(self, session_key: str | None) -> bool:
-        return bool(session_key) and self.store.exists(session_key)  # type: ignore[arg-type]
+        return bool(session_key) and self._layer.exists(session_key)  # type: ignore[arg-type]
 
     def create(self) -> None:
         for _ in range(CREATE_ATTEMPTS):
@@ -130,17 +134,17 @@ class SessionStore(SessionBase):
             return self.create()
         key = self.session_key
         data = self._get_session(no_load=must_create)  # type: ignore[attr-defined]
-        payload = self._payload(data)
+        payload = self._payloads.dumps(data)
         ttl = self.get_expiry_age()
         if must_create:
-            outcome = self.store.create_payload(key, payload, ttl)
-        elif self._is_unchanged(key, payload):
+            outcome = self._layer.create(key, payload, ttl)
+        elif self._only_needs_touch(key, payload):
             if conf.DISABLE_TOUCH:
                 return None
-            outcome = self.store.touch_payload(key, ttl)
+            outcome = self._layer.touch(key, ttl)
         else:
-            outcome = self.store.update_payload(key, payload, ttl)
-        self._save_outcome(outcome, key, payload, must_create=must_create)
+            outcome = self._layer.update(key, payload, ttl)
+        self._accept_saved(outcome, key, payload, must_create=must_create)
         return None
 
     def delete(self, session_key: str | None = None) -> None:
@@ -148,18 +152,18 @@ class SessionStore(SessionBase):
             if self.session_key is None:
                 return
             session_key = self.session_key
-        self.store.destroy(session_key)
-        self._forget(session_key)
+        self._layer.destroy(session_key)
+        self._forget_stored(session_key)
 
     def cycle_key(self) -> None:
         data = self._session  # type: ignore[attr-defined]
         old_key = self.session_key
-        payload = self._payload(data)
+        payload = self._payloads.dumps(data)
         ttl = self.get_expiry_age()
         for _ in range(CREATE_ATTEMPTS):
             new_key = self._get_new_session_key()
-            outcome = self.store.cycle(old_key, new_key, payload, ttl)
-            if self._cycled(outcome, data, new_key, payload):
+            outcome = self._layer.cycle(old_key, new_key, payload, ttl)
+            if self._accept_cycled(outcome, data, new_key, payload):
                 return
         raise RuntimeError(_create_failed_message())
 
@@ -167,20 +171,25 @@ class SessionStore(SessionBase):
     def clear_expired(cls) -> None:
         """Redis expires sessions itself."""
 
+    # SessionBase calls these from its own asyncio helpers, which exist from
+    # Django 5.1; on 4.2 and 5.0 nothing could call them.
     if django.VERSION >= (5, 1):
 
         async def _aget_new_session_key(self) -> str:
             return self._get_new_session_key()
 
         async def aload(self) -> dict[str, Any]:
+            """See load()."""
             key = self.session_key
-            payload = None if key is None else await self.store.aget_payload(key)
-            return self._loaded(key, payload)
+            payload = None if key is None else await self._layer.aread(key)
+            return self._accept_loaded(key, payload)
 
         async def aexists(self, session_key: str | None) -> bool:
-            return bool(session_key) and await self.store.aexists(session_key)  # type: ignore[arg-type]
+            """See exists()."""
+            return bool(session_key) and await self._layer.aexists(session_key)  # type: ignore[arg-type]
 
         async def acreate(self) -> None:
+            """See create()."""
             for _ in range(CREATE_ATTEMPTS):
                 self._session_key = await self._aget_new_session_key()
                 try:
@@ -192,40 +201,43 @@ class SessionStore(SessionBase):
             raise RuntimeError(_create_failed_message())
 
         async def asave(self, must_create: bool = False) -> None:
+            """See save()."""
             if self.session_key is None:
                 return await self.acreate()
             key = self.session_key
             data = await self._aget_session(no_load=must_create)  # type: ignore[attr-defined]
-            payload = self._payload(data)
+            payload = self._payloads.dumps(data)
             ttl = await self.aget_expiry_age()
             if must_create:
-                outcome = await self.store.acreate_payload(key, payload, ttl)
-            elif self._is_unchanged(key, payload):
+                outcome = await self._layer.acreate(key, payload, ttl)
+            elif self._only_needs_touch(key, payload):
                 if conf.DISABLE_TOUCH:
                     return None
-                outcome = await self.store.atouch_payload(key, ttl)
+                outcome = await self._layer.atouch(key, ttl)
             else:
-                outcome = await self.store.aupdate_payload(key, payload, ttl)
-            self._save_outcome(outcome, key, payload, must_create=must_create)
+                outcome = await self._layer.aupdate(key, payload, ttl)
+            self._accept_saved(outcome, key, payload, must_create=must_create)
             return None
 
         async def adelete(self, session_key: str | None = None) -> None:
+            """See delete()."""
             if session_key is None:
                 if self.session_key is None:
                     return
                 session_key = self.session_key
-            await self.store.adestroy(session_key)
-            self._forget(session_key)
+            await self._layer.adestroy(session_key)
+            self._forget_stored(session_key)
 
         async def acycle_key(self) -> None:
+            """See cycle_key()."""
             data = await self._aget_session()  # type: ignore[attr-defined]
             old_key = self.session_key
-            payload = self._payload(data)
+            payload = self._payloads.dumps(data)
             ttl = await self.aget_expiry_age()
             for _ in range(CREATE_ATTEMPTS):
                 new_key = await self._aget_new_session_key()
-                outcome = await self.store.acycle(old_key, new_key, payload, ttl)
-                if self._cycled(outcome, data, new_key, payload):
+                outcome = await self._layer.acycle(old_key, new_key, payload, ttl)
+                if self._accept_cycled(outcome, data, new_key, payload):
                     return
             raise RuntimeError(_create_failed_message())
 

@@ -18,8 +18,6 @@ from django.utils import timezone
 from django.views.decorators.http import require_http_methods, require_POST
 
 from django_redis_sessions import get_store
-from django_redis_sessions.client import get_client
-from django_redis_sessions.store import data_key
 
 COUNTER = "counter"
 #: How much of a session key the pages show. The full key is the login
@@ -38,20 +36,17 @@ def _live_session(request: HttpRequest) -> tuple[str | None, int]:
 
 
 def _expiry_dates(keys: list[str]) -> list[datetime | None]:
-    """When Redis will drop each session, from the keys' TTLs, in one round trip.
+    """When Redis will drop each session, from the store's TTL of each.
 
     Django's ``get_expiry_date()`` would assume the session was saved just now;
     the TTL is what Redis will really do, without any cleanup job.
     """
-    prefix = get_store().prefix
-    pipeline = get_client().pipeline(transaction=False)
-    for key in keys:
-        pipeline.pttl(data_key(prefix, key))
+    store = get_store()
     now = timezone.now()
-    # A negative TTL: the key is gone (-2) or has none (-1).
+    seconds_left = [store.ttl(key) for key in keys]
     return [
-        now + timedelta(milliseconds=ms) if ms >= 0 else None
-        for ms in pipeline.execute()
+        None if seconds is None else now + timedelta(seconds=seconds)
+        for seconds in seconds_left
     ]
 
 

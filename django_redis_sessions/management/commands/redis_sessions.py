@@ -1,29 +1,28 @@
 """``manage.py redis_sessions count|clear``: sessions under a prefix, from a shell.
 
-Both subcommands go through ``RedisSessionStore``, so they see exactly what the
-store sees: live sessions under the prefix, never tombstones, never keys of
-another prefix that merely starts with the same characters.
+Both subcommands go through ``RedisLayer``, so they see exactly what the store
+sees: live sessions under the prefix, never tombstones, never keys of another
+prefix that merely starts with the same characters.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from time import monotonic
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from redis.exceptions import RedisError
 
+from django_redis_sessions.client import describe_target
 from django_redis_sessions.conf import conf
-from django_redis_sessions.store import RedisSessionStore
+from django_redis_sessions.redis_layer import RedisLayer
 
 #: Progress is shown only for stores larger than this many SCAN batches...
 PROGRESS_AFTER_BATCHES = 10
 #: ...and then at most once per this many seconds.
 PROGRESS_INTERVAL = 0.1
-
-#: Query parameters redis-py reads credentials from; never printed.
-SECRET_QUERY_PARAMETERS = {"password"}
 
 
 class Command(BaseCommand):
@@ -86,15 +85,17 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        store = RedisSessionStore(
+        layer = RedisLayer(
             prefix=self._prefix(options["prefix"]),
             scan_count=self._scan_count(options["scan_count"]),
         )
         if options["subcommand"] == "count":
-            self._count(store)
+            with redis_errors("Could not count sessions"):
+                count = sum(len(names) for names in layer.scan())
+            self.stdout.write(str(count))
         else:
             self._clear(
-                store,
+                layer,
                 interactive=options.get("interactive", True),
                 dry_run=options.get("dry_run", False),
             )
@@ -126,28 +127,11 @@ class Command(BaseCommand):
 
     # Subcommands.
 
-    def _count(self, store: RedisSessionStore) -> None:
-        try:
-            count = store.count()
-        except RedisError as error:
-            raise CommandError(
-                f"Could not count sessions: could not reach Redis {_where()}: "
-                f"{_sentence(error)}."
-            ) from error
-        self.stdout.write(str(count))
-
-    def _clear(
-        self, store: RedisSessionStore, *, interactive: bool, dry_run: bool
-    ) -> None:
+    def _clear(self, layer: RedisLayer, *, interactive: bool, dry_run: bool) -> None:
         if dry_run or interactive:
-            try:
-                count = store.count()
-            except RedisError as error:
-                raise CommandError(
-                    f"Could not reach Redis {_where()}: {_sentence(error)}. "
-                    "Nothing was deleted."
-                ) from error
-            under = f"under the prefix {store.prefix!r}"
+            with redis_errors("Could not count sessions", "Nothing was deleted."):
+                count = sum(len(names) for names in layer.scan())
+            under = f"under the prefix {layer.prefix!r}"
             if dry_run:
                 self.stdout.write(f"Would delete {_sessions(count)} {under}.")
                 return
@@ -160,29 +144,29 @@ class Command(BaseCommand):
             if not _confirm(question):
                 self.stdout.write("Cancelled; nothing was deleted.")
                 return
-        deleted = self._delete(store)
+        deleted = self._delete(layer)
         self.stdout.write(f"Deleted {_sessions(deleted)}.")
 
-    def _delete(self, store: RedisSessionStore) -> int:
-        """``store.clear()``, with progress on stderr for a large store on a tty."""
+    def _delete(self, layer: RedisLayer) -> int:
+        """Delete the prefix's sessions, with progress on stderr for a large store."""
         show_progress = self.stderr.isatty()
         deleted = batches = 0
         shown_at: float | None = None
         try:
-            for batch_deleted in store.clear_in_batches():
-                deleted += batch_deleted
-                batches += 1
-                if show_progress and batches > PROGRESS_AFTER_BATCHES:
-                    now = monotonic()
-                    if shown_at is None or now - shown_at >= PROGRESS_INTERVAL:
-                        self._progress(deleted)
-                        shown_at = now
-        except RedisError as error:
-            raise CommandError(
-                f"Could not reach Redis {_where()}: {_sentence(error)}. Nothing "
-                "after the last completed batch was deleted; run the command "
-                "again to finish."
-            ) from error
+            with redis_errors(
+                "Could not delete sessions",
+                "Nothing after the last completed batch was deleted; run the "
+                "command again to finish.",
+            ):
+                # UNLINK counts only names that existed: no dedupe window.
+                for names in layer.scan(remember=0, sessions_only=False):
+                    deleted += layer.unlink(names)
+                    batches += 1
+                    if show_progress and batches > PROGRESS_AFTER_BATCHES:
+                        now = monotonic()
+                        if shown_at is None or now - shown_at >= PROGRESS_INTERVAL:
+                            self._progress(deleted)
+                            shown_at = now
         finally:
             # Also on failure or Ctrl-C: end the progress line with the count
             # reached, so what follows starts on a line of its own.
@@ -218,34 +202,13 @@ def _plain(text: str) -> str:
     return text
 
 
-def _where() -> str:
-    """Where the store's client connects, without credentials."""
-    if conf.CLIENT is not None:
-        return f"through the client of SESSION_REDIS['CLIENT'] ({conf.CLIENT})"
-    if conf.SENTINELS:
-        sentinels = ", ".join(f"{host}:{port}" for host, port in conf.SENTINELS)
-        return f"through Sentinel service {conf.SENTINEL_SERVICE!r} at {sentinels}"
-    return f"at {redact_url(conf.URL)}"
-
-
-def redact_url(url: str) -> str:
-    """``url`` without its password, in the user part or the query string."""
-    parts = urlsplit(url)
-    userinfo, _, host = parts.netloc.rpartition("@")
-    username = userinfo.partition(":")[0]
-    netloc = f"{username}@{host}" if username else host
-    query = urlencode(
-        [
-            (name, value)
-            for name, value in parse_qsl(parts.query, keep_blank_values=True)
-            if name.lower() not in SECRET_QUERY_PARAMETERS
-        ]
-    )
-    if "://" not in url:
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    # Spelled out: urlunsplit() drops the "//" of "unix:///path".
-    return (
-        f"{parts.scheme}://{netloc}{parts.path}"
-        + (f"?{query}" if query else "")
-        + (f"#{parts.fragment}" if parts.fragment else "")
-    )
+@contextmanager
+def redis_errors(failed: str, consequence: str = "") -> Iterator[None]:
+    """Turn a Redis error into one ``CommandError``: what failed, where, what now."""
+    try:
+        yield
+    except RedisError as error:
+        message = (
+            f"{failed}: could not reach Redis {describe_target()}: {_sentence(error)}."
+        )
+        raise CommandError(f"{message} {consequence}".rstrip()) from error

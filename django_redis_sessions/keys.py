@@ -1,0 +1,82 @@
+"""Session keys and the Redis names that hold them.
+
+Layout (one Redis Cluster slot per session, the session key is the hash tag)::
+
+    <PREFIX>{<session key>}              the serialized session
+    <PREFIX>{<session key>}:tombstone    for TOMBSTONE_SECONDS after a destroy
+
+A data name always ends in ``}`` and a tombstone never does, so ``SCAN MATCH
+<PREFIX>{*}`` finds sessions and skips tombstones without reading a value.
+"""
+
+from __future__ import annotations
+
+TOMBSTONE_SUFFIX = ":tombstone"
+
+
+def is_valid_key(key: object) -> bool:
+    """Whether ``key`` can name a session: a non-empty, UTF-8 encodable string.
+
+    A key starting with ``}`` would leave the hash tag empty, so Redis Cluster
+    would hash the data and the tombstone to different slots.
+    """
+    if not isinstance(key, str) or not key or key.startswith("}"):
+        return False
+    try:
+        key.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_key(key: str) -> None:
+    """Raise ``ValueError`` unless ``key`` can name a session."""
+    if not is_valid_key(key):
+        raise ValueError(
+            f"{key!r} cannot name a session: a session key is a non-empty, "
+            "UTF-8 encodable string that does not start with '}'."
+        )
+
+
+def data_key(prefix: str, key: str) -> str:
+    return f"{prefix}{{{key}}}"
+
+
+def tombstone_key(prefix: str, key: str) -> str:
+    return f"{prefix}{{{key}}}{TOMBSTONE_SUFFIX}"
+
+
+def session_key_from(prefix: str, name: bytes) -> str:
+    """The session key inside a data name found by SCAN."""
+    return name.decode()[len(prefix) + 1 : -1]
+
+
+def glob_escape(text: str) -> str:
+    """``text`` as a literal in a Redis glob pattern."""
+    return "".join("\\" + char if char in "*?[]\\" else char for char in text)
+
+
+def scan_pattern(prefix: str) -> str:
+    """What ``SCAN MATCH`` finds every data name of ``prefix`` with."""
+    return glob_escape(prefix) + "{*}"
+
+
+def session_names(names: list[bytes]) -> list[bytes]:
+    """``names`` without those that are not UTF-8, which no session has.
+
+    Joined with NUL, the batch decodes in one C call exactly when every name
+    does (a NUL can neither end nor continue a multi-byte character).
+    """
+    try:
+        b"\x00".join(names).decode()
+    except UnicodeDecodeError:
+        return [name for name in names if _is_utf8(name)]
+    return names
+
+
+def _is_utf8(name: bytes) -> bool:
+    try:
+        name.decode()
+    except UnicodeDecodeError:
+        return False
+    return True

@@ -1,0 +1,118 @@
+"""Session data and the bytes stored for it: serializing, expiry, corrupt data.
+
+Nothing here sends a command. ``Payloads`` wraps the configured serializer;
+``expiry_seconds`` turns Django's ``_session_expiry`` into a TTL the way
+``SessionBase.get_expiry_age()`` does.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+from django.utils import timezone
+from django.utils.module_loading import import_string
+
+from django_redis_sessions.conf import conf
+
+SessionData = dict[str, Any]
+
+EXPIRY_KEY = "_session_expiry"
+
+security_logger = logging.getLogger("django.security.SuspiciousSession")
+
+
+def expiry_seconds(
+    data: SessionData, *, cookie_age: int, now: datetime | None = None
+) -> float | None:
+    """Seconds left according to the data's ``_session_expiry``, like Django.
+
+    None when the data carries no expiry; ``0`` (expire at browser close)
+    keeps the session for ``SESSION_COOKIE_AGE`` on the server.
+    """
+    expiry = data.get(EXPIRY_KEY)
+    if expiry is None:
+        return None
+    if not expiry:
+        return float(cookie_age)
+    if isinstance(expiry, str):
+        expires_at = datetime.fromisoformat(expiry)
+        if now is None:
+            now = timezone.now()
+        # Django writes a naive expiry when USE_TZ is off: local wall time.
+        if timezone.is_naive(expires_at) and timezone.is_aware(now):
+            now = timezone.make_naive(now)
+        elif timezone.is_aware(expires_at) and timezone.is_naive(now):
+            now = timezone.make_aware(now)
+        return (expires_at - now).total_seconds()
+    return float(expiry)
+
+
+def is_expired(data: SessionData, now: datetime | None = None) -> bool:
+    """Whether an absolute ``_session_expiry`` has passed.
+
+    Redis's TTL should have removed such a key already; if it did not (a TTL
+    set by another writer, clock drift), the session is still over.
+    """
+    if not isinstance(data.get(EXPIRY_KEY), str):
+        return False
+    try:
+        seconds = expiry_seconds(data, cookie_age=0, now=now)
+    except ValueError:
+        return True
+    return seconds is not None and seconds <= 0
+
+
+def log_corrupt(reason: str) -> None:
+    # Django's own backends log tampered data on this logger; a payload this
+    # store did not write is as suspicious.
+    security_logger.warning("Session data corrupted: %s; treated as empty.", reason)
+
+
+class Payloads:
+    """Session data to bytes and back, with the configured serializer."""
+
+    def __init__(self, serializer: Any = None) -> None:
+        if serializer is None:
+            serializer = import_string(conf.SERIALIZER)()
+        self.serializer = serializer
+
+    def dumps(self, data: SessionData) -> bytes:
+        payload: bytes = self.serializer.dumps(data)
+        return payload
+
+    def loads(self, payload: bytes | None) -> SessionData | None:
+        """The session in ``payload``; None if absent, corrupt, foreign or over."""
+        if payload is None:
+            return None
+        try:
+            data = self.serializer.loads(payload)
+        except Exception:
+            data = None
+        if not isinstance(data, dict):
+            log_corrupt("a stored session could not be decoded")
+            return None
+        if is_expired(data):
+            return None
+        return data
+
+
+_payloads: Payloads | None = None
+
+
+def get_payloads() -> Payloads:
+    """``Payloads`` with the configured serializer, shared by the process."""
+    global _payloads
+    if _payloads is None:
+        _payloads = Payloads()
+    return _payloads
+
+
+@receiver(setting_changed)
+def _setting_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting in {"SESSION_REDIS", "SESSION_SERIALIZER"}:
+        global _payloads
+        _payloads = None

@@ -1,0 +1,528 @@
+"""``RedisLayer``: sessions as bytes in Redis, the only code that sends commands.
+
+It speaks session keys, payload bytes and ``Outcome``s. It alone knows the
+names a session lives under (``keys.py``), the Lua scripts (``scripts.py``)
+and the difference between one server and a Redis Cluster. The session
+backend, the public store and the management command use it.
+
+Every single-session method is one round trip and atomic, and may be sent
+twice (redis-py's retry after a lost reply) without reviving a session or
+writing one twice. TTLs are in seconds; one that is not positive ends the
+session instead of writing it, because Redis rejects it. Each method has an
+``a``-prefixed twin below it that sends the same thing through the running
+event loop's asyncio client.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from typing import Any
+
+import redis.asyncio.cluster
+import redis.cluster
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+from redis.exceptions import ResponseError
+
+from django_redis_sessions import scripts
+from django_redis_sessions.client import clients
+from django_redis_sessions.conf import SETTING_NAME, conf
+from django_redis_sessions.keys import (
+    check_key,
+    data_key,
+    is_valid_key,
+    scan_pattern,
+    session_names,
+    tombstone_key,
+)
+from django_redis_sessions.payloads import log_corrupt
+from django_redis_sessions.scripts import Outcome
+
+#: How many recent SCAN batches are remembered to drop duplicates. SCAN
+#: repeats a key only when the keyspace shrinks mid-iteration, and the repeated
+#: keys come from the buckets visited just before, so a window of recent
+#: batches catches them while memory stays flat however many sessions exist.
+DEDUPE_BATCHES = 10
+
+
+def ttl_milliseconds(seconds: float) -> int:
+    """Whole milliseconds, rounded up; 0 for anything not positive.
+
+    Redis rejects a fractional or non-positive expiry (``ERR invalid expire
+    time``); a non-positive TTL means the session is over and is destroyed.
+    """
+    return max(0, math.ceil(seconds * 1000))
+
+
+def retry_token() -> str:
+    """A value unique to one destroy or cycle, stored as the tombstone.
+
+    redis-py resends a command whose reply was lost; a script that finds its
+    own token knows it already ran and reports what that first run did.
+    """
+    return secrets.token_hex(8)
+
+
+def is_cluster(client: Any) -> bool:
+    return isinstance(
+        client, (redis.cluster.RedisCluster, redis.asyncio.cluster.RedisCluster)
+    )
+
+
+def _written(reply: Any) -> Outcome:
+    """The outcome of ``SET ... XX`` or ``PEXPIRE``: nothing if no session."""
+    return Outcome.WRITTEN if reply else Outcome.MISSING
+
+
+def _seconds(pttl: int) -> float | None:
+    # PTTL answers -2 for a missing name and -1 for one without a TTL, which
+    # this store never writes.
+    return pttl / 1000 if pttl >= 0 else None
+
+
+def _reject_not_a_string(error: ResponseError) -> None:
+    """Log a GET of a list, hash or other non-string value; re-raise the rest."""
+    if not str(error).startswith("WRONGTYPE"):
+        raise error
+    log_corrupt("a name under the session prefix holds a value that is not a string")
+
+
+class RedisLayer:
+    """Sessions under one prefix, as bytes; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        prefix: str | None = None,
+        scan_count: int | None = None,
+        tombstone_seconds: int | None = None,
+        client: Callable[[], Any] = clients.get,
+        async_client: Callable[[], Any] = clients.for_running_loop,
+    ) -> None:
+        self.prefix = conf.PREFIX if prefix is None else prefix
+        self.scan_count = conf.SCAN_COUNT if scan_count is None else scan_count
+        seconds = (
+            conf.TOMBSTONE_SECONDS if tombstone_seconds is None else tombstone_seconds
+        )
+        self._tombstone_ms = ttl_milliseconds(seconds)
+        self._client = client
+        self._async_client = async_client
+
+    def _names(self, key: str) -> tuple[str, str]:
+        """The data name and the tombstone name of ``key``."""
+        return data_key(self.prefix, key), tombstone_key(self.prefix, key)
+
+    # --- Reading ------------------------------------------------------------
+
+    def read(self, key: str) -> bytes | None:
+        """The stored bytes of the session, or None (also for a key no session has)."""
+        if not is_valid_key(key):
+            return None
+        try:
+            payload: bytes | None = self._client().execute_command(
+                "GET", data_key(self.prefix, key)
+            )
+        except ResponseError as error:
+            _reject_not_a_string(error)
+            return None
+        return payload
+
+    async def aread(self, key: str) -> bytes | None:
+        """See read()."""
+        if not is_valid_key(key):
+            return None
+        try:
+            payload: bytes | None = await self._async_client().execute_command(
+                "GET", data_key(self.prefix, key)
+            )
+        except ResponseError as error:
+            _reject_not_a_string(error)
+            return None
+        return payload
+
+    def exists(self, key: str) -> bool:
+        """Whether a live session holds ``key`` (a tombstone is not one)."""
+        if not is_valid_key(key):
+            return False
+        # TYPE, not EXISTS: a list or hash under the name is not a session.
+        kind = self._client().execute_command("TYPE", data_key(self.prefix, key))
+        return kind in (b"string", "string")
+
+    async def aexists(self, key: str) -> bool:
+        """See exists()."""
+        if not is_valid_key(key):
+            return False
+        name = data_key(self.prefix, key)
+        kind = await self._async_client().execute_command("TYPE", name)
+        return kind in (b"string", "string")
+
+    def ttl(self, key: str) -> float | None:
+        """Seconds the session under ``key`` has left; None if there is none."""
+        if not is_valid_key(key):
+            return None
+        name = data_key(self.prefix, key)
+        return _seconds(self._client().execute_command("PTTL", name))
+
+    async def attl(self, key: str) -> float | None:
+        """See ttl()."""
+        if not is_valid_key(key):
+            return None
+        name = data_key(self.prefix, key)
+        return _seconds(await self._async_client().execute_command("PTTL", name))
+
+    # --- Writing ------------------------------------------------------------
+
+    def create(self, key: str, payload: bytes, ttl: float) -> Outcome:
+        """Write only if neither a live session nor a tombstone holds ``key``.
+
+        A TTL that is not positive writes nothing (EXPIRED): there is nothing
+        to end. The same payload written twice reports WRITTEN twice.
+        """
+        check_key(key)
+        ttl_ms = ttl_milliseconds(ttl)
+        if not ttl_ms:
+            return Outcome.EXPIRED
+        reply = scripts.run(
+            self._client(), scripts.CREATE, self._names(key), (payload, ttl_ms)
+        )
+        return Outcome(reply)
+
+    async def acreate(self, key: str, payload: bytes, ttl: float) -> Outcome:
+        """See create()."""
+        check_key(key)
+        ttl_ms = ttl_milliseconds(ttl)
+        if not ttl_ms:
+            return Outcome.EXPIRED
+        reply = await scripts.arun(
+            self._async_client(), scripts.CREATE, self._names(key), (payload, ttl_ms)
+        )
+        return Outcome(reply)
+
+    def set(self, key: str, payload: bytes, ttl: float) -> Outcome:
+        """Write unless a tombstone blocks ``key`` (TOMBSTONED)."""
+        check_key(key)
+        ttl_ms = ttl_milliseconds(ttl)
+        if not ttl_ms:
+            self.destroy(key)
+            return Outcome.EXPIRED
+        reply = scripts.run(
+            self._client(),
+            scripts.SET_UNLESS_TOMBSTONED,
+            self._names(key),
+            (payload, ttl_ms),
+        )
+        return Outcome(reply)
+
+    async def aset(self, key: str, payload: bytes, ttl: float) -> Outcome:
+        """See set()."""
+        check_key(key)
+        ttl_ms = ttl_milliseconds(ttl)
+        if not ttl_ms:
+            await self.adestroy(key)
+            return Outcome.EXPIRED
+        reply = await scripts.arun(
+            self._async_client(),
+            scripts.SET_UNLESS_TOMBSTONED,
+            self._names(key),
+            (payload, ttl_ms),
+        )
+        return Outcome(reply)
+
+    def update(self, key: str, payload: bytes, ttl: float) -> Outcome:
+        """Write only over a live session (else MISSING); never creates.
+
+        ``SET XX`` alone is atomic: a destroyed session has no data name (its
+        tombstone and its data never coexist), so there is nothing to update.
+        """
+        check_key(key)
+        ttl_ms = ttl_milliseconds(ttl)
+        if not ttl_ms:
+            self.destroy(key)
+            return Outcome.EXPIRED
+        name = data_key(self.prefix, key)
+        return _written(
+            self._client().execute_command("SET", name, payload, "PX", ttl_ms, "XX")
+        )
+
+    async def aupdate(self, key: str, payload: bytes, ttl: float) -> Outcome:
+        """See update()."""
+        check_key(key)
+        ttl_ms = ttl_milliseconds(ttl)
+        if not ttl_ms:
+            await self.adestroy(key)
+            return Outcome.EXPIRED
+        name = data_key(self.prefix, key)
+        return _written(
+            await self._async_client().execute_command(
+                "SET", name, payload, "PX", ttl_ms, "XX"
+            )
+        )
+
+    def touch(self, key: str, ttl: float) -> Outcome:
+        """Reset the TTL of a live session (else MISSING).
+
+        ``PEXPIRE`` never creates a name, and a tombstone is another name: a
+        touch after a destroy changes nothing.
+        """
+        if not is_valid_key(key):
+            return Outcome.MISSING
+        ttl_ms = ttl_milliseconds(ttl)
+        if not ttl_ms:
+            self.destroy(key)
+            return Outcome.EXPIRED
+        name = data_key(self.prefix, key)
+        return _written(self._client().execute_command("PEXPIRE", name, ttl_ms))
+
+    async def atouch(self, key: str, ttl: float) -> Outcome:
+        """See touch()."""
+        if not is_valid_key(key):
+            return Outcome.MISSING
+        ttl_ms = ttl_milliseconds(ttl)
+        if not ttl_ms:
+            await self.adestroy(key)
+            return Outcome.EXPIRED
+        name = data_key(self.prefix, key)
+        reply = await self._async_client().execute_command("PEXPIRE", name, ttl_ms)
+        return _written(reply)
+
+    def destroy(self, key: str) -> bool:
+        """Delete the session and leave a tombstone; True if it was live."""
+        if not is_valid_key(key):
+            return False
+        args = (self._tombstone_ms, retry_token())
+        reply = scripts.run(self._client(), scripts.DESTROY, self._names(key), args)
+        return bool(reply)
+
+    async def adestroy(self, key: str) -> bool:
+        """See destroy()."""
+        if not is_valid_key(key):
+            return False
+        args = (self._tombstone_ms, retry_token())
+        client = self._async_client()
+        reply = await scripts.arun(client, scripts.DESTROY, self._names(key), args)
+        return bool(reply)
+
+    def cycle(
+        self, old_key: str | None, new_key: str, payload: bytes, ttl: float
+    ) -> Outcome:
+        """Move a session to ``new_key`` and destroy ``old_key``: the login path.
+
+        One atomic script on a single Redis. Outcomes: WRITTEN; MISSING when
+        ``old_key`` no longer holds a live session (a logout, a ``clear`` or
+        another cycle ended it: its data must not live on under a new key, so
+        nothing is written); EXISTS or TOMBSTONED when ``new_key`` is unusable
+        (nothing changed); EXPIRED when the TTL is not positive (the old
+        session is destroyed, nothing is written). With no ``old_key`` it is
+        a create.
+        """
+        if old_key is None:
+            return self.create(new_key, payload, ttl)
+        plan = self._cycle_plan(old_key, new_key, ttl)
+        if plan is Outcome.EXPIRED:
+            self.destroy(old_key)
+        if plan is not None:
+            return plan
+        client = self._client()
+        if not is_cluster(client):
+            keys, args = self._cycle_script_args(old_key, new_key, payload, ttl)
+            return Outcome(scripts.run(client, scripts.CYCLE, keys, args))
+        # On Redis Cluster the two sessions live on different slots, which one
+        # script may not touch. The old one ends first and the new one is
+        # created only if the old was live: a failure in between logs the user
+        # out, where the other order could leave two live sessions.
+        if not self.destroy(old_key):
+            return Outcome.MISSING
+        return self.create(new_key, payload, ttl)
+
+    async def acycle(
+        self, old_key: str | None, new_key: str, payload: bytes, ttl: float
+    ) -> Outcome:
+        """See cycle()."""
+        if old_key is None:
+            return await self.acreate(new_key, payload, ttl)
+        plan = self._cycle_plan(old_key, new_key, ttl)
+        if plan is Outcome.EXPIRED:
+            await self.adestroy(old_key)
+        if plan is not None:
+            return plan
+        client = self._async_client()
+        if not is_cluster(client):
+            keys, args = self._cycle_script_args(old_key, new_key, payload, ttl)
+            return Outcome(await scripts.arun(client, scripts.CYCLE, keys, args))
+        if not await self.adestroy(old_key):
+            return Outcome.MISSING
+        return await self.acreate(new_key, payload, ttl)
+
+    @staticmethod
+    def _cycle_plan(old_key: str, new_key: str, ttl: float) -> Outcome | None:
+        """The outcome of a cycle decided without Redis, if there is one."""
+        check_key(new_key)
+        if not ttl_milliseconds(ttl):
+            return Outcome.EXPIRED
+        if not is_valid_key(old_key):
+            return Outcome.MISSING
+        return None
+
+    def _cycle_script_args(
+        self, old_key: str, new_key: str, payload: bytes, ttl: float
+    ) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+        keys = self._names(new_key) + self._names(old_key)
+        args = (payload, ttl_milliseconds(ttl), self._tombstone_ms, retry_token())
+        return keys, args
+
+    # --- Every session under the prefix, a SCAN batch at a time ---------------
+
+    def scan(
+        self, *, remember: int = DEDUPE_BATCHES, sessions_only: bool = True
+    ) -> Iterator[list[bytes]]:
+        """Batches of data names under the prefix, each name once.
+
+        ``sessions_only`` keeps the names that can hold a session (string
+        values, UTF-8 names); without it every name of the pattern comes back,
+        which is what ``clear`` deletes. ``remember`` is the dedupe window in
+        batches (0: none, for callers that need no exact count).
+        """
+        client = self._client()
+        recent = RecentKeys(remember)
+        pattern = scan_pattern(self.prefix)
+        kind = "string" if sessions_only else None
+        for node in scan_nodes(client):
+            cursor = 0
+            while True:
+                cursor, names = node.scan(
+                    cursor, match=pattern, count=self.scan_count, _type=kind
+                )
+                if batch := recent.fresh(names):
+                    yield session_names(batch) if sessions_only else batch
+                if not int(cursor):
+                    break
+
+    async def ascan(
+        self, *, remember: int = DEDUPE_BATCHES, sessions_only: bool = True
+    ) -> AsyncIterator[list[bytes]]:
+        """See scan()."""
+        client = self._async_client()
+        if isinstance(client, redis.asyncio.cluster.RedisCluster):
+            await client.initialize()  # it learns its nodes lazily
+        recent = RecentKeys(remember)
+        pattern = scan_pattern(self.prefix)
+        kind = "string" if sessions_only else None
+        for node in scan_nodes(client):
+            cursor = 0
+            while True:
+                cursor, names = await _ascan_page(
+                    node, cursor, pattern, self.scan_count, kind
+                )
+                if batch := recent.fresh(names):
+                    yield session_names(batch) if sessions_only else batch
+                if not int(cursor):
+                    break
+
+    def values(self, names: list[bytes]) -> list[bytes | None]:
+        """The payloads under ``names``, aligned with them (None: gone)."""
+        client = self._client()
+        if is_cluster(client):
+            return list(client.mget_nonatomic(names))
+        return list(client.mget(names))
+
+    async def avalues(self, names: list[bytes]) -> list[bytes | None]:
+        """See values()."""
+        client = self._async_client()
+        if is_cluster(client):
+            return list(await client.mget_nonatomic(names))
+        return list(await client.mget(names))
+
+    def unlink(self, names: list[bytes]) -> int:
+        """Delete ``names``; how many existed."""
+        return int(self._client().unlink(*names))
+
+    async def aunlink(self, names: list[bytes]) -> int:
+        """See unlink()."""
+        return int(await self._async_client().unlink(*names))
+
+
+class RecentKeys:
+    """Drops keys SCAN already returned in recent non-empty batches.
+
+    It remembers at least the last ``batches`` batches and at most twice as
+    many: two generations of keys, the older dropped whole when the newer is
+    full, so forgetting costs nothing. With ``batches=0`` every page passes
+    through untouched.
+    """
+
+    def __init__(self, batches: int) -> None:
+        self._limit = batches
+        self._current: set[bytes] = set()
+        self._previous: set[bytes] = set()
+        self._current_batches = 0
+
+    def fresh(self, keys: Iterable[bytes]) -> list[bytes]:
+        page = keys if isinstance(keys, list) else list(keys)
+        if not self._limit:
+            return page
+        current, previous = self._current, self._previous
+        # The common case, no repeat at all, stays in C: two lookups and one
+        # insertion per key. This is the whole cost of deduplicating.
+        if current.isdisjoint(page) and previous.isdisjoint(page):
+            before = len(current)
+            current.update(page)
+            if len(current) - before == len(page):
+                fresh = page
+            else:
+                fresh = list(dict.fromkeys(page))
+        else:
+            candidates = dict.fromkeys(page)
+            fresh = [k for k in candidates if k not in current and k not in previous]
+            current.update(fresh)
+        if fresh:
+            # An empty page visited no key, so it must not push out of the
+            # window the batches whose keys SCAN may still repeat.
+            self._current_batches += 1
+            if self._current_batches >= self._limit:
+                self._previous, self._current = current, set()
+                self._current_batches = 0
+        return fresh
+
+
+def scan_nodes(client: Any) -> list[Any]:
+    """What to SCAN: the client itself, or each primary of a Redis Cluster."""
+    if isinstance(client, redis.cluster.RedisCluster):
+        primaries = client.get_primaries()  # type: ignore[no-untyped-call]
+        return [client.get_redis_connection(node) for node in primaries]
+    if isinstance(client, redis.asyncio.cluster.RedisCluster):
+        return list(client.get_primaries())
+    return [client]
+
+
+async def _ascan_page(
+    node: Any, cursor: int, pattern: str, count: int, kind: str | None
+) -> tuple[int, list[bytes]]:
+    if isinstance(node, redis.asyncio.cluster.ClusterNode):
+        args: tuple[Any, ...] = ("SCAN", cursor, "MATCH", pattern, "COUNT", count)
+        if kind is not None:
+            args += ("TYPE", kind)
+        reply = await node.execute_command(*args)
+    else:
+        reply = await node.scan(cursor, match=pattern, count=count, _type=kind)
+    next_cursor, names = reply
+    return int(next_cursor), list(names)
+
+
+_layer: RedisLayer | None = None
+
+
+def get_layer() -> RedisLayer:
+    """The layer configured by ``SESSION_REDIS``, shared by the process."""
+    global _layer
+    if _layer is None:
+        _layer = RedisLayer()
+    return _layer
+
+
+@receiver(setting_changed)
+def _setting_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting == SETTING_NAME:
+        global _layer
+        _layer = None
