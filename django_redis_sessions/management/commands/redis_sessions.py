@@ -9,21 +9,17 @@ from __future__ import annotations
 
 from time import monotonic
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from redis.exceptions import RedisError
 
-from django_redis_sessions.conf import conf
+from django_redis_sessions.conf import conf, redact_url
 from django_redis_sessions.store import RedisSessionStore
 
 #: Progress is shown only for stores larger than this many SCAN batches...
 PROGRESS_AFTER_BATCHES = 10
 #: ...and then at most once per this many seconds.
 PROGRESS_INTERVAL = 0.1
-
-#: Query parameters redis-py reads credentials from; never printed.
-SECRET_QUERY_PARAMETERS = {"password"}
 
 
 class Command(BaseCommand):
@@ -226,26 +222,3 @@ def _where() -> str:
         sentinels = ", ".join(f"{host}:{port}" for host, port in conf.SENTINELS)
         return f"through Sentinel service {conf.SENTINEL_SERVICE!r} at {sentinels}"
     return f"at {redact_url(conf.URL)}"
-
-
-def redact_url(url: str) -> str:
-    """``url`` without its password, in the user part or the query string."""
-    parts = urlsplit(url)
-    userinfo, _, host = parts.netloc.rpartition("@")
-    username = userinfo.partition(":")[0]
-    netloc = f"{username}@{host}" if username else host
-    query = urlencode(
-        [
-            (name, value)
-            for name, value in parse_qsl(parts.query, keep_blank_values=True)
-            if name.lower() not in SECRET_QUERY_PARAMETERS
-        ]
-    )
-    if "://" not in url:
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    # Spelled out: urlunsplit() drops the "//" of "unix:///path".
-    return (
-        f"{parts.scheme}://{netloc}{parts.path}"
-        + (f"?{query}" if query else "")
-        + (f"#{parts.fragment}" if parts.fragment else "")
-    )
