@@ -20,6 +20,7 @@ import redis.asyncio.retry
 import redis.asyncio.sentinel
 import redis.cluster
 import redis.sentinel
+from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 from django.utils.module_loading import import_string
@@ -53,7 +54,7 @@ def build_client(*, asynchronous: bool = False) -> Any:
     """A new client for the current settings (not cached)."""
     if conf.CLIENT is not None:
         factory = import_string(conf.CLIENT)
-        return factory(asynchronous=asynchronous)
+        return _byte_exact(factory(asynchronous=asynchronous))
     options = _options(asynchronous)
     if conf.SENTINELS:
         return _sentinel_primary(options, asynchronous=asynchronous)
@@ -68,6 +69,26 @@ def build_client(*, asynchronous: bool = False) -> Any:
         return cluster_class.from_url(conf.URL, **options)
     client_class: Any = redis.asyncio.Redis if asynchronous else redis.Redis
     return client_class.from_url(conf.URL, **options)
+
+
+def _byte_exact(client: Any) -> Any:
+    """``client``, unless it decodes responses.
+
+    A session payload is bytes that must be read back unchanged; a decoding
+    client returns str, which fails to decode as a session on every load and
+    so logs every user out. The system checks catch ``decode_responses`` in
+    URL and OPTIONS, but only this can see inside a client from ``CLIENT``.
+    """
+    # get_connection_kwargs() exists on the sync and asyncio clients, cluster
+    # or not; a client without it is given the benefit of the doubt.
+    connection_kwargs = getattr(client, "get_connection_kwargs", None)
+    if connection_kwargs is not None and connection_kwargs().get("decode_responses"):
+        raise ImproperlyConfigured(
+            f"The client returned by {SETTING_NAME}['CLIENT'] ({conf.CLIENT!r}) "
+            "decodes responses, but session payloads are bytes that must be read "
+            "back unchanged; build it with decode_responses=False."
+        )
+    return client
 
 
 def _sentinel_primary(options: dict[str, Any], *, asynchronous: bool) -> Any:
