@@ -689,8 +689,12 @@ def test_key_a_client_factory_would_ignore_is_e022(key: str, value: Any) -> None
 
 
 def test_client_with_the_keys_it_replaces_at_their_defaults_is_valid() -> None:
-    config = {**DEFAULTS, "CLIENT": "tests.test_checks.make_client", "OPTIONS": ()}
-    assert run({**config, "SENTINELS": (), "OPTIONS": MappingProxyType({})}) == []
+    client = "tests.test_checks.make_client"
+    assert run({**DEFAULTS, "CLIENT": client}) == []
+    # Empty is unset, whatever the type.
+    assert (
+        run({"CLIENT": client, "SENTINELS": (), "OPTIONS": MappingProxyType({})}) == []
+    )
 
 
 @pytest.mark.parametrize(
