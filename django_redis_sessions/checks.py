@@ -93,6 +93,30 @@ def check_settings(
     return errors
 
 
+def _shown(value: Any) -> str:
+    """``repr(value)`` for a message, with every password it may hold hidden."""
+    return repr(_redacted(value))
+
+
+def _shown_url(value: Any) -> str:
+    """As ``_shown()``, for a URL that may not even have a scheme."""
+    return repr(redact_url(value) if isinstance(value, str) else value)
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact_url(value) if "://" in value else value
+    if isinstance(value, Mapping):
+        return {
+            key: _HIDDEN if isinstance(key, str) and is_secret(key) else _redacted(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        items = [_redacted(item) for item in value]
+        return tuple(items) if isinstance(value, tuple) else items
+    return value
+
+
 @dataclass(frozen=True)
 class _Rule:
     """How one key is validated and how a bad value is reported."""
@@ -104,12 +128,14 @@ class _Rule:
     # None when the value is valid; otherwise why not ("" when ``expected`` says
     # it all).
     problem: Callable[[Any], str | None]
+    # How a bad value appears in the message.
+    show: Callable[[Any], str] = _shown
 
     def error(self, key: str, value: Any, reason: str) -> checks.Error:
         because = f" ({reason})" if reason else ""
         return _error(
             self.id,
-            f"{_name(key)} must be {self.expected}, not {_shown(value)}{because}.",
+            f"{_name(key)} must be {self.expected}, not {self.show(value)}{because}.",
             self.hint,
         )
 
@@ -120,26 +146,6 @@ def _error(code: str, msg: str, hint: str) -> checks.Error:
 
 def _name(key: str) -> str:
     return f"{SETTING_NAME}[{key!r}]"
-
-
-def _shown(value: Any) -> str:
-    """``repr(value)`` for a message, with every password it may hold hidden."""
-    return repr(_redacted(value))
-
-
-def _redacted(value: Any) -> Any:
-    if isinstance(value, str):
-        # "@" for credentials, "?" for a password in the query string.
-        return redact_url(value) if "@" in value or "?" in value else value
-    if isinstance(value, Mapping):
-        return {
-            key: _HIDDEN if isinstance(key, str) and is_secret(key) else _redacted(item)
-            for key, item in value.items()
-        }
-    if isinstance(value, (list, tuple)):
-        items = [_redacted(item) for item in value]
-        return tuple(items) if isinstance(value, tuple) else items
-    return value
 
 
 def _unless(is_valid: Callable[[Any], bool]) -> Callable[[Any], str | None]:
@@ -317,6 +323,7 @@ _RULES: dict[str, _Rule] = {
         "'rediss://user:password@example.com:6380/0' or "
         "'unix:///run/redis.sock?db=0'.",
         _url_problem,
+        _shown_url,
     ),
     "OPTIONS": _Rule(
         "E004",
@@ -449,8 +456,8 @@ def _is_default(key: str, value: Any) -> bool:
 
 def _check_cluster(config: dict[str, Any]) -> list[checks.CheckMessage]:
     """Check the keys that contradict ``CLUSTER = True``."""
-    if config["CLUSTER"] is not True:
-        return []
+    if config["CLUSTER"] is not True or config["CLIENT"] is not None:
+        return []  # With CLIENT, _check_client() reports CLUSTER itself.
     errors: list[checks.CheckMessage] = []
     sentinels = config["SENTINELS"]
     if sentinels:

@@ -688,6 +688,15 @@ def test_key_a_client_factory_would_ignore_is_e022(key: str, value: Any) -> None
     assert ids(config) == ["django_redis_sessions.E022"]
 
 
+def test_keys_a_client_factory_would_ignore_are_not_checked_further() -> None:
+    config = {
+        "CLIENT": "tests.test_checks.make_client",
+        "CLUSTER": True,
+        "URL": "unix:///run/redis.sock?bogus=1",
+    }
+    assert ids(config) == ["django_redis_sessions.E022"] * 2
+
+
 def test_client_with_the_keys_it_replaces_at_their_defaults_is_valid() -> None:
     client = "tests.test_checks.make_client"
     assert run({**DEFAULTS, "CLIENT": client}) == []
@@ -702,6 +711,7 @@ def test_client_with_the_keys_it_replaces_at_their_defaults_is_valid() -> None:
     [
         [("URL", "redis://:s3cret@h/0")],
         {"URL": "redis://user:s3cret@[::1/0"},
+        {"URL": "user:s3cret@localhost:6379"},
         {"URL": "redis://:s3cret@h:7000/1", "CLUSTER": True},
         {"URL": "unix://:s3cret@/run/redis.sock", "CLUSTER": True},
         {"URL": "http://h/0?password=s3cret"},
