@@ -3,11 +3,18 @@
 The raw setting is validated here rather than through ``conf.Settings``, whose
 properties coerce values and so assume they are valid. Every problem is one
 ``Error`` with a stable id (``django_redis_sessions.E001`` ...) and a hint.
+
+Nothing here connects anywhere: redis-py's own URL parsers and the signatures
+of the classes ``client.build_client()`` would use tell what redis-py would
+refuse at the first request. No message shows a password: URLs are redacted,
+and a value under a name that may hold one is never shown.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import difflib
+import inspect
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
@@ -17,22 +24,40 @@ from django.conf import settings
 from django.core import checks
 from django.utils.module_loading import import_string
 
-from django_redis_sessions.conf import DEFAULTS, SETTING_NAME
+from django_redis_sessions.conf import DEFAULTS, SETTING_NAME, is_secret, redact_url
+from django_redis_sessions.redis_arguments import (
+    ARGUMENT_TYPES,
+    PARSER_EXPECTS,
+    QUERY_PARSERS,
+    accepted_arguments,
+    describe_client,
+    is_int,
+)
 
 _ID_PREFIX = "django_redis_sessions."
 _URL_SCHEMES = ("redis", "rediss", "unix")
 _GLOB_CHARACTERS = frozenset("*?[]")
+_HIDDEN = "********"
+
+#: The longest TTL or tombstone lifetime accepted, in seconds: 100 years of
+#: 365.25 days. Redis refuses ("invalid expire time") an expiry whose absolute
+#: time in milliseconds overflows a signed 64-bit integer; where exactly that
+#: happens depends on the server's clock, and no session needs to come close.
+MAX_EXPIRY_SECONDS = 3_155_760_000
+#: The largest integer Redis reads as an argument, such as SCAN's COUNT.
+_MAX_REDIS_INTEGER = 2**63 - 1
 
 
 def check_settings(
     app_configs: Sequence[AppConfig] | None, **kwargs: Any
 ) -> list[checks.CheckMessage]:
     config = getattr(settings, SETTING_NAME, {})
-    if not isinstance(config, dict):
+    # Any mapping, as conf.Settings reads any mapping.
+    if not isinstance(config, Mapping):
         return [
             _error(
                 "E001",
-                f"{SETTING_NAME} must be a dict, not {config!r}.",
+                f"{SETTING_NAME} must be a dict, not {_shown(config)}.",
                 f"Set {SETTING_NAME} to a dict such as "
                 "{'URL': 'redis://localhost:6379/0'}, or remove it to use the "
                 "defaults.",
@@ -62,8 +87,34 @@ def check_settings(
             effective[key] = value
         else:
             errors.append(rule.error(key, value, reason))
+    errors.extend(_check_client(effective))
     errors.extend(_check_cluster(effective))
+    errors.extend(_check_connection_arguments(effective))
     return errors
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)`` for a message, with every password it may hold hidden."""
+    return repr(_redacted(value))
+
+
+def _shown_url(value: Any) -> str:
+    """As ``_shown()``, for a URL that may not even have a scheme."""
+    return repr(redact_url(value) if isinstance(value, str) else value)
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact_url(value) if "://" in value else value
+    if isinstance(value, Mapping):
+        return {
+            key: _HIDDEN if isinstance(key, str) and is_secret(key) else _redacted(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        items = [_redacted(item) for item in value]
+        return tuple(items) if isinstance(value, tuple) else items
+    return value
 
 
 @dataclass(frozen=True)
@@ -77,12 +128,14 @@ class _Rule:
     # None when the value is valid; otherwise why not ("" when ``expected`` says
     # it all).
     problem: Callable[[Any], str | None]
+    # How a bad value appears in the message.
+    show: Callable[[Any], str] = _shown
 
     def error(self, key: str, value: Any, reason: str) -> checks.Error:
         because = f" ({reason})" if reason else ""
         return _error(
             self.id,
-            f"{_name(key)} must be {self.expected}, not {value!r}{because}.",
+            f"{_name(key)} must be {self.expected}, not {self.show(value)}{because}.",
             self.hint,
         )
 
@@ -100,13 +153,21 @@ def _unless(is_valid: Callable[[Any], bool]) -> Callable[[Any], str | None]:
     return lambda value: None if is_valid(value) else ""
 
 
-def _is_int(value: Any) -> bool:
-    # bool is an int subclass, but True is never a meaningful count or TTL.
-    return isinstance(value, int) and not isinstance(value, bool)
+def _at_most(
+    maximum: int, why: str, is_valid: Callable[[Any], bool]
+) -> Callable[[Any], str | None]:
+    """A ``_Rule.problem`` for an integer that Redis refuses above ``maximum``."""
+
+    def problem(value: Any) -> str | None:
+        if not is_valid(value):
+            return ""
+        return why if is_int(value) and value > maximum else None
+
+    return problem
 
 
 def _is_port(value: Any) -> bool:
-    return _is_int(value) and 0 < value < 65536
+    return is_int(value) and 0 < value < 65536
 
 
 def _is_sentinel(value: Any) -> bool:
@@ -129,8 +190,8 @@ def _url_problem(value: Any) -> str | None:
     return None
 
 
-def _url_database(url: str) -> int:
-    """Return the database number a Redis URL selects (0 unless it names one).
+def _url_database(url: str) -> int | None:
+    """Return the database number a Redis URL selects, None if it names none.
 
     Raise ``ValueError``, with the reason as its message, for a URL that
     redis-py would refuse or silently misread.
@@ -157,9 +218,7 @@ def _url_database(url: str) -> int:
     query_database = (
         _parse_database(query_values[0], "its db parameter") if query_values else None
     )
-    if query_database is not None:
-        return query_database
-    return 0 if path_database is None else path_database
+    return path_database if query_database is None else query_database
 
 
 def _check_host_and_port(parts: SplitResult) -> None:
@@ -183,31 +242,78 @@ def _parse_database(text: str, what: str) -> int | None:
     return int(text)
 
 
-def _importable_problem(value: Any) -> str | None:
-    if value is None:
-        return None
+def _imported(value: Any) -> tuple[Any, str | None]:
+    """What a dotted path imports, or why it cannot be imported."""
     if not isinstance(value, str):
-        return ""
+        return None, ""
     try:
-        target = import_string(value)
+        return import_string(value), None
     # Importing runs the user's module, which can raise anything; a system
     # check should report it, not crash.
     except Exception as exc:
-        return f"it cannot be imported: {type(exc).__name__}: {exc}"
-    if not callable(target):
-        return f"it imports {target!r}, which is not callable"
+        return None, f"it cannot be imported: {type(exc).__name__}: {exc}"
+
+
+def _client_problem(value: Any) -> str | None:
+    if value is None:
+        return None
+    factory, problem = _imported(value)
+    if problem is not None:
+        return problem
+    if not callable(factory):
+        return f"it imports {factory!r}, which is not callable"
+    try:
+        inspect.signature(factory).bind(asynchronous=False)
+    except ValueError:  # no signature to inspect, as for some builtins
+        return None
+    except TypeError as exc:
+        return f"it cannot be called as factory(asynchronous=False): {exc}"
+    return None
+
+
+def _serializer_problem(value: Any) -> str | None:
+    if value is None:
+        return None
+    serializer_class, problem = _imported(value)
+    if problem is not None:
+        return problem
+    if not isinstance(serializer_class, type):
+        return f"it imports {serializer_class!r}, which is not a class"
+    # The store instantiates it with no arguments; a function such as
+    # json.dumps would only fail there, at the first request.
+    try:
+        serializer = serializer_class()
+    except Exception as exc:
+        name = serializer_class.__qualname__
+        return f"{name}() raises {type(exc).__name__}: {exc}"
+    missing = [
+        method
+        for method in ("dumps", "loads")
+        if not callable(getattr(serializer, method, None))
+    ]
+    if missing:
+        return f"its instances have no callable {' and '.join(missing)}"
     return None
 
 
 def _prefix_problem(value: Any) -> str | None:
     if not isinstance(value, str) or not value:
         return ""
+    try:
+        value.encode()
+    except UnicodeEncodeError:  # a lone surrogate, e.g. from os.fsdecode()
+        return "it cannot be encoded as UTF-8, so no key could be sent to Redis"
     if set(value) <= _GLOB_CHARACTERS:
         return "it is made only of glob characters, so it would match every key"
     if "{" in value or "}" in value:
         return "braces would change the Redis Cluster hash tag of every session key"
     return None
 
+
+_TOO_FAR = (
+    f"it is more than 100 years ({MAX_EXPIRY_SECONDS} seconds), and Redis refuses "
+    "an expiry too far ahead"
+)
 
 _RULES: dict[str, _Rule] = {
     "URL": _Rule(
@@ -217,6 +323,7 @@ _RULES: dict[str, _Rule] = {
         "'rediss://user:password@example.com:6380/0' or "
         "'unix:///run/redis.sock?db=0'.",
         _url_problem,
+        _shown_url,
     ),
     "OPTIONS": _Rule(
         "E004",
@@ -225,7 +332,8 @@ _RULES: dict[str, _Rule] = {
         "e.g. {'socket_timeout': 5}.",
         _unless(
             lambda value: (
-                isinstance(value, dict) and all(isinstance(key, str) for key in value)
+                isinstance(value, Mapping)
+                and all(isinstance(key, str) for key in value)
             )
         ),
     ),
@@ -261,7 +369,7 @@ _RULES: dict[str, _Rule] = {
         "Set CLIENT to the dotted path of a callable that returns a ready "
         "redis-py client when called as factory(asynchronous=False) or "
         "factory(asynchronous=True), or to None.",
-        _importable_problem,
+        _client_problem,
     ),
     "PREFIX": _Rule(
         "E009",
@@ -274,21 +382,31 @@ _RULES: dict[str, _Rule] = {
         "E010",
         "a positive integer",
         "Set SCAN_COUNT to how many keys each SCAN call should ask for, e.g. 100.",
-        _unless(lambda value: _is_int(value) and value >= 1),
+        _at_most(
+            _MAX_REDIS_INTEGER,
+            f"it is more than {_MAX_REDIS_INTEGER}, the largest COUNT Redis accepts",
+            lambda value: is_int(value) and value >= 1,
+        ),
     ),
     "TTL_SECONDS": _Rule(
         "E011",
         "an integer of 0 or more, or False",
-        "Set TTL_SECONDS to a number of seconds, e.g. 86400, or to 0 or False "
-        "for no fallback TTL.",
-        _unless(lambda value: value is False or (_is_int(value) and value >= 0)),
+        "Set TTL_SECONDS to a number of seconds up to 100 years, e.g. 86400, or "
+        "to 0 or False for no fallback TTL.",
+        _at_most(
+            MAX_EXPIRY_SECONDS,
+            _TOO_FAR,
+            lambda value: value is False or (is_int(value) and value >= 0),
+        ),
     ),
     "TOMBSTONE_SECONDS": _Rule(
         "E012",
         "a positive integer",
         "Set TOMBSTONE_SECONDS to how long a destroyed session key stays "
-        "blocked, e.g. 300.",
-        _unless(lambda value: _is_int(value) and value >= 1),
+        "blocked, up to 100 years, e.g. 300.",
+        _at_most(
+            MAX_EXPIRY_SECONDS, _TOO_FAR, lambda value: is_int(value) and value >= 1
+        ),
     ),
     "DISABLE_TOUCH": _Rule(
         "E013",
@@ -300,18 +418,46 @@ _RULES: dict[str, _Rule] = {
     "SERIALIZER": _Rule(
         "E014",
         "None or the dotted path of a serializer class",
-        "Set SERIALIZER to the dotted path of a serializer class, e.g. "
+        "Set SERIALIZER to the dotted path of a class that takes no arguments "
+        "and has dumps(obj) -> bytes and loads(bytes) -> object, e.g. "
         "'django.core.signing.JSONSerializer', or to None to use "
         "SESSION_SERIALIZER.",
-        _importable_problem,
+        _serializer_problem,
     ),
 }
 
 
+#: The keys a ``CLIENT`` factory makes meaningless: it builds the client itself.
+_REPLACED_BY_CLIENT = ("URL", "OPTIONS", "CLUSTER", "SENTINELS")
+
+
+def _check_client(config: dict[str, Any]) -> list[checks.CheckMessage]:
+    """Check the keys a ``CLIENT`` factory would silently replace."""
+    if config["CLIENT"] is None:
+        return []
+    return [
+        _error(
+            "E022",
+            f"{_name(key)} must be left at its default when {_name('CLIENT')} "
+            f"is set, not {_shown(config[key])} (the client factory builds the "
+            f"client, so {key} would be ignored).",
+            f"Remove {key}, and configure the client in the factory that CLIENT names.",
+        )
+        for key in _REPLACED_BY_CLIENT
+        if not _is_default(key, config[key])
+    ]
+
+
+def _is_default(key: str, value: Any) -> bool:
+    default = DEFAULTS[key]
+    # () and an empty mapping are as unset as the defaults [] and {}.
+    return not value if isinstance(default, (list, dict)) else bool(value == default)
+
+
 def _check_cluster(config: dict[str, Any]) -> list[checks.CheckMessage]:
     """Check the keys that contradict ``CLUSTER = True``."""
-    if config["CLUSTER"] is not True:
-        return []
+    if config["CLUSTER"] is not True or config["CLIENT"] is not None:
+        return []  # With CLIENT, _check_client() reports CLUSTER itself.
     errors: list[checks.CheckMessage] = []
     sentinels = config["SENTINELS"]
     if sentinels:
@@ -325,16 +471,165 @@ def _check_cluster(config: dict[str, Any]) -> list[checks.CheckMessage]:
             )
         )
     url = config["URL"]
+    if urlsplit(url).scheme == "unix":
+        errors.append(
+            _error(
+                "E021",
+                f"{_name('URL')} must be a redis:// or rediss:// URL when "
+                f"{_name('CLUSTER')} is True, not {_shown(url)} (redis-py's "
+                "cluster clients do not connect over unix sockets).",
+                "Give the host and port of any node of the cluster, e.g. "
+                "'redis://localhost:7000/0'.",
+            )
+        )
+        return errors
+    # redis-py takes the database from URL and, only when URL names none,
+    # from OPTIONS.
     database = _url_database(url)
-    if database != 0:
+    option = config["OPTIONS"].get("db", 0)
+    if database is None and is_int(option) and option != 0:
+        errors.append(
+            _error(
+                "E016",
+                f"{_name('OPTIONS')}['db'] must be 0 when {_name('CLUSTER')} is "
+                f"True, not {option!r} (Redis Cluster only has database 0).",
+                "Remove db from OPTIONS.",
+            )
+        )
+    elif database:
         errors.append(
             _error(
                 "E016",
                 f"{_name('URL')} must select database 0 when {_name('CLUSTER')} "
-                f"is True, not {url!r} (it selects database {database}, and "
-                "Redis Cluster only has database 0).",
+                f"is True, not {_shown(url)} (it selects database {database}, "
+                "and Redis Cluster only has database 0).",
                 "Remove the database from URL, or make it 0, e.g. "
                 "'redis://localhost:7000/0'.",
             )
         )
     return errors
+
+
+_DECODING = (
+    "a client that decodes responses returns str instead of the bytes stored, "
+    "so every session would be lost on load"
+)
+
+
+def _check_connection_arguments(
+    config: dict[str, Any],
+) -> list[checks.CheckMessage]:
+    """Check what redis-py will receive from URL's query string and OPTIONS."""
+    if config["CLIENT"] is not None:
+        return []  # _check_client() reports them.
+    arguments = _Arguments(
+        accepted_arguments(config),
+        describe_client(config),
+        tls=urlsplit(config["URL"]).scheme == "rediss",
+    )
+    query = {
+        # As redis-py reads them: the first value, empty ones dropped.
+        name: values[0]
+        for name, values in parse_qs(urlsplit(config["URL"]).query).items()
+    }
+    errors = [arguments.query_error(name, text) for name, text in query.items()]
+    errors += [
+        arguments.option_error(name, value) for name, value in config["OPTIONS"].items()
+    ]
+    return [error for error in errors if error is not None]
+
+
+@dataclass(frozen=True)
+class _Arguments:
+    """Judges each argument redis-py would receive for one configuration."""
+
+    # None when the accepted names cannot be told.
+    accepted: frozenset[str] | None
+    # Completes "redis-py does not accept it for ...".
+    client: str
+    tls: bool
+
+    def query_error(self, name: str, text: str) -> checks.Error | None:
+        where = f"{_name('URL')} query parameter {name!r}"
+        if name == "decode_responses":
+            return _error(
+                "E020",
+                f"{where} must be left out, not {text!r} (redis-py passes it on "
+                f"as a non-empty string, which turns decoding on; {_DECODING}).",
+                "Remove decode_responses from URL: the engine decodes session "
+                "data itself.",
+            )
+        if self.accepted is not None and name not in self.accepted:
+            return self._unknown(
+                "E017", f"{_name('URL')} has the query parameter {name!r}", name, "URL"
+            )
+        parser = QUERY_PARSERS.get(name)
+        value: Any = text
+        if parser is not None:
+            try:
+                value = parser(text)
+            except (TypeError, ValueError) as exc:
+                expected = PARSER_EXPECTS.get(parser)
+                because = "" if expected else f" ({exc})"
+                return self._bad_query_value(
+                    where, expected or "a value redis-py can read", text, because
+                )
+        expected, is_valid = ARGUMENT_TYPES.get(name, ("", _anything))
+        if not is_valid(value):
+            return self._bad_query_value(where, expected, text, "")
+        return None
+
+    def option_error(self, name: str, value: Any) -> checks.Error | None:
+        if name == "decode_responses":
+            if value is False or value is None:
+                return None
+            return _error(
+                "E020",
+                f"{_name('OPTIONS')}['decode_responses'] must be False, not "
+                f"{value!r} ({_DECODING}).",
+                "Remove decode_responses from OPTIONS: the engine decodes "
+                "session data itself.",
+            )
+        if self.accepted is not None and name not in self.accepted:
+            return self._unknown(
+                "E018", f"{_name('OPTIONS')} has the argument {name!r}", name, "OPTIONS"
+            )
+        expected, is_valid = ARGUMENT_TYPES.get(name, ("", _anything))
+        if is_valid(value):
+            return None
+        return _error(
+            "E019",
+            f"{_name('OPTIONS')}[{name!r}] must be {expected}, not {_shown(value)}.",
+            "OPTIONS reach redis-py unchanged, so each value must already have "
+            "the type redis-py expects: convert a value read from the "
+            "environment first.",
+        )
+
+    def _unknown(self, code: str, start: str, name: str, key: str) -> checks.Error:
+        hint = f"Remove {name!r} from {key}, or correct its name."
+        close = difflib.get_close_matches(name, sorted(self.accepted or ()), n=1)
+        if close:
+            hint += f" Did you mean {close[0]!r}?"
+        if name.startswith("ssl") and not self.tls:
+            hint += " TLS arguments need a rediss:// URL."
+        return _error(
+            code,
+            f"{start}, which redis-py does not accept for {self.client}.",
+            hint,
+        )
+
+    @staticmethod
+    def _bad_query_value(
+        where: str, expected: str, text: str, because: str
+    ) -> checks.Error:
+        return _error(
+            "E017",
+            f"{where} must be {expected}, not {text!r}{because}.",
+            "Correct the value in URL. redis-py passes a parameter it does not "
+            "convert on as a string, so one that needs another type belongs in "
+            "OPTIONS.",
+        )
+
+
+def _anything(value: Any) -> bool:
+    return True

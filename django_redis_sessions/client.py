@@ -12,7 +12,6 @@ import asyncio
 import threading
 from collections.abc import AsyncGenerator
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 import redis.asyncio
@@ -21,13 +20,14 @@ import redis.asyncio.retry
 import redis.asyncio.sentinel
 import redis.cluster
 import redis.sentinel
+from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 from django.utils.module_loading import import_string
 from redis.backoff import ExponentialBackoff
 from redis.connection import parse_url
 
-from django_redis_sessions.conf import SETTING_NAME, conf
+from django_redis_sessions.conf import SETTING_NAME, conf, redact_url
 
 #: Applied before ``OPTIONS``, which override them. A session lookup is on the
 #: path of every request: it must fail within seconds, not hang a worker. One
@@ -54,7 +54,7 @@ def build_client(*, asynchronous: bool = False) -> Any:
     """A new client for the current settings (not cached)."""
     if conf.CLIENT is not None:
         factory = import_string(conf.CLIENT)
-        return factory(asynchronous=asynchronous)
+        return _byte_exact(factory(asynchronous=asynchronous))
     options = _options(asynchronous)
     if conf.SENTINELS:
         return _sentinel_primary(options, asynchronous=asynchronous)
@@ -69,6 +69,26 @@ def build_client(*, asynchronous: bool = False) -> Any:
         return cluster_class.from_url(conf.URL, **options)
     client_class: Any = redis.asyncio.Redis if asynchronous else redis.Redis
     return client_class.from_url(conf.URL, **options)
+
+
+def _byte_exact(client: Any) -> Any:
+    """``client``, unless it decodes responses.
+
+    A session payload is bytes that must be read back unchanged; a decoding
+    client returns str, which fails to decode as a session on every load and
+    so logs every user out. The system checks catch ``decode_responses`` in
+    URL and OPTIONS, but only this can see inside a client from ``CLIENT``.
+    """
+    # get_connection_kwargs() exists on the sync and asyncio clients, cluster
+    # or not; a client without it is given the benefit of the doubt.
+    connection_kwargs = getattr(client, "get_connection_kwargs", None)
+    if connection_kwargs is not None and connection_kwargs().get("decode_responses"):
+        raise ImproperlyConfigured(
+            f"The client returned by {SETTING_NAME}['CLIENT'] ({conf.CLIENT!r}) "
+            "decodes responses, but session payloads are bytes that must be read "
+            "back unchanged; build it with decode_responses=False."
+        )
+    return client
 
 
 def _sentinel_primary(options: dict[str, Any], *, asynchronous: bool) -> Any:
@@ -208,10 +228,6 @@ def _setting_changed(*, setting: str, **kwargs: Any) -> None:
         clients.close()
 
 
-#: Query parameters redis-py reads credentials from; never printed.
-SECRET_QUERY_PARAMETERS = {"password"}
-
-
 def describe_target() -> str:
     """Where the configured client connects, for messages; no credentials."""
     if conf.CLIENT is not None:
@@ -220,26 +236,3 @@ def describe_target() -> str:
         sentinels = ", ".join(f"{host}:{port}" for host, port in conf.SENTINELS)
         return f"through Sentinel service {conf.SENTINEL_SERVICE!r} at {sentinels}"
     return f"at {redact_url(conf.URL)}"
-
-
-def redact_url(url: str) -> str:
-    """``url`` without its password, in the user part or the query string."""
-    parts = urlsplit(url)
-    userinfo, _, host = parts.netloc.rpartition("@")
-    username = userinfo.partition(":")[0]
-    netloc = f"{username}@{host}" if username else host
-    query = urlencode(
-        [
-            (name, value)
-            for name, value in parse_qsl(parts.query, keep_blank_values=True)
-            if name.lower() not in SECRET_QUERY_PARAMETERS
-        ]
-    )
-    if "://" not in url:
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    # Spelled out: urlunsplit() drops the "//" of "unix:///path".
-    return (
-        f"{parts.scheme}://{netloc}{parts.path}"
-        + (f"?{query}" if query else "")
-        + (f"#{parts.fragment}" if parts.fragment else "")
-    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 from django.conf import settings as django_settings
 
@@ -102,3 +103,39 @@ class Settings:
 
 
 conf = Settings()
+
+
+def is_secret(name: str) -> bool:
+    """Whether an argument or query parameter of this name may hold a password.
+
+    Broader than redis-py's ``password``, so a misspelt one is hidden as well.
+    """
+    return "pass" in name.lower()
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password, in the user part or the query string.
+
+    Split by hand rather than with ``urlsplit()``, which refuses some URLs (an
+    unclosed "[") that an error message must still show. Everything up to the
+    last "@" counts as credentials, so a password with an unescaped "/", "?"
+    or "#" is hidden too.
+    """
+    location, _, query = url.partition("?")
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if any(is_secret(name) for name, _ in pairs):
+        query = urlencode(
+            [(name, value) for name, value in pairs if not is_secret(name)]
+        )
+    shown = f"{location}?{query}" if query else location
+    scheme, slashes, rest = shown.partition("//")
+    if not slashes:
+        scheme, rest = "", shown
+    userinfo, at, rest = rest.rpartition("@")
+    if not at:
+        return shown
+    username = userinfo.partition(":")[0]
+    if not username or set(username) & set("/?#@"):
+        # No user name, or only the start of a mangled password.
+        return f"{scheme}{slashes}{rest}"
+    return f"{scheme}{slashes}{username}@{rest}"

@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["DJANGO_SETTINGS_MODULE"] = SETTINGS
     signal.signal(signal.SIGTERM, raise_system_exit)
 
-    from django_redis_sessions.client import redact_url
+    from django_redis_sessions.conf import redact_url
     from django_redis_sessions.testing import RedisServer, find_server_binary
 
     server = None

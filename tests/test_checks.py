@@ -1,15 +1,23 @@
 from __future__ import annotations
 
+import ssl
+import uuid
+from types import MappingProxyType
 from typing import Any
 
 import pytest
+import redis
+import redis.asyncio.retry
+import redis.retry
 from django.conf import settings
 from django.core import checks
 from django.test import override_settings
 from django.urls import URLPattern, URLResolver
+from redis.backoff import NoBackoff
 
-from django_redis_sessions.checks import check_settings
+from django_redis_sessions.checks import MAX_EXPIRY_SECONDS, check_settings
 from django_redis_sessions.conf import DEFAULTS
+from django_redis_sessions.store import RedisSessionStore
 
 # Lets test_check_is_registered run every check without tests/urls.py.
 urlpatterns: list[URLPattern | URLResolver] = []
@@ -21,13 +29,51 @@ def make_client(*, asynchronous: bool = False) -> Any:
     return None
 
 
+def make_client_without_asynchronous() -> Any:
+    return None
+
+
+class SerializerNeedingAKey:
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def dumps(self, obj: Any) -> bytes:
+        return b""
+
+    def loads(self, data: bytes) -> Any:
+        return None
+
+
+class SerializerWithoutLoads:
+    def dumps(self, obj: Any) -> bytes:
+        return b""
+
+
+class SerializerWithDataForMethods:
+    dumps = b"{}"
+    loads = None
+
+
+class SerializerThatRaises:
+    def __init__(self) -> None:
+        raise RuntimeError("no configuration")
+
+
+class TaggedConnection(redis.Connection):
+    """A connection class of a project's own, with an argument of its own."""
+
+    def __init__(self, *, tag: str = "", **kwargs: Any) -> None:
+        self.tag = tag
+        super().__init__(**kwargs)
+
+
 VALID_CONFIG: dict[str, Any] = {
     "URL": "rediss://user:secret@redis.example.com:6380/2",
     "OPTIONS": {"socket_timeout": 1.5},
     "CLUSTER": False,
     "SENTINELS": [("sentinel-1", 26379), ["sentinel-2", 26380]],
     "SENTINEL_SERVICE": "sessions",
-    "CLIENT": "tests.test_checks.make_client",
+    "CLIENT": None,
     "PREFIX": "app*:",
     "SCAN_COUNT": 1000,
     "TTL_SECONDS": 0,
@@ -291,7 +337,6 @@ def test_sentinels_without_cluster_is_valid() -> None:
         "redis://localhost:7000/1",
         "rediss://localhost:7000/15",
         "redis://localhost:7000/0?db=2",
-        "unix:///run/redis.sock?db=1",
     ],
 )
 def test_cluster_with_database_other_than_0_is_e016(url: str) -> None:
@@ -337,3 +382,401 @@ def test_each_problem_is_reported_once_in_key_order() -> None:
 def test_check_is_registered() -> None:
     messages = checks.run_checks()
     assert "django_redis_sessions.E010" in [message.id for message in messages]
+
+
+# URL query parameters (E017) and OPTIONS (E018, E019): what redis-py accepts.
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://h/0?socket_timeout=abc",
+        "redis://h/0?socket_timeout=0",
+        "redis://h/0?socket_timeout=-1",
+        "redis://h/0?socket_connect_timeout=inf",
+        "redis://h/0?health_check_interval=x",
+        "redis://h/0?health_check_interval=1.5",
+        "redis://h/0?max_connections=0",
+        "redis://h/0?socket_read_size=many",
+        "rediss://h/0?ssl_cert_reqs=bogus",
+        "rediss://h/0?ssl_cert_reqs=REQUIRED",
+        "rediss://h/0?ssl_include_verify_flags=NO_SUCH_FLAG",
+        # Not converted by redis-py: the connection would get the string.
+        "rediss://h/0?ssl_validate_ocsp=false",
+    ],
+)
+def test_url_query_parameter_with_a_value_redis_py_cannot_use_is_e017(
+    url: str,
+) -> None:
+    assert ids({"URL": url}) == ["django_redis_sessions.E017"]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"URL": "redis://h/0?bogus=1"},
+        {"URL": "redis://h/0?socket_timout=1"},
+        {"URL": "redis://h/0?ssl_cert_reqs=none"},
+        {"URL": "unix:///run/redis.sock?ssl_cert_reqs=none"},
+        {"URL": "redis://h:7000?bogus=1", "CLUSTER": True},
+        {"URL": "redis://h/0?bogus=1", "SENTINELS": [("sentinel", 26379)]},
+    ],
+)
+def test_url_query_parameter_redis_py_does_not_accept_is_e017(
+    config: dict[str, Any],
+) -> None:
+    assert ids(config) == ["django_redis_sessions.E017"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "rediss://h/0?ssl_cert_reqs=none",
+        "rediss://h/0?ssl_cert_reqs=optional",
+        "rediss://h/0?ssl_cert_reqs=required&ssl_check_hostname=no",
+        "redis://h/0?socket_keepalive=yes&retry_on_timeout=False",
+        "redis://h/0?socket_timeout=0.5&socket_connect_timeout=2&max_connections=9",
+        "redis://h/0?health_check_interval=30&client_name=web&password=pw",
+        "unix:///run/redis.sock?db=2&socket_timeout=1",
+    ],
+)
+def test_url_query_parameters_redis_py_accepts_are_valid(url: str) -> None:
+    assert run({"URL": url}) == []
+
+
+def test_e017_names_the_parameter_and_never_the_password() -> None:
+    (message,) = run({"URL": "redis://user:s3cret@h/0?socket_timeout=abc"})
+    assert message.msg == (
+        "SESSION_REDIS['URL'] query parameter 'socket_timeout' must be a number, "
+        "not 'abc'."
+    )
+    (message,) = run({"URL": "redis://h/0?password=s3cret&socket_timout=1"})
+    assert message.msg == (
+        "SESSION_REDIS['URL'] has the query parameter 'socket_timout', which "
+        "redis-py does not accept for a redis:// URL."
+    )
+    assert message.hint == (
+        "Remove 'socket_timout' from URL, or correct its name. Did you mean "
+        "'socket_timeout'?"
+    )
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"OPTIONS": {"bogus": 1}},
+        {"OPTIONS": {"ssl_cert_reqs": "none"}},
+        {"OPTIONS": {"ssl": True}},
+        {"OPTIONS": {"connection_pool": None}},
+        {"OPTIONS": {"connection_class": TaggedConnection, "colour": "red"}},
+        {"OPTIONS": {"bogus": 1}, "CLUSTER": True},
+        {"OPTIONS": {"bogus": 1}, "SENTINELS": [("sentinel", 26379)]},
+    ],
+)
+def test_option_redis_py_does_not_accept_is_e018(config: dict[str, Any]) -> None:
+    assert ids(config) == ["django_redis_sessions.E018"]
+
+
+def test_e018_names_the_client_and_suggests_the_closest_name() -> None:
+    (message,) = run({"OPTIONS": {"ssl_cert_req": "none"}})
+    assert message.msg == (
+        "SESSION_REDIS['OPTIONS'] has the argument 'ssl_cert_req', which redis-py "
+        "does not accept for a redis:// URL."
+    )
+    assert message.hint == (
+        "Remove 'ssl_cert_req' from OPTIONS, or correct its name. TLS arguments "
+        "need a rediss:// URL."
+    )
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"OPTIONS": {"client_name": "web", "single_connection_client": True}},
+        {"OPTIONS": {"socket_timeout": None, "socket_connect_timeout": 0.5}},
+        {"OPTIONS": {"max_connections": None, "health_check_interval": 0}},
+        {"OPTIONS": {"max_connections": 50, "health_check_interval": 2.5}},
+        {"OPTIONS": {"retry": redis.retry.Retry(NoBackoff(), 2)}},
+        {"OPTIONS": {"retry": redis.asyncio.retry.Retry(NoBackoff(), 2)}},
+        {"OPTIONS": {"connection_class": redis.Connection, "db": 3}},
+        {"OPTIONS": {"connection_class": TaggedConnection, "tag": "sessions"}},
+        {"URL": "rediss://h/0", "OPTIONS": {"ssl_cert_reqs": None}},
+        {"URL": "rediss://h/0", "OPTIONS": {"ssl_cert_reqs": "optional"}},
+        {"URL": "rediss://h/0", "OPTIONS": {"ssl_cert_reqs": ssl.CERT_REQUIRED}},
+        {"URL": "rediss://h/0", "OPTIONS": {"ssl_ca_certs": "/etc/ca.pem"}},
+        {"OPTIONS": {"read_from_replicas": True}, "CLUSTER": True},
+        {"OPTIONS": {"check_connection": True}, "SENTINELS": [("s", 26379)]},
+        {"OPTIONS": {"decode_responses": False}},
+    ],
+)
+def test_options_redis_py_accepts_are_valid(config: dict[str, Any]) -> None:
+    assert run(config) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("socket_timeout", "5"),
+        ("socket_timeout", 0),
+        ("socket_timeout", -1.5),
+        ("socket_timeout", float("inf")),
+        ("socket_timeout", True),
+        ("socket_connect_timeout", "2"),
+        ("max_connections", 0),
+        ("max_connections", "5"),
+        ("max_connections", 1.5),
+        ("health_check_interval", -1),
+        ("health_check_interval", "30"),
+        ("socket_read_size", 0),
+        ("db", -1),
+        ("retry", 3),
+        ("retry", NoBackoff()),
+        ("connection_class", "redis.Connection"),
+        ("socket_keepalive", 1),
+        ("retry_on_timeout", "no"),
+        ("ssl_cert_reqs", "bogus"),
+        ("ssl_cert_reqs", "REQUIRED"),
+        ("ssl_cert_reqs", True),
+        ("ssl_cert_reqs", 7),
+    ],
+)
+def test_option_of_the_wrong_type_is_e019(name: str, value: Any) -> None:
+    config = {"URL": "rediss://h/0", "OPTIONS": {name: value}}
+    assert ids(config) == ["django_redis_sessions.E019"]
+
+
+def test_e019_says_what_the_option_must_be() -> None:
+    (message,) = run({"OPTIONS": {"socket_timeout": "5"}})
+    assert message.msg == (
+        "SESSION_REDIS['OPTIONS']['socket_timeout'] must be a number greater "
+        "than 0, not '5'."
+    )
+
+
+# Expiry and SCAN bounds: what Redis accepts.
+
+
+@pytest.mark.parametrize("ttl", [MAX_EXPIRY_SECONDS + 1, 10**17])
+def test_ttl_seconds_above_100_years_is_e011(ttl: int) -> None:
+    assert ids({"TTL_SECONDS": ttl}) == ["django_redis_sessions.E011"]
+
+
+@pytest.mark.parametrize("tombstone", [MAX_EXPIRY_SECONDS + 1, 10**17])
+def test_tombstone_seconds_above_100_years_is_e012(tombstone: int) -> None:
+    assert ids({"TOMBSTONE_SECONDS": tombstone}) == ["django_redis_sessions.E012"]
+
+
+def test_the_longest_expiry_the_checks_allow_is_accepted_by_redis(
+    settings: Any, session_redis: dict[str, Any]
+) -> None:
+    config = {
+        **session_redis,
+        "TTL_SECONDS": MAX_EXPIRY_SECONDS,
+        "TOMBSTONE_SECONDS": MAX_EXPIRY_SECONDS,
+        "SCAN_COUNT": 2**63 - 1,
+    }
+    assert run(config) == []
+    settings.SESSION_REDIS = config
+    assert survives_a_request()
+
+
+def test_scan_count_above_what_redis_accepts_is_e010() -> None:
+    assert ids({"SCAN_COUNT": 2**63}) == ["django_redis_sessions.E010"]
+
+
+# SERIALIZER: a class the store can instantiate and use.
+
+
+@pytest.mark.parametrize(
+    "serializer",
+    [
+        "json.dumps",
+        "tests.test_checks.SerializerNeedingAKey",
+        "tests.test_checks.SerializerWithoutLoads",
+        "tests.test_checks.SerializerWithDataForMethods",
+        "tests.test_checks.SerializerThatRaises",
+    ],
+)
+def test_serializer_that_is_not_a_usable_class_is_e014(serializer: str) -> None:
+    assert ids({"SERIALIZER": serializer}) == ["django_redis_sessions.E014"]
+
+
+def test_e014_says_what_the_serializer_lacks() -> None:
+    (message,) = run({"SERIALIZER": "tests.test_checks.SerializerWithoutLoads"})
+    assert message.msg == (
+        "SESSION_REDIS['SERIALIZER'] must be None or the dotted path of a "
+        "serializer class, not 'tests.test_checks.SerializerWithoutLoads' (its "
+        "instances have no callable loads)."
+    )
+
+
+def test_the_signed_serializer_is_valid() -> None:
+    serializer = "django_redis_sessions.serializers.SignedJSONSerializer"
+    assert run({"SERIALIZER": serializer}) == []
+
+
+# decode_responses (E020): sessions are bytes read back exactly.
+
+
+@pytest.mark.parametrize("decode", [True, 1, "false"])
+def test_decode_responses_in_options_is_e020(decode: Any) -> None:
+    config = {"OPTIONS": {"decode_responses": decode}}
+    assert ids(config) == ["django_redis_sessions.E020"]
+
+
+@pytest.mark.parametrize("decode", ["true", "false", "0"])
+def test_decode_responses_in_the_url_is_e020_whatever_it_says(decode: str) -> None:
+    config = {"URL": f"redis://h/0?decode_responses={decode}"}
+    assert ids(config) == ["django_redis_sessions.E020"]
+
+
+# Mappings other than dict.
+
+
+def test_a_mapping_that_is_not_a_dict_is_a_valid_setting() -> None:
+    config = MappingProxyType(
+        {"URL": "redis://h/0", "OPTIONS": MappingProxyType({"socket_timeout": 1})}
+    )
+    assert run(config) == []
+
+
+def test_options_in_a_mapping_that_is_not_a_dict_are_checked() -> None:
+    config = {"OPTIONS": MappingProxyType({"bogus": 1, "socket_timeout": "1"})}
+    assert ids(config) == ["django_redis_sessions.E018", "django_redis_sessions.E019"]
+
+
+# Other settings that used to pass the checks and fail at the first request.
+
+
+@pytest.mark.parametrize(
+    "client", ["redis.Redis", "tests.test_checks.make_client_without_asynchronous"]
+)
+def test_client_that_cannot_be_called_as_a_factory_is_e008(client: str) -> None:
+    assert ids({"CLIENT": client}) == ["django_redis_sessions.E008"]
+
+
+def test_prefix_that_cannot_be_encoded_is_e009() -> None:
+    assert ids({"PREFIX": "sessions\udc80:"}) == ["django_redis_sessions.E009"]
+
+
+def test_cluster_with_a_unix_socket_url_is_e021() -> None:
+    config = {"CLUSTER": True, "URL": "unix:///run/redis.sock"}
+    assert ids(config) == ["django_redis_sessions.E021"]
+
+
+def test_cluster_with_a_database_in_options_is_e016() -> None:
+    config = {"CLUSTER": True, "URL": "redis://h:7000", "OPTIONS": {"db": 1}}
+    assert ids(config) == ["django_redis_sessions.E016"]
+
+
+def test_cluster_ignores_the_database_in_options_when_the_url_names_one() -> None:
+    config = {"CLUSTER": True, "URL": "redis://h:7000/0", "OPTIONS": {"db": 1}}
+    assert run(config) == []
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("URL", "redis://elsewhere:6379/0"),
+        ("OPTIONS", {"socket_timeout": 1}),
+        ("CLUSTER", True),
+        ("SENTINELS", [("sentinel", 26379)]),
+    ],
+)
+def test_key_a_client_factory_would_ignore_is_e022(key: str, value: Any) -> None:
+    config = {"CLIENT": "tests.test_checks.make_client", key: value}
+    assert ids(config) == ["django_redis_sessions.E022"]
+
+
+def test_keys_a_client_factory_would_ignore_are_not_checked_further() -> None:
+    config = {
+        "CLIENT": "tests.test_checks.make_client",
+        "CLUSTER": True,
+        "URL": "unix:///run/redis.sock?bogus=1",
+    }
+    assert ids(config) == ["django_redis_sessions.E022"] * 2
+
+
+def test_client_with_the_keys_it_replaces_at_their_defaults_is_valid() -> None:
+    client = "tests.test_checks.make_client"
+    assert run({**DEFAULTS, "CLIENT": client}) == []
+    # Empty is unset, whatever the type.
+    assert (
+        run({"CLIENT": client, "SENTINELS": (), "OPTIONS": MappingProxyType({})}) == []
+    )
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        [("URL", "redis://:s3cret@h/0")],
+        {"URL": "redis://user:s3cret@[::1/0"},
+        {"URL": "user:s3cret@localhost:6379"},
+        {"URL": "redis://:s3cret@h:7000/1", "CLUSTER": True},
+        {"URL": "unix://:s3cret@/run/redis.sock", "CLUSTER": True},
+        {"URL": "http://h/0?password=s3cret"},
+        {"OPTIONS": {1: "x", "password": "s3cret"}},
+        {"OPTIONS": {"password": "s3cret"}, "CLIENT": "tests.test_checks.make_client"},
+    ],
+)
+def test_no_message_shows_a_password(config: Any) -> None:
+    messages = run(config)
+    assert messages
+    for message in messages:
+        assert "s3cret" not in f"{message.msg} {message.hint}"
+
+
+# Each setting the checks reject does fail at request time.
+
+
+def survives_a_request() -> bool:
+    """Whether a store write, read, count and destroy work as they should."""
+    key = uuid.uuid4().hex
+    try:
+        store = RedisSessionStore()
+        return (
+            store.set(key, {"v": 1}) is True
+            and store.get(key) == {"v": 1}
+            and store.count() == 1
+            and store.destroy(key) is True
+        )
+    except (redis.RedisError, TypeError, ValueError, UnicodeError):
+        return False
+
+
+def test_the_test_server_settings_survive_a_request(
+    session_redis: dict[str, Any],
+) -> None:
+    assert run(session_redis) == []
+    assert survives_a_request()
+
+
+@pytest.mark.parametrize(
+    ("query", "overrides", "check_id"),
+    [
+        ("?socket_timeout=abc", {}, "E017"),
+        ("?health_check_interval=x", {}, "E017"),
+        ("?bogus=1", {}, "E017"),
+        ("?ssl_cert_reqs=none", {}, "E017"),
+        ("", {"OPTIONS": {"bogus": 1}}, "E018"),
+        ("", {"OPTIONS": {"max_connections": -1}}, "E019"),
+        ("", {"OPTIONS": {"decode_responses": True}}, "E020"),
+        ("?decode_responses=false", {}, "E020"),
+        ("", {"TTL_SECONDS": 10**17}, "E011"),
+        ("", {"TOMBSTONE_SECONDS": 10**17}, "E012"),
+        ("", {"SCAN_COUNT": 2**63}, "E010"),
+        ("", {"PREFIX": "sessions\udc80:"}, "E009"),
+        ("", {"SERIALIZER": "json.dumps"}, "E014"),
+    ],
+)
+def test_a_setting_the_checks_reject_fails_at_request_time(
+    settings: Any,
+    session_redis: dict[str, Any],
+    query: str,
+    overrides: dict[str, Any],
+    check_id: str,
+) -> None:
+    config = {**session_redis, "URL": session_redis["URL"] + query, **overrides}
+    assert ids(config) == [f"django_redis_sessions.{check_id}"]
+    settings.SESSION_REDIS = config
+    assert not survives_a_request()

@@ -7,12 +7,14 @@ import os
 import tempfile
 import uuid
 from collections.abc import Iterator
+from types import MappingProxyType
 from typing import Any
 
 import pytest
 import redis
 import redis.asyncio
 import redis.sentinel
+from django.core.exceptions import ImproperlyConfigured
 
 from django_redis_sessions import client as client_module
 from django_redis_sessions.store import RedisSessionStore
@@ -26,6 +28,35 @@ def client_factory(*, asynchronous: bool) -> Any:
     FACTORY_CALLS.append(asynchronous)
     url = os.environ["TEST_CLIENT_FACTORY_URL"]
     return (redis.asyncio.Redis if asynchronous else redis.Redis).from_url(url)
+
+
+def decoding_client_factory(*, asynchronous: bool) -> Any:
+    """A ``CLIENT`` factory whose clients return str instead of bytes."""
+    url = os.environ["TEST_CLIENT_FACTORY_URL"]
+    client_class = redis.asyncio.Redis if asynchronous else redis.Redis
+    return client_class.from_url(url, decode_responses=True)
+
+
+DECODING_FACTORY_ERROR = (
+    "The client returned by SESSION_REDIS['CLIENT'] "
+    "('tests.test_client.decoding_client_factory') decodes responses, but "
+    "session payloads are bytes that must be read back unchanged; build it with "
+    "decode_responses=False."
+)
+
+
+@pytest.fixture
+def decoding_factory(
+    settings: Any,
+    session_redis: dict[str, Any],
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TEST_CLIENT_FACTORY_URL", redis_url)
+    settings.SESSION_REDIS = {
+        "PREFIX": session_redis["PREFIX"],
+        "CLIENT": "tests.test_client.decoding_client_factory",
+    }
 
 
 def test_clients_are_built_once_and_rebuilt_when_the_setting_changes(
@@ -144,3 +175,35 @@ def test_a_client_factory_builds_both_clients(
     assert store.create("abcdefgh", {"v": 1}, ttl=60) is True
     assert asyncio.run(store.aget("abcdefgh")) == {"v": 1}
     assert FACTORY_CALLS == [False, True]
+
+
+def test_a_client_factory_returning_a_decoding_client_is_refused(
+    decoding_factory: None,
+) -> None:
+    with pytest.raises(ImproperlyConfigured) as excinfo:
+        RedisSessionStore().get("abcdefgh")
+    assert str(excinfo.value) == DECODING_FACTORY_ERROR
+    # Nothing half-built was kept: the next use is refused the same way.
+    with pytest.raises(ImproperlyConfigured):
+        client_module.clients.get()
+
+
+def test_an_asyncio_client_factory_returning_a_decoding_client_is_refused(
+    decoding_factory: None,
+) -> None:
+    with pytest.raises(ImproperlyConfigured) as excinfo:
+        asyncio.run(RedisSessionStore().aget("abcdefgh"))
+    assert str(excinfo.value) == DECODING_FACTORY_ERROR
+
+
+def test_settings_and_options_may_be_any_mapping(
+    settings: Any, session_redis: dict[str, Any]
+) -> None:
+    settings.SESSION_REDIS = MappingProxyType(
+        {**session_redis, "OPTIONS": MappingProxyType({"socket_timeout": 0.25})}
+    )
+    store = RedisSessionStore()
+    assert store.create("abcdefgh", {"v": 1}, ttl=60) is True
+    assert store.get("abcdefgh") == {"v": 1}
+    kwargs = client_module.clients.get().connection_pool.connection_kwargs
+    assert kwargs["socket_timeout"] == 0.25

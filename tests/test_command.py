@@ -13,7 +13,7 @@ import redis
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from django_redis_sessions.client import redact_url
+from django_redis_sessions.conf import redact_url
 from django_redis_sessions.management.commands import redis_sessions as command
 from django_redis_sessions.redis_layer import RedisLayer
 from django_redis_sessions.store import RedisSessionStore
@@ -618,6 +618,12 @@ def test_clear_says_nothing_was_deleted_when_redis_is_unreachable_before_asking(
         ("rediss://alice:pw@[::1]:6380/2", "rediss://alice@[::1]:6380/2"),
         ("redis://h/0?password=pw&db=1", "redis://h/0?db=1"),
         ("unix:///run/redis.sock?db=3&Password=pw", "unix:///run/redis.sock?db=3"),
+        # Malformed: urlsplit() refuses it, and an error message must show it.
+        ("redis://user:pw@[::1/0", "redis://user@[::1/0"),
+        # A password with an unescaped "/", "?" or "@" is hidden whole.
+        ("redis://:p/w@localhost/0", "redis://localhost/0"),
+        ("redis://:p?w@localhost/0", "redis://localhost/0"),
+        ("redis://h/0?password=p@w", "redis://h/0"),
     ],
 )
 def test_urls_are_shown_without_passwords(url: str, shown: str) -> None:
