@@ -73,8 +73,7 @@ def build_client(*, asynchronous: bool = False) -> Any:
 
 class _SentinelConnection(redis.sentinel.SentinelManagedConnection):
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        # redis-py reconnects here to the address it last had, not to the one
-        # Sentinel reports, so a retry after a failover hits the dead primary.
+        # redis-py reconnects here without asking Sentinel: to the dead primary.
         if not self._sock:
             self.connect()  # type: ignore[no-untyped-call]
         super().send_packed_command(command, check_health)  # type: ignore[no-untyped-call]
@@ -88,7 +87,7 @@ class _AsyncSentinelConnection(redis.asyncio.sentinel.SentinelManagedConnection)
     async def send_packed_command(
         self, command: Any, check_health: bool = True
     ) -> None:
-        # As in _SentinelConnection: reconnect through Sentinel, never blindly.
+        # redis-py reconnects here without asking Sentinel: to the dead primary.
         if not self.is_connected:
             await self.connect()  # type: ignore[no-untyped-call]
         await super().send_packed_command(command, check_health)
