@@ -19,6 +19,7 @@ import redis.asyncio.cluster
 import redis.asyncio.retry
 import redis.asyncio.sentinel
 import redis.cluster
+import redis.connection
 import redis.sentinel
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
@@ -91,6 +92,34 @@ def _byte_exact(client: Any) -> Any:
     return client
 
 
+class _SentinelConnection(redis.sentinel.SentinelManagedConnection):
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        # redis-py reconnects here without asking Sentinel: to the dead primary.
+        if not self._sock:
+            self.connect()  # type: ignore[no-untyped-call]
+        super().send_packed_command(command, check_health)  # type: ignore[no-untyped-call]
+
+
+class _SentinelSSLConnection(_SentinelConnection, redis.connection.SSLConnection):
+    pass
+
+
+class _AsyncSentinelConnection(redis.asyncio.sentinel.SentinelManagedConnection):
+    async def send_packed_command(
+        self, command: Any, check_health: bool = True
+    ) -> None:
+        # redis-py reconnects here without asking Sentinel: to the dead primary.
+        if not self.is_connected:
+            await self.connect()  # type: ignore[no-untyped-call]
+        await super().send_packed_command(command, check_health)
+
+
+class _AsyncSentinelSSLConnection(
+    _AsyncSentinelConnection, redis.asyncio.connection.SSLConnection
+):
+    pass
+
+
 def _sentinel_primary(options: dict[str, Any], *, asynchronous: bool) -> Any:
     # Credentials, database and TLS come from URL; its host and port are
     # replaced by what Sentinel reports. Always the primary: a session must
@@ -100,11 +129,17 @@ def _sentinel_primary(options: dict[str, Any], *, asynchronous: bool) -> Any:
         for name, value in parse_url(conf.URL).items()  # type: ignore[no-untyped-call]
         if name not in {"host", "port", "path", "connection_class"}
     }
-    if conf.URL.startswith("rediss://"):
-        connection["ssl"] = True
-    sentinel_class: Any = (
-        redis.asyncio.sentinel.Sentinel if asynchronous else redis.sentinel.Sentinel
-    )
+    tls = conf.URL.startswith("rediss://")
+    sentinel_class: Any
+    connection_class: type[Any]
+    if asynchronous:
+        sentinel_class = redis.asyncio.sentinel.Sentinel
+        connection_class = (
+            _AsyncSentinelSSLConnection if tls else _AsyncSentinelConnection
+        )
+    else:
+        sentinel_class = redis.sentinel.Sentinel
+        connection_class = _SentinelSSLConnection if tls else _SentinelConnection
     sentinel = sentinel_class(
         conf.SENTINELS,
         sentinel_kwargs={
@@ -113,7 +148,11 @@ def _sentinel_primary(options: dict[str, Any], *, asynchronous: bool) -> Any:
             if key in options
         },
     )
-    return sentinel.master_for(conf.SENTINEL_SERVICE, **connection, **options)
+    # A connection_class in OPTIONS still wins, as it did before.
+    return sentinel.master_for(
+        conf.SENTINEL_SERVICE,
+        **{"connection_class": connection_class, **connection, **options},
+    )
 
 
 class Clients:

