@@ -424,6 +424,14 @@ _RULES: dict[str, _Rule] = {
         "SESSION_SERIALIZER.",
         _serializer_problem,
     ),
+    "HASH_IDS": _Rule(
+        "E023",
+        'True, False or "migrate"',
+        "Set HASH_IDS to True to keep sessions under ids that no cookie can "
+        'name, to "migrate" while sessions written under plain keys still '
+        "live, or to False for the plain layout.",
+        _unless(lambda value: value is True or value is False or value == "migrate"),
+    ),
 }
 
 

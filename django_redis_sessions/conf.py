@@ -28,6 +28,7 @@ DEFAULTS: dict[str, Any] = {
     "TOMBSTONE_SECONDS": 300,
     "DISABLE_TOUCH": False,
     "SERIALIZER": None,
+    "HASH_IDS": True,
 }
 
 
@@ -96,6 +97,12 @@ class Settings:
     def SERIALIZER(self) -> str:
         value = self._get("SERIALIZER")
         return str(value) if value else str(django_settings.SESSION_SERIALIZER)
+
+    @property
+    def HASH_IDS(self) -> bool | str:
+        """True, False or "migrate"."""
+        value = self._get("HASH_IDS")
+        return "migrate" if value == "migrate" else bool(value)
 
     @property
     def SESSION_COOKIE_AGE(self) -> int:

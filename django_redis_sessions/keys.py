@@ -1,9 +1,16 @@
-"""Session keys and the Redis names that hold them.
+"""Session keys, the ids stored for them, and the Redis names that hold them.
 
-Layout (one Redis Cluster slot per session, the session key is the hash tag)::
+A session key is the secret in the user's cookie. With ``HASH_IDS`` on (the
+default) Redis never sees it: each session is stored under its **id**,
+``"#" + base64url(SHA-256(key))`` without padding, so reading Redis (a
+replica, a backup, ``MONITOR``) yields no usable cookie. ``#`` is outside
+Django's key alphabet, so an id can never be mistaken for a key. With
+``HASH_IDS`` False the id is the key itself.
 
-    <PREFIX>{<session key>}              the serialized session
-    <PREFIX>{<session key>}:tombstone    for TOMBSTONE_SECONDS after a destroy
+Layout (one Redis Cluster slot per session, the id is the hash tag)::
+
+    <PREFIX>{<id>}              the serialized session
+    <PREFIX>{<id>}:tombstone    for TOMBSTONE_SECONDS after a destroy
 
 A data name always ends in ``}`` and a tombstone never does, so ``SCAN MATCH
 <PREFIX>{*}`` finds sessions and skips tombstones without reading a value.
@@ -11,7 +18,28 @@ A data name always ends in ``}`` and a tombstone never does, so ``SCAN MATCH
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
+
 TOMBSTONE_SUFFIX = ":tombstone"
+
+#: An id: "#" and 43 base64url characters, the unpadded SHA-256 of a key.
+_ID = re.compile(r"#[A-Za-z0-9_-]{43}")
+
+
+def hashed_id(key: str) -> str:
+    """The id stored for ``key`` when ids are hashed.
+
+    Plain SHA-256, not an HMAC of ``SECRET_KEY``: rotating the secret must not
+    log anyone out, and a 32-character random key is beyond guessing anyway.
+    """
+    digest = hashlib.sha256(key.encode()).digest()
+    return "#" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def is_hashed_id(text: str) -> bool:
+    return _ID.fullmatch(text) is not None
 
 
 def is_valid_key(key: object) -> bool:

@@ -32,8 +32,11 @@ from django_redis_sessions.conf import SETTING_NAME, conf
 from django_redis_sessions.keys import (
     check_key,
     data_key,
+    hashed_id,
+    is_hashed_id,
     is_valid_key,
     scan_pattern,
+    session_key_from,
     session_names,
     tombstone_key,
 )
@@ -98,10 +101,16 @@ class RedisLayer:
         prefix: str | None = None,
         scan_count: int | None = None,
         tombstone_seconds: int | None = None,
+        hash_ids: bool | str | None = None,
         client: Callable[[], Any] = clients.get,
         async_client: Callable[[], Any] = clients.for_running_loop,
     ) -> None:
         self.prefix = conf.PREFIX if prefix is None else prefix
+        mode = conf.HASH_IDS if hash_ids is None else hash_ids
+        self._hashing = mode is not False
+        # "migrate": sessions written under their plain key before ids were
+        # hashed are still read, and moved to their id on first load.
+        self._migrating = mode == "migrate"
         self.scan_count = conf.SCAN_COUNT if scan_count is None else scan_count
         seconds = (
             conf.TOMBSTONE_SECONDS if tombstone_seconds is None else tombstone_seconds
@@ -110,67 +119,156 @@ class RedisLayer:
         self._client = client
         self._async_client = async_client
 
+    def session_id(self, key: str) -> str:
+        """The id the session of ``key`` (a session key or an id) is stored under."""
+        if not self._hashing or is_hashed_id(key):
+            return key
+        return hashed_id(key)
+
+    def data_name(self, key: str) -> str:
+        """The Redis name of the session of ``key`` (a session key or an id)."""
+        return data_key(self.prefix, self.session_id(key))
+
+    def tombstone_name(self, key: str) -> str:
+        """The Redis name of the tombstone of ``key`` (a session key or an id)."""
+        return tombstone_key(self.prefix, self.session_id(key))
+
+    def id_of_name(self, name: bytes) -> str:
+        """The id of the session under a data name found by SCAN.
+
+        A plain name still awaiting ``rehash`` is shown by its id too: its key
+        is a cookie, which admin code must never see.
+        """
+        found = session_key_from(self.prefix, name)
+        return self.session_id(found)
+
     def _names(self, key: str) -> tuple[str, str]:
         """The data name and the tombstone name of ``key``."""
+        stored = self.session_id(key)
+        return data_key(self.prefix, stored), tombstone_key(self.prefix, stored)
+
+    def _plain_names(self, key: str) -> tuple[str, str] | None:
+        """In "migrate" mode, the names of the plain form ``key`` may still have."""
+        if not self._migrating or is_hashed_id(key):
+            return None
         return data_key(self.prefix, key), tombstone_key(self.prefix, key)
+
+    def _forms(self, key: str) -> list[tuple[str, str]]:
+        """The (data, tombstone) names of every form the session may have."""
+        plain = self._plain_names(key)
+        return [self._names(key)] if plain is None else [self._names(key), plain]
 
     # --- Reading ------------------------------------------------------------
 
     def read(self, key: str) -> bytes | None:
-        """The stored bytes of the session, or None (also for a key no session has)."""
+        """The stored bytes of the session, or None (also for a key no session has).
+
+        In "migrate" mode a session still under its plain key is moved to its
+        id: one script on one server, one more round trip on Cluster.
+        """
         if not is_valid_key(key):
             return None
+        client = self._client()
         try:
-            payload: bytes | None = self._client().execute_command(
-                "GET", data_key(self.prefix, key)
-            )
+            plain = self._plain_names(key)
+            if plain is None:
+                payload: bytes | None = client.execute_command(
+                    "GET", self.data_name(key)
+                )
+                return payload
+            if not is_cluster(client):
+                names = self._names(key) + plain
+                args = (self._tombstone_ms,)
+                return scripts.run(client, scripts.READ_OR_MOVE, names, args)  # type: ignore[no-any-return]
+            payload = client.execute_command("GET", self.data_name(key))
+            if payload is not None:
+                return payload
+            taken = scripts.run(client, scripts.TAKE, plain, (self._tombstone_ms,))
         except ResponseError as error:
             _reject_not_a_string(error)
             return None
-        return payload
+        if not taken:
+            return None
+        payload, ttl_ms = taken
+        # The second half of a move on Cluster. The plain form is gone already,
+        # so a failure here logs the user out; the other order could leave the
+        # session under both names.
+        created = self.create(key, payload, int(ttl_ms) / 1000)
+        return payload if created is Outcome.WRITTEN else None
 
     async def aread(self, key: str) -> bytes | None:
         """See read()."""
         if not is_valid_key(key):
             return None
+        client = self._async_client()
         try:
-            payload: bytes | None = await self._async_client().execute_command(
-                "GET", data_key(self.prefix, key)
+            plain = self._plain_names(key)
+            if plain is None:
+                payload: bytes | None = await client.execute_command(
+                    "GET", self.data_name(key)
+                )
+                return payload
+            if not is_cluster(client):
+                names = self._names(key) + plain
+                args = (self._tombstone_ms,)
+                return await scripts.arun(client, scripts.READ_OR_MOVE, names, args)  # type: ignore[no-any-return]
+            payload = await client.execute_command("GET", self.data_name(key))
+            if payload is not None:
+                return payload
+            taken = await scripts.arun(
+                client, scripts.TAKE, plain, (self._tombstone_ms,)
             )
         except ResponseError as error:
             _reject_not_a_string(error)
             return None
-        return payload
+        if not taken:
+            return None
+        payload, ttl_ms = taken
+        created = await self.acreate(key, payload, int(ttl_ms) / 1000)
+        return payload if created is Outcome.WRITTEN else None
 
     def exists(self, key: str) -> bool:
         """Whether a live session holds ``key`` (a tombstone is not one)."""
         if not is_valid_key(key):
             return False
         # TYPE, not EXISTS: a list or hash under the name is not a session.
-        kind = self._client().execute_command("TYPE", data_key(self.prefix, key))
-        return kind in (b"string", "string")
+        client = self._client()
+        for name, _ in self._forms(key):
+            if client.execute_command("TYPE", name) in (b"string", "string"):
+                return True
+        return False
 
     async def aexists(self, key: str) -> bool:
         """See exists()."""
         if not is_valid_key(key):
             return False
-        name = data_key(self.prefix, key)
-        kind = await self._async_client().execute_command("TYPE", name)
-        return kind in (b"string", "string")
+        client = self._async_client()
+        for name, _ in self._forms(key):
+            if await client.execute_command("TYPE", name) in (b"string", "string"):
+                return True
+        return False
 
     def ttl(self, key: str) -> float | None:
         """Seconds the session under ``key`` has left; None if there is none."""
         if not is_valid_key(key):
             return None
-        name = data_key(self.prefix, key)
-        return _seconds(self._client().execute_command("PTTL", name))
+        client = self._client()
+        for name, _ in self._forms(key):
+            seconds = _seconds(client.execute_command("PTTL", name))
+            if seconds is not None:
+                return seconds
+        return None
 
     async def attl(self, key: str) -> float | None:
         """See ttl()."""
         if not is_valid_key(key):
             return None
-        name = data_key(self.prefix, key)
-        return _seconds(await self._async_client().execute_command("PTTL", name))
+        client = self._async_client()
+        for name, _ in self._forms(key):
+            seconds = _seconds(await client.execute_command("PTTL", name))
+            if seconds is not None:
+                return seconds
+        return None
 
     # --- Writing ------------------------------------------------------------
 
@@ -241,7 +339,7 @@ class RedisLayer:
         if not ttl_ms:
             self.destroy(key)
             return Outcome.EXPIRED
-        name = data_key(self.prefix, key)
+        name = self.data_name(key)
         return _written(
             self._client().execute_command("SET", name, payload, "PX", ttl_ms, "XX")
         )
@@ -253,7 +351,7 @@ class RedisLayer:
         if not ttl_ms:
             await self.adestroy(key)
             return Outcome.EXPIRED
-        name = data_key(self.prefix, key)
+        name = self.data_name(key)
         return _written(
             await self._async_client().execute_command(
                 "SET", name, payload, "PX", ttl_ms, "XX"
@@ -272,7 +370,7 @@ class RedisLayer:
         if not ttl_ms:
             self.destroy(key)
             return Outcome.EXPIRED
-        name = data_key(self.prefix, key)
+        name = self.data_name(key)
         return _written(self._client().execute_command("PEXPIRE", name, ttl_ms))
 
     async def atouch(self, key: str, ttl: float) -> Outcome:
@@ -283,26 +381,42 @@ class RedisLayer:
         if not ttl_ms:
             await self.adestroy(key)
             return Outcome.EXPIRED
-        name = data_key(self.prefix, key)
+        name = self.data_name(key)
         reply = await self._async_client().execute_command("PEXPIRE", name, ttl_ms)
         return _written(reply)
 
     def destroy(self, key: str) -> bool:
-        """Delete the session and leave a tombstone; True if it was live."""
+        """Delete the session and leave a tombstone; True if it was live.
+
+        In "migrate" mode both forms end; on Cluster, where they live on
+        different slots, one round trip each.
+        """
         if not is_valid_key(key):
             return False
+        client = self._client()
         args = (self._tombstone_ms, retry_token())
-        reply = scripts.run(self._client(), scripts.DESTROY, self._names(key), args)
-        return bool(reply)
+        removed = 0
+        for names in self._destroy_batches(client, key):
+            removed += scripts.run(client, scripts.DESTROY, names, args)
+        return bool(removed)
 
     async def adestroy(self, key: str) -> bool:
         """See destroy()."""
         if not is_valid_key(key):
             return False
-        args = (self._tombstone_ms, retry_token())
         client = self._async_client()
-        reply = await scripts.arun(client, scripts.DESTROY, self._names(key), args)
-        return bool(reply)
+        args = (self._tombstone_ms, retry_token())
+        removed = 0
+        for names in self._destroy_batches(client, key):
+            removed += await scripts.arun(client, scripts.DESTROY, names, args)
+        return bool(removed)
+
+    def _destroy_batches(self, client: Any, key: str) -> list[tuple[str, ...]]:
+        """The KEYS of each DESTROY: every form at once, or one per slot."""
+        forms = self._forms(key)
+        if is_cluster(client):
+            return list(forms)
+        return [tuple(name for names in forms for name in names)]
 
     def cycle(
         self, old_key: str | None, new_key: str, payload: bytes, ttl: float
@@ -368,7 +482,8 @@ class RedisLayer:
     def _cycle_script_args(
         self, old_key: str, new_key: str, payload: bytes, ttl: float
     ) -> tuple[tuple[str, ...], tuple[Any, ...]]:
-        keys = self._names(new_key) + self._names(old_key)
+        old_names = tuple(name for names in self._forms(old_key) for name in names)
+        keys = self._names(new_key) + old_names
         args = (payload, ttl_milliseconds(ttl), self._tombstone_ms, retry_token())
         return keys, args
 
@@ -419,6 +534,42 @@ class RedisLayer:
                     yield session_names(batch) if sessions_only else batch
                 if not int(cursor):
                     break
+
+    def plain_names(self, names: list[bytes]) -> list[bytes]:
+        """The data names in ``names`` that are not under an id: what rehash moves."""
+        return [
+            name
+            for name in names
+            if not is_hashed_id(session_key_from(self.prefix, name))
+        ]
+
+    def move_to_ids(self, names: list[bytes]) -> int:
+        """Move the sessions under these plain data names to their ids.
+
+        One pipeline of scripts on one server; on Cluster, where the two names
+        of a session live on different slots, a take and a create each. The
+        plain form always ends; returns how many now live under their id.
+        """
+        client = self._client()
+        keys = [session_key_from(self.prefix, name) for name in names]
+        args = (self._tombstone_ms,)
+        if is_cluster(client):
+            moved = 0
+            for key in keys:
+                plain = (data_key(self.prefix, key), tombstone_key(self.prefix, key))
+                taken = scripts.run(client, scripts.TAKE, plain, args)
+                if taken:
+                    payload, ttl_ms = taken
+                    created = self.create(key, payload, int(ttl_ms) / 1000)
+                    moved += created is Outcome.WRITTEN
+            return moved
+        scripts.load(client, scripts.MOVE)
+        pipeline = client.pipeline(transaction=False)
+        for key in keys:
+            plain = (data_key(self.prefix, key), tombstone_key(self.prefix, key))
+            names_of = plain + self._names(key)
+            pipeline.evalsha(scripts.sha(scripts.MOVE), 4, *names_of, *args)
+        return sum(int(reply) for reply in pipeline.execute())
 
     def values(self, names: list[bytes]) -> list[bytes | None]:
         """The payloads under ``names``, aligned with them (None: gone)."""

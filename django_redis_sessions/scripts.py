@@ -55,45 +55,109 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 
-# KEYS[1] data key, KEYS[2] tombstone key
+# KEYS: pairs of (data name, tombstone name), all forms one session may be
+# stored under (its id, and in "migrate" mode its plain key)
 # ARGV[1] tombstone lifetime in milliseconds (> 0), ARGV[2] a token unique to
-# this call, stored as the tombstone's value
-# returns 1 if a live session was removed, else 0; the tombstone is set either
-# way, so a write racing a logout of an already expired session stays refused.
-# A tombstone holding this call's own token means the call already ran and its
-# reply was lost: the retry reports what the first run did.
+# this call, stored as the tombstones' value
+# returns the number of live forms removed (0: none was live); every tombstone
+# is set either way, so a write racing a logout of an already expired session
+# stays refused. A first tombstone holding this call's own token means the
+# call already ran and its reply was lost: the retry reports a removal.
 DESTROY = """
 if redis.call('GET', KEYS[2]) == ARGV[2] then return 1 end
-local removed = redis.call('DEL', KEYS[1])
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[1])
+local removed = 0
+for i = 1, #KEYS, 2 do
+  removed = removed + redis.call('DEL', KEYS[i])
+  redis.call('SET', KEYS[i + 1], ARGV[2], 'PX', ARGV[1])
+end
 return removed
 """
 
 # The login path (``cycle_key``) in one round trip: the data moves to a fresh
-# key and the old key is destroyed, so a request still holding the old key can
-# never write it back. Only for clients where all four keys may meet in one
+# key and the old session is destroyed, so a request still holding the old key
+# can never write it back. Only for clients where all keys may meet in one
 # script (not Redis Cluster, where two sessions live on different slots).
-# KEYS[1] new data key, KEYS[2] new tombstone key,
-# KEYS[3] old data key, KEYS[4] old tombstone key
+# KEYS[1] new data name, KEYS[2] new tombstone name, then pairs of (data name,
+# tombstone name) of every form the old session may be stored under
 # ARGV[1] payload, ARGV[2] TTL in milliseconds (> 0),
 # ARGV[3] tombstone lifetime in milliseconds (> 0), ARGV[4] a token unique to
-# this call, stored as the old key's tombstone
+# this call, stored as the old session's tombstones
 # returns WRITTEN, or MISSING (the old session is no longer live: a logout, a
 # clear or another cycle ended it, so its data must not live on under a new
 # key), or TOMBSTONED or EXISTS (the new key is unusable); nothing changes
 # unless WRITTEN. The first line recognizes this very call run again by the
-# client's retry after a lost reply (only this call knows the new key).
+# client's retry after a lost reply (only this call knows its token).
 CYCLE = """
 if redis.call('GET', KEYS[4]) == ARGV[4] then return 1 end
-if redis.call('EXISTS', KEYS[3]) == 0 then return 4 end
+local live = 0
+for i = 3, #KEYS, 2 do live = live + redis.call('EXISTS', KEYS[i]) end
+if live == 0 then return 4 end
 if redis.call('EXISTS', KEYS[2]) == 1 then return 3 end
 if not redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') then return 2 end
-redis.call('DEL', KEYS[3])
-redis.call('SET', KEYS[4], ARGV[4], 'PX', ARGV[3])
+for i = 3, #KEYS, 2 do
+  redis.call('DEL', KEYS[i])
+  redis.call('SET', KEYS[i + 1], ARGV[4], 'PX', ARGV[3])
+end
 return 1
 """
 
-ALL = (CREATE, SET_UNLESS_TOMBSTONED, DESTROY, CYCLE)
+# HASH_IDS "migrate", one server: the load of a session that may still be
+# stored under its plain key, in one round trip. A plain session is moved to
+# its id with its remaining lifetime and its plain form is destroyed, so it is
+# found under the id from now on and can never be read twice.
+# KEYS[1] id data name, KEYS[2] id tombstone name,
+# KEYS[3] plain data name, KEYS[4] plain tombstone name
+# ARGV[1] tombstone lifetime in milliseconds (> 0)
+# returns the payload, or false
+READ_OR_MOVE = """
+local payload = redis.call('GET', KEYS[1])
+if payload then return payload end
+payload = redis.call('GET', KEYS[3])
+if not payload then return false end
+local ttl = redis.call('PTTL', KEYS[3])
+redis.call('DEL', KEYS[3])
+redis.call('SET', KEYS[4], '1', 'PX', ARGV[1])
+if ttl > 0 and redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('SET', KEYS[1], payload, 'PX', ttl, 'NX')
+  return payload
+end
+return false
+"""
+
+# ``redis_sessions rehash``, one server: move one session from its plain name
+# to its id, as READ_OR_MOVE does on a load.
+# KEYS[1] plain data name, KEYS[2] plain tombstone name,
+# KEYS[3] id data name, KEYS[4] id tombstone name
+# ARGV[1] tombstone lifetime in milliseconds (> 0)
+# returns 1 if the session now lives under its id, else 0 (gone meanwhile, or
+# its id was logged out or taken: the plain form is ended all the same)
+MOVE = """
+local payload = redis.call('GET', KEYS[1])
+if not payload then return 0 end
+local ttl = redis.call('PTTL', KEYS[1])
+redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
+if ttl <= 0 or redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
+if redis.call('SET', KEYS[3], payload, 'PX', ttl, 'NX') then return 1 end
+return 0
+"""
+
+# HASH_IDS "migrate" on Redis Cluster, where the two forms live on different
+# slots: the first half of a move, taking the plain form (read and destroyed
+# at once); the caller then creates the id form.
+# KEYS[1] plain data name, KEYS[2] plain tombstone name
+# ARGV[1] tombstone lifetime in milliseconds (> 0)
+# returns {payload, remaining milliseconds}, or false
+TAKE = """
+local payload = redis.call('GET', KEYS[1])
+if not payload then return false end
+local ttl = redis.call('PTTL', KEYS[1])
+redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
+return {payload, ttl}
+"""
+
+ALL = (CREATE, SET_UNLESS_TOMBSTONED, DESTROY, CYCLE, READ_OR_MOVE, MOVE, TAKE)
 
 #: Each script's SHA1, what ``EVALSHA`` names it by.
 _SHAS = {text: hashlib.sha1(text.encode()).hexdigest() for text in ALL}
@@ -123,3 +187,14 @@ async def arun(
     except NoScriptError:
         await client.script_load(script)
         return await client.evalsha(sha, len(keys), *keys, *args)
+
+
+def sha(script: str) -> str:
+    """The SHA1 ``EVALSHA`` names ``script`` by."""
+    return _SHAS[script]
+
+
+def load(client: Any, script: str) -> None:
+    """Make sure the server has ``script``, for a pipeline of ``EVALSHA``."""
+    if not client.script_exists(_SHAS[script])[0]:
+        client.script_load(script)

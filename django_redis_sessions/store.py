@@ -15,7 +15,6 @@ from django.dispatch import receiver
 
 from django_redis_sessions.client import clients
 from django_redis_sessions.conf import SETTING_NAME, conf
-from django_redis_sessions.keys import session_key_from
 from django_redis_sessions.payloads import Payloads, SessionData, expiry_seconds
 from django_redis_sessions.redis_layer import RedisLayer
 from django_redis_sessions.scripts import Outcome
@@ -38,6 +37,7 @@ class RedisSessionStore:
         scan_count: int | None = None,
         ttl_seconds: int | None = None,
         tombstone_seconds: int | None = None,
+        hash_ids: bool | str | None = None,
         serializer: Any = None,
         client: Callable[[], Any] = clients.get,
         async_client: Callable[[], Any] = clients.for_running_loop,
@@ -46,6 +46,7 @@ class RedisSessionStore:
             prefix=prefix,
             scan_count=scan_count,
             tombstone_seconds=tombstone_seconds,
+            hash_ids=hash_ids,
             client=client,
             async_client=async_client,
         )
@@ -65,6 +66,15 @@ class RedisSessionStore:
                 "would never expire; pass ttl= or set an expiry."
             )
         return float(self._ttl_seconds)
+
+    def session_id(self, key: str) -> str:
+        """The id the store keeps the session of ``key`` under.
+
+        ``"#" + base64url(SHA-256(key))`` with ``HASH_IDS`` on, else the key.
+        Admin code speaks in ids: every single-session method below takes a
+        session key or an id, and ``all()`` yields ids.
+        """
+        return self._layer.session_id(key)
 
     # --- Single sessions: one round trip each --------------------------------
 
@@ -160,7 +170,7 @@ class RedisSessionStore:
     # --- Every session under the prefix, a SCAN batch at a time ---------------
 
     def all(self) -> Iterator[tuple[str, SessionData]]:
-        """Every live session as ``(key, data)``, streamed batch by batch."""
+        """Every live session as ``(id, data)``, streamed batch by batch."""
         for names in self._layer.scan():
             yield from self._sessions(names, self._layer.values(names))
 
@@ -199,11 +209,10 @@ class RedisSessionStore:
     ) -> Iterator[tuple[str, SessionData]]:
         # Names can expire or be destroyed between SCAN and GET: their value
         # is None, and zip keeps every other name paired with its own value.
-        prefix = self._layer.prefix
         for name, payload in zip(names, values, strict=True):
             data = self._payloads.loads(payload)
             if data is not None:
-                yield session_key_from(prefix, name), data
+                yield self._layer.id_of_name(name), data
 
 
 _store: RedisSessionStore | None = None

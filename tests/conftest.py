@@ -35,12 +35,6 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
 django.setup()
 
 
-def pytest_report_header() -> list[str]:
-    import django_redis_sessions
-
-    return [f"django_redis_sessions: {os.path.dirname(django_redis_sessions.__file__)}"]
-
-
 @pytest.fixture(scope="session", autouse=True)
 def _tox_tests_the_built_wheel() -> None:
     import django_redis_sessions
@@ -74,6 +68,22 @@ def prefix() -> str:
     return f"test-{uuid.uuid4().hex[:12]}:"
 
 
+#: The layout every test runs with: ``TEST_HASH_IDS=0`` runs the whole suite
+#: with the session key as the stored id, ``migrate`` in migration mode.
+HASH_IDS: bool | str = {"0": False, "migrate": "migrate"}.get(
+    os.environ.get("TEST_HASH_IDS", ""), True
+)  # type: ignore[assignment]
+
+
+def pytest_report_header() -> list[str]:
+    import django_redis_sessions
+
+    return [
+        f"django_redis_sessions: {os.path.dirname(django_redis_sessions.__file__)}",
+        f"HASH_IDS: {HASH_IDS!r}",
+    ]
+
+
 @pytest.fixture(autouse=True)
 def session_redis(
     redis_url: str, prefix: str, raw_redis: redis.Redis, settings: Any
@@ -85,6 +95,7 @@ def session_redis(
     dict may be changed before the engine first uses it.
     """
     config: dict[str, Any] = {"URL": redis_url, "PREFIX": prefix}
+    config["HASH_IDS"] = HASH_IDS
     settings.SESSION_REDIS = config
     yield config
     keys = list(raw_redis.scan_iter(match=glob_escape(prefix) + "*", count=1000))
@@ -163,7 +174,7 @@ def make_store(
 
 
 #: Attributes that are not I/O and have no asyncio twin.
-PLAIN = frozenset({"prefix", "scan_count"})
+PLAIN = frozenset({"prefix", "scan_count", "session_id", "data_name", "tombstone_name"})
 
 
 @pytest.fixture

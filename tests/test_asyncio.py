@@ -33,7 +33,7 @@ def public_methods(cls: type) -> set[str]:
 
 
 #: Store methods without I/O, so without a twin.
-NO_IO = {"decode"}
+NO_IO = {"session_id"}
 
 
 def is_async(function: Any) -> bool:

@@ -24,11 +24,10 @@ from django.test import RequestFactory, override_settings
 from django.utils import timezone
 
 from django_redis_sessions.backends.redis import SessionStore
-from django_redis_sessions.keys import data_key, tombstone_key
 from django_redis_sessions.redis_layer import get_layer
 from django_redis_sessions.store import RedisSessionStore
 from tests.twins import AsyncTwins, no_sync_client, run
-from tests.utils import Keys, needs_async_backend
+from tests.utils import Keys, data_name, needs_async_backend, tombstone_name
 
 #: Backend attributes that stay sync in an asyncio test: no I/O behind them.
 PLAIN = frozenset(
@@ -94,11 +93,11 @@ def session(make_session: Callable[..., Any]) -> Any:
 
 
 def data(prefix: str, key: str) -> str:
-    return data_key(prefix, key)
+    return data_name(prefix, key)
 
 
 def tomb(prefix: str, key: str) -> str:
-    return tombstone_key(prefix, key)
+    return tombstone_name(prefix, key)
 
 
 def saved_key(make_session: Callable[..., Any], **data: Any) -> str:

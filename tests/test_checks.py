@@ -80,6 +80,7 @@ VALID_CONFIG: dict[str, Any] = {
     "TOMBSTONE_SECONDS": 1,
     "DISABLE_TOUCH": True,
     "SERIALIZER": "django.core.signing.JSONSerializer",
+    "HASH_IDS": "migrate",
 }
 
 
@@ -153,7 +154,7 @@ def test_unknown_keys_are_one_e002_naming_them_sorted() -> None:
     assert [m.id for m in messages] == ["django_redis_sessions.E002"]
     assert messages[0].msg == "SESSION_REDIS has unknown keys: 'HOST', 'TTL'."
     assert messages[0].hint == (
-        "Valid keys are CLIENT, CLUSTER, DISABLE_TOUCH, OPTIONS, PREFIX, "
+        "Valid keys are CLIENT, CLUSTER, DISABLE_TOUCH, HASH_IDS, OPTIONS, PREFIX, "
         "SCAN_COUNT, SENTINELS, SENTINEL_SERVICE, SERIALIZER, TOMBSTONE_SECONDS, "
         "TTL_SECONDS, URL."
     )
@@ -780,3 +781,8 @@ def test_a_setting_the_checks_reject_fails_at_request_time(
     assert ids(config) == [f"django_redis_sessions.{check_id}"]
     settings.SESSION_REDIS = config
     assert not survives_a_request()
+
+
+@pytest.mark.parametrize("value", [None, 1, "yes", "Migrate"])
+def test_hash_ids_other_than_true_false_or_migrate_is_e023(value: Any) -> None:
+    assert ids({"HASH_IDS": value}) == ["django_redis_sessions.E023"]

@@ -9,10 +9,11 @@ import pytest
 import redis.cluster
 
 from django_redis_sessions.client import clients
-from django_redis_sessions.keys import tombstone_key
 from django_redis_sessions.redis_layer import RedisLayer
 from django_redis_sessions.store import RedisSessionStore
+from tests.conftest import PLAIN
 from tests.twins import AsyncTwins, no_sync_client
+from tests.utils import data_name, tombstone_name
 
 
 @pytest.fixture
@@ -36,7 +37,7 @@ def cluster_store(
         yield RedisSessionStore()
     else:
         store = RedisSessionStore(client=no_sync_client)
-        yield AsyncTwins(store)
+        yield AsyncTwins(store, plain=PLAIN)
     keys = list(cluster_client.scan_iter(match=prefix + "*"))
     for key in keys:
         cluster_client.unlink(key)
@@ -56,7 +57,7 @@ def test_single_session_operations_run_on_one_slot(cluster_store: Any) -> None:
 def layer_like(store: Any) -> Any:
     """The Redis layer configured like ``store``, in the same mode."""
     if isinstance(store, AsyncTwins):
-        return AsyncTwins(RedisLayer(client=no_sync_client))
+        return AsyncTwins(RedisLayer(client=no_sync_client), plain=PLAIN)
     return RedisLayer()
 
 
@@ -68,23 +69,26 @@ def test_cycle_moves_a_session_across_slots(
     outcome = layer.cycle("oldsession1", "newsession2", b'{"v":1}', 60)
     assert outcome.name == "WRITTEN"
     assert cluster_store.get("newsession2") == {"v": 1}
-    assert cluster_client.exists(tombstone_key(prefix, "oldsession1")) == 1
+    assert cluster_client.exists(tombstone_name(prefix, "oldsession1")) == 1
 
 
 def test_bulk_operations_scan_every_primary(
-    cluster_store: Any, cluster_client: redis.cluster.RedisCluster
+    cluster_store: Any, cluster_client: redis.cluster.RedisCluster, prefix: str
 ) -> None:
     keys = [f"session{n:04d}" for n in range(60)]
     for key in keys:
         cluster_store.create(key, {"n": key}, ttl=60)
     cluster_store.destroy(keys[0])
     # The keys really are spread over the three primaries.
-    slots = {cluster_client.keyslot(f"{{{key}}}") for key in keys}
-    owners = {cluster_client.get_node_from_key(f"{{{key}}}").name for key in keys}
+    names = [data_name(prefix, key) for key in keys]
+    slots = {cluster_client.keyslot(name) for name in names}
+    owners = {cluster_client.get_node_from_key(name).name for name in names}
     assert len(slots) > 30
     assert len(owners) == 3
     assert cluster_store.count() == 59
-    assert dict(cluster_store.all()) == {key: {"n": key} for key in keys[1:]}
+    assert dict(cluster_store.all()) == {
+        cluster_store.session_id(key): {"n": key} for key in keys[1:]
+    }
     assert cluster_store.clear() == 59
     assert cluster_store.count() == 0
 
@@ -97,4 +101,4 @@ def test_cycle_of_a_session_ended_elsewhere_creates_nothing(
     layer = layer_like(cluster_store)
     outcome = layer.cycle("oldsession1", "newsession2", b'{"v":1}', 60)
     assert outcome.name == "MISSING"
-    assert cluster_client.exists(f"{prefix}{{newsession2}}") == 0
+    assert cluster_client.exists(data_name(prefix, "newsession2")) == 0

@@ -17,6 +17,7 @@ from django_redis_sessions.conf import redact_url
 from django_redis_sessions.management.commands import redis_sessions as command
 from django_redis_sessions.redis_layer import RedisLayer
 from django_redis_sessions.store import RedisSessionStore
+from tests.utils import data_name, tombstone_name
 
 LIVE = ["alive-1", "alive-2", "alive-3"]
 DESTROYED = ["gone-1", "gone-2"]
@@ -77,8 +78,8 @@ def arranged(
     raw_redis.set(f"{prefix}x{{abc}}", b"decoy", ex=60)
     raw_redis.set(f"{prefix}plain", b"decoy", ex=60)
     return {
-        *(f"{prefix}{{{key}}}:tombstone" for key in DESTROYED),
-        *(f"{other_prefix}{{{key}}}" for key in OTHER),
+        *(tombstone_name(prefix, key) for key in DESTROYED),
+        *(data_name(other_prefix, key) for key in OTHER),
         f"{prefix}x{{abc}}",
         f"{prefix}plain",
     }
@@ -283,7 +284,7 @@ def test_clear_does_not_ask_when_there_are_no_sessions(
     RedisSessionStore(prefix=prefix).destroy("gone")
 
     assert run("clear") == "No sessions to delete.\n"
-    assert redis_keys() == {f"{prefix}{{gone}}:tombstone"}
+    assert redis_keys() == {tombstone_name(prefix, "gone")}
 
 
 def test_clear_dry_run_reports_and_deletes_nothing(
@@ -317,7 +318,7 @@ def test_clear_with_prefix_deletes_only_the_other_prefix(
     output = run("clear", "--prefix", other_prefix, "--noinput")
 
     assert output == "Deleted 2 sessions.\n"
-    assert redis_keys() == before - {f"{other_prefix}{{{key}}}" for key in OTHER}
+    assert redis_keys() == before - {data_name(other_prefix, key) for key in OTHER}
     assert run("count") == "3\n"
     assert raw_redis.get(outside_key) == b"decoy"
 
@@ -452,11 +453,13 @@ def test_progress_uses_thousands_separators_and_no_color() -> None:
     stderr = TTYStringIO()
     cmd = command.Command(stderr=stderr, force_color=True)
 
-    cmd._progress(12300)
-    cmd._progress(12301, ending="\n")
+    with command.Progress(cmd.stderr, "Deleted") as progress:
+        for _ in range(command.PROGRESS_AFTER_BATCHES):
+            progress.add(1000)
+        progress.add(2300)
 
     assert stderr.getvalue() == (
-        "\rDeleted 12,300 sessions...\rDeleted 12,301 sessions...\n"
+        "\rDeleted 12,300 sessions...\rDeleted 12,300 sessions...\n"
     )
 
 
@@ -542,12 +545,14 @@ def test_a_subcommand_is_required() -> None:
         run()
 
     assert str(excinfo.value) == (
-        "Error: the following arguments are required: {count,clear}"
+        "Error: the following arguments are required: {count,clear,rehash}"
     )
 
 
 def test_an_unknown_subcommand_is_an_error() -> None:
-    with pytest.raises(CommandError, match=r"^Error: argument \{count,clear\}: "):
+    with pytest.raises(
+        CommandError, match=r"^Error: argument \{count,clear,rehash\}: "
+    ):
         run("flush")
 
 

@@ -21,6 +21,7 @@ from django.contrib.auth.models import User
 from django.test import Client, override_settings
 
 from django_redis_sessions import get_store
+from tests.utils import data_name
 
 ROOT = Path(__file__).resolve().parent.parent
 #: What the demo adds to the suite's settings; SESSION_REDIS stays the suite's.
@@ -37,7 +38,11 @@ DEMO_SETTINGS = [
 
 
 @pytest.fixture
-def demo(monkeypatch: pytest.MonkeyPatch, redis_url: str) -> Iterator[None]:
+def demo(
+    monkeypatch: pytest.MonkeyPatch, redis_url: str, session_redis: dict[str, Any]
+) -> Iterator[None]:
+    # The demo shows sessions by id: it runs with ids hashed, whatever the suite.
+    session_redis["HASH_IDS"] = True
     # The demo's settings module reads SESSION_REDIS_URL when first imported.
     monkeypatch.setenv("SESSION_REDIS_URL", redis_url)
     module = importlib.import_module("example.demo.settings")
@@ -65,7 +70,7 @@ def logged_in_client(username: str) -> tuple[Client, User]:
 
 
 def rows_by_key(response: Any) -> dict[str, dict[str, Any]]:
-    return {row["short_key"]: row for row in response.context["rows"]}
+    return {row["id"]: row for row in response.context["rows"]}
 
 
 @pytest.mark.django_db
@@ -84,12 +89,12 @@ def test_counter_counts_in_one_session(prefix: str, redis_keys: Any) -> None:
     assert session_key(client) == key
     response = client.get("/")
     assert response.context["counter"] == 3
-    assert response.context["short_key"] == key[:8]
+    assert response.context["short_id"] == get_store().session_id(key)[:9]
     assert response.context["expires_at"] is not None
     assert b"Counter: 3" in response.content
     assert get_store().get(key) == {"counter": 3}
     # The suite's per-test prefix, not the demo's "demo-sessions:".
-    assert redis_keys() == {f"{prefix}{{{key}}}"}
+    assert redis_keys() == {data_name(prefix, key)}
 
 
 @pytest.mark.django_db
@@ -133,22 +138,26 @@ def test_sessions_page_lists_every_session() -> None:
     visitor = Client()
     press(visitor, 3)
     alice_key, visitor_key = session_key(alice), session_key(visitor)
+    alice_id = get_store().session_id(alice_key)
+    visitor_id = get_store().session_id(visitor_key)
 
     response = visitor.get("/sessions/")
 
     assert response.context["total"] == 2 == get_store().count()
     rows = rows_by_key(response)
-    assert set(rows) == {alice_key[:8], visitor_key[:8]}
-    assert rows[alice_key[:8]]["user_id"] == str(user.pk)
-    assert rows[alice_key[:8]]["counter"] == 1
-    assert not rows[alice_key[:8]]["is_current"]
-    assert rows[visitor_key[:8]]["user_id"] is None
-    assert rows[visitor_key[:8]]["counter"] == 3
-    assert rows[visitor_key[:8]]["is_current"]
+    assert set(rows) == {alice_id, visitor_id}
+    assert rows[alice_id]["user_id"] == str(user.pk)
+    assert rows[alice_id]["counter"] == 1
+    assert not rows[alice_id]["is_current"]
+    assert rows[visitor_id]["user_id"] is None
+    assert rows[visitor_id]["counter"] == 3
+    assert rows[visitor_id]["is_current"]
     assert all(row["expires_at"] is not None for row in rows.values())
-    # Only the shortened keys reach the page: the full key is a login cookie.
-    assert alice_key[:8].encode() in response.content
-    assert alice_key.encode() not in response.content
+    # Ids reach the page, never keys: a key is a login cookie.
+    assert alice_id.encode() in response.content
+    for key in (alice_key, visitor_key):
+        assert key.encode() not in response.content
+        assert key[:8].encode() not in response.content
 
 
 @pytest.mark.django_db
@@ -157,12 +166,15 @@ def test_ending_a_session_logs_its_owner_out() -> None:
     alice, _ = logged_in_client("alice")
     press(alice, 2)
     key = session_key(alice)
+    session_id = get_store().session_id(key)
     admin = Client()
 
-    response = admin.post("/sessions/end/", {"key": key[:8]}, follow=True)
+    response = admin.post("/sessions/end/", {"id": session_id}, follow=True)
 
     assert response.redirect_chain == [("/sessions/", 302)]
-    assert f"Ended session {key[:8]}." in [str(m) for m in response.context["messages"]]
+    assert f"Ended session {session_id[:9]}." in [
+        str(m) for m in response.context["messages"]
+    ]
     assert not get_store().exists(key)
     assert get_store().count() == 0
     # Alice's browser still sends the old cookie: she is anonymous, her data is
@@ -182,20 +194,26 @@ def test_ending_a_session_logs_its_owner_out() -> None:
 def test_ending_your_own_session() -> None:
     alice, _ = logged_in_client("alice")
     key = session_key(alice)
+    session_id = get_store().session_id(key)
 
-    response = alice.post("/sessions/end/", {"key": key[:8]}, follow=True)
+    response = alice.post("/sessions/end/", {"id": session_id}, follow=True)
 
     assert not get_store().exists(key)
     assert response.context["user"].is_anonymous
     assert response.context["total"] == 0
     messages = [str(m) for m in response.context["messages"]]
     assert messages == [
-        f"Ended your own session {key[:8]}: you are anonymous now, and no later "
+        f"Ended your own session {session_id[:9]}: you are anonymous now, and no later "
         "request can bring that session back."
     ]
-    response = alice.post("/sessions/end/", {"key": key[:8]}, follow=True)
+    response = alice.post("/sessions/end/", {"id": session_id}, follow=True)
     assert [str(m) for m in response.context["messages"]] == [
-        f"No live session {key[:8]} to end."
+        f"No live session {session_id[:9]} to end."
+    ]
+    # A session key posted as an id is not an id: nothing is looked up.
+    response = alice.post("/sessions/end/", {"id": key}, follow=True)
+    assert [str(m) for m in response.context["messages"]] == [
+        "That is not a session id."
     ]
 
 

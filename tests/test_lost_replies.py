@@ -16,9 +16,14 @@ from urllib.parse import urlsplit
 import pytest
 
 from django_redis_sessions.backends.redis import SessionStore
-from django_redis_sessions.keys import data_key, tombstone_key
 from django_redis_sessions.store import RedisSessionStore
-from tests.utils import Keys, ReplyDroppingProxy, needs_async_backend
+from tests.utils import (
+    Keys,
+    ReplyDroppingProxy,
+    data_name,
+    needs_async_backend,
+    tombstone_name,
+)
 
 
 @pytest.fixture
@@ -68,7 +73,7 @@ def test_a_create_whose_reply_is_lost_creates_one_session(
     proxy.drop_next_reply("EVALSHA")
     call(session, "save")
     assert proxy.dropped == 1
-    assert redis_keys() == {data_key(prefix, str(session.session_key))}
+    assert redis_keys() == {data_name(prefix, str(session.session_key))}
 
 
 def test_a_cycle_key_whose_reply_is_lost_leaves_one_live_session(
@@ -84,7 +89,7 @@ def test_a_cycle_key_whose_reply_is_lost_leaves_one_live_session(
     assert proxy.dropped == 1
     new = str(session.session_key)
     assert new not in ("None", old)
-    assert redis_keys() == {data_key(prefix, new), tombstone_key(prefix, old)}
+    assert redis_keys() == {data_name(prefix, new), tombstone_name(prefix, old)}
     assert SessionStore(new).load() == {"user": "1"}
 
 
@@ -97,4 +102,4 @@ def test_a_destroy_whose_reply_is_lost_still_reports_the_live_session(
     proxy.drop_next_reply("EVALSHA")
     assert call(store, "destroy", "lostreply123") is True
     assert proxy.dropped == 1
-    assert redis_keys() == {tombstone_key(prefix, "lostreply123")}
+    assert redis_keys() == {tombstone_name(prefix, "lostreply123")}

@@ -11,9 +11,9 @@ import redis
 
 from django_redis_sessions import client as client_module
 from django_redis_sessions.backends.redis import SessionStore
-from django_redis_sessions.keys import data_key
 from django_redis_sessions.store import RedisSessionStore
 from django_redis_sessions.testing import RedisSentinelServers
+from tests.utils import data_name
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def test_sessions_are_read_and_written_on_the_primary(
     session["user"] = 1
     session.save()
     with redis.Redis(port=sentinel_setup.primary.port) as primary:
-        assert primary.exists(data_key(prefix, str(session.session_key)))
+        assert primary.exists(data_name(prefix, str(session.session_key)))
     assert SessionStore(session.session_key)["user"] == 1
     assert asyncio.run(RedisSessionStore().aget(str(session.session_key))) == {
         "user": 1

@@ -13,13 +13,11 @@ import redis
 from django.test import override_settings
 
 from django_redis_sessions.keys import (
-    data_key,
     glob_escape,
     scan_pattern,
-    tombstone_key,
 )
 from django_redis_sessions.redis_layer import RecentKeys, RedisLayer
-from tests.utils import Keys
+from tests.utils import Keys, data_name, tombstone_name
 
 
 def test_create_writes_one_data_key_and_get_reads_it(
@@ -27,7 +25,7 @@ def test_create_writes_one_data_key_and_get_reads_it(
 ) -> None:
     assert store.create("abcdefgh", {"cat": "dog"}, ttl=60) is True
     assert store.get("abcdefgh") == {"cat": "dog"}
-    assert store_keys() == {f"{prefix}{{abcdefgh}}"}
+    assert store_keys() == {data_name(prefix, "abcdefgh")}
 
 
 def test_create_refuses_a_live_key(store: Any, store_keys: Keys) -> None:
@@ -42,7 +40,7 @@ def test_create_refuses_a_tombstoned_key(
     store.create("abcdefgh", {"a": 1}, ttl=60)
     assert store.destroy("abcdefgh") is True
     assert store.create("abcdefgh", {"a": 2}, ttl=60) is False
-    assert store_keys() == {f"{prefix}{{abcdefgh}}:tombstone"}
+    assert store_keys() == {tombstone_name(prefix, "abcdefgh")}
 
 
 def test_set_upserts_a_live_or_missing_key(store: Any) -> None:
@@ -58,7 +56,7 @@ def test_set_is_refused_while_the_tombstone_lives(
     store.destroy("abcdefgh")
     assert store.set("abcdefgh", {"v": 2}, ttl=60) is False
     assert store.get("abcdefgh") is None
-    assert store_keys() == {f"{prefix}{{abcdefgh}}:tombstone"}
+    assert store_keys() == {tombstone_name(prefix, "abcdefgh")}
 
 
 def test_update_writes_only_a_live_session(store: Any, store_keys: Keys) -> None:
@@ -75,7 +73,7 @@ def test_update_after_destroy_is_refused_even_when_the_tombstone_lapsed(
     store.create("abcdefgh", {"v": 1}, ttl=60)
     store.destroy("abcdefgh")
     assert store.update("abcdefgh", {"v": 2}, ttl=60) is False
-    raw.delete(tombstone_key(prefix, "abcdefgh"))  # the tombstone lapses
+    raw.delete(tombstone_name(prefix, "abcdefgh"))  # the tombstone lapses
     assert store.update("abcdefgh", {"v": 3}, ttl=60) is False
     assert store_keys() == set()
 
@@ -85,7 +83,7 @@ def test_touch_resets_the_ttl_of_a_live_session(
 ) -> None:
     store.create("abcdefgh", {"v": 1}, ttl=10)
     assert store.touch("abcdefgh", 1000) is True
-    assert 999_000 < raw.pttl(data_key(prefix, "abcdefgh")) <= 1_000_000
+    assert 999_000 < raw.pttl(data_name(prefix, "abcdefgh")) <= 1_000_000
 
 
 def test_touch_after_destroy_creates_nothing_and_keeps_the_tombstone_ttl(
@@ -93,10 +91,10 @@ def test_touch_after_destroy_creates_nothing_and_keeps_the_tombstone_ttl(
 ) -> None:
     store.create("abcdefgh", {"v": 1}, ttl=60)
     store.destroy("abcdefgh")
-    raw.pexpire(tombstone_key(prefix, "abcdefgh"), 5000)
+    raw.pexpire(tombstone_name(prefix, "abcdefgh"), 5000)
     assert store.touch("abcdefgh", 3600) is False
-    assert store_keys() == {f"{prefix}{{abcdefgh}}:tombstone"}
-    assert raw.pttl(tombstone_key(prefix, "abcdefgh")) <= 5000
+    assert store_keys() == {tombstone_name(prefix, "abcdefgh")}
+    assert raw.pttl(tombstone_name(prefix, "abcdefgh")) <= 5000
 
 
 def test_touch_without_ttl_uses_ttl_seconds(
@@ -105,7 +103,7 @@ def test_touch_without_ttl_uses_ttl_seconds(
     store = make_store(ttl_seconds=777)
     store.create("abcdefgh", {"v": 1}, ttl=10)
     assert store.touch("abcdefgh") is True
-    assert 776_000 < raw.pttl(data_key(prefix, "abcdefgh")) <= 777_000
+    assert 776_000 < raw.pttl(data_name(prefix, "abcdefgh")) <= 777_000
 
 
 def test_destroy_leaves_a_tombstone_for_tombstone_seconds(
@@ -114,15 +112,15 @@ def test_destroy_leaves_a_tombstone_for_tombstone_seconds(
     store = make_store(tombstone_seconds=42)
     store.create("abcdefgh", {"v": 1}, ttl=60)
     assert store.destroy("abcdefgh") is True
-    assert store_keys() == {f"{prefix}{{abcdefgh}}:tombstone"}
-    assert 41_000 < raw.pttl(tombstone_key(prefix, "abcdefgh")) <= 42_000
+    assert store_keys() == {tombstone_name(prefix, "abcdefgh")}
+    assert 41_000 < raw.pttl(tombstone_name(prefix, "abcdefgh")) <= 42_000
 
 
 def test_destroy_of_an_unknown_key_returns_false_and_still_tombstones(
     store: Any, store_keys: Keys, prefix: str
 ) -> None:
     assert store.destroy("abcdefgh") is False
-    assert store_keys() == {f"{prefix}{{abcdefgh}}:tombstone"}
+    assert store_keys() == {tombstone_name(prefix, "abcdefgh")}
 
 
 def test_exists_is_a_bool_and_a_tombstone_is_not_a_session(store: Any) -> None:
@@ -141,7 +139,7 @@ def test_fractional_ttls_are_rounded_up_to_whole_milliseconds(
     store: Any, raw: redis.Redis, prefix: str, ttl: float, low: int, high: int
 ) -> None:
     assert store.set("abcdefgh", {"v": 1}, ttl=ttl) is True
-    assert low - 50 <= raw.pttl(data_key(prefix, "abcdefgh")) <= high
+    assert low - 50 <= raw.pttl(data_name(prefix, "abcdefgh")) <= high
 
 
 @pytest.mark.parametrize("ttl", [0, -1, -0.5])
@@ -152,14 +150,14 @@ def test_a_ttl_that_is_not_positive_destroys_instead_of_writing(
     assert store.set("abcdefgh", {"v": 2}, ttl=ttl) is False
     assert store.update("abcdefgh", {"v": 2}, ttl=ttl) is False
     assert store.touch("abcdefgh", ttl) is False
-    assert store_keys() == {f"{prefix}{{abcdefgh}}:tombstone"}
+    assert store_keys() == {tombstone_name(prefix, "abcdefgh")}
 
 
 def test_ttl_comes_from_session_expiry_seconds(
     store: Any, raw: redis.Redis, prefix: str
 ) -> None:
     store.set("abcdefgh", {"_session_expiry": 14 * 86400})
-    assert raw.pttl(data_key(prefix, "abcdefgh")) > 14 * 86400 * 1000 - 5000
+    assert raw.pttl(data_name(prefix, "abcdefgh")) > 14 * 86400 * 1000 - 5000
 
 
 def test_ttl_comes_from_an_absolute_session_expiry(
@@ -167,7 +165,7 @@ def test_ttl_comes_from_an_absolute_session_expiry(
 ) -> None:
     expires = datetime.now(timezone.utc) + timedelta(hours=2)
     store.set("abcdefgh", {"_session_expiry": expires.isoformat()})
-    assert 7_190_000 < raw.pttl(data_key(prefix, "abcdefgh")) <= 7_200_000
+    assert 7_190_000 < raw.pttl(data_name(prefix, "abcdefgh")) <= 7_200_000
 
 
 @override_settings(SESSION_COOKIE_AGE=1234)
@@ -175,7 +173,7 @@ def test_expiry_zero_means_browser_close_and_uses_the_cookie_age(
     store: Any, raw: redis.Redis, prefix: str
 ) -> None:
     store.set("abcdefgh", {"_session_expiry": 0})
-    assert 1_233_000 < raw.pttl(data_key(prefix, "abcdefgh")) <= 1_234_000
+    assert 1_233_000 < raw.pttl(data_name(prefix, "abcdefgh")) <= 1_234_000
 
 
 def test_an_absolute_expiry_in_the_past_destroys(
@@ -183,14 +181,14 @@ def test_an_absolute_expiry_in_the_past_destroys(
 ) -> None:
     past = (datetime.now(timezone.utc) - timedelta(seconds=5)).isoformat()
     assert store.set("abcdefgh", {"_session_expiry": past}) is False
-    assert store_keys() == {f"{prefix}{{abcdefgh}}:tombstone"}
+    assert store_keys() == {tombstone_name(prefix, "abcdefgh")}
 
 
 def test_data_without_expiry_falls_back_to_ttl_seconds(
     make_store: Callable[..., Any], raw: redis.Redis, prefix: str
 ) -> None:
     make_store(ttl_seconds=300).set("abcdefgh", {"v": 1})
-    assert 299_000 < raw.pttl(data_key(prefix, "abcdefgh")) <= 300_000
+    assert 299_000 < raw.pttl(data_name(prefix, "abcdefgh")) <= 300_000
 
 
 def test_ttl_seconds_zero_refuses_data_without_expiry(
@@ -207,7 +205,7 @@ def test_a_key_alive_past_its_absolute_expiry_reads_as_missing(
 ) -> None:
     past = (datetime.now(timezone.utc) - timedelta(minutes=1)).isoformat()
     payload = json.dumps({"_session_expiry": past, "v": 1}).encode()
-    raw.set(data_key(prefix, "abcdefgh"), payload, ex=3600)  # drifted TTL
+    raw.set(data_name(prefix, "abcdefgh"), payload, ex=3600)  # drifted TTL
     assert store.get("abcdefgh") is None
     assert list(store.all()) == []
 
@@ -222,7 +220,7 @@ def test_a_corrupt_or_foreign_payload_reads_as_missing_and_is_logged(
     caplog: pytest.LogCaptureFixture,
     payload: bytes,
 ) -> None:
-    raw.set(data_key(prefix, "abcdefgh"), payload, ex=60)
+    raw.set(data_name(prefix, "abcdefgh"), payload, ex=60)
     with caplog.at_level(logging.WARNING, "django.security.SuspiciousSession"):
         assert store.get("abcdefgh") is None
     assert [r.name for r in caplog.records] == ["django.security.SuspiciousSession"]
@@ -254,10 +252,10 @@ def test_unusual_keys_round_trip_without_a_redis_error(
     assert store.get(key) is None
     assert store.create(key, {"v": key[:10]}, ttl=60) is True
     assert store.get(key) == {"v": key[:10]}
-    assert dict(store.all()) == {key: {"v": key[:10]}}
+    assert dict(store.all()) == {store.session_id(key): {"v": key[:10]}}
     assert store.count() == 1
     assert store.destroy(key) is True
-    assert store_keys() == {tombstone_key(prefix, key)}
+    assert store_keys() == {tombstone_name(prefix, key)}
 
 
 def test_cycle_moves_the_data_and_destroys_the_old_key(
@@ -268,8 +266,8 @@ def test_cycle_moves_the_data_and_destroys_the_old_key(
     assert outcome.name == "WRITTEN"
     assert store.get("newnewnew") == {"v": 1}
     assert store_keys() == {
-        f"{prefix}{{newnewnew}}",
-        f"{prefix}{{oldoldold}}:tombstone",
+        data_name(prefix, "newnewnew"),
+        tombstone_name(prefix, "oldoldold"),
     }
 
 
@@ -301,10 +299,10 @@ def test_count_all_and_clear_see_only_live_sessions(
     for key in keys[:5]:
         store.destroy(key)
     assert store.count() == 35
-    assert dict(store.all()) == {key: {"n": key} for key in keys[5:]}
+    assert dict(store.all()) == {store.session_id(k): {"n": k} for k in keys[5:]}
     assert store.clear() == 35
     assert store.count() == 0
-    assert store_keys() == {tombstone_key(prefix, key) for key in keys[:5]}
+    assert store_keys() == {tombstone_name(prefix, key) for key in keys[:5]}
 
 
 def test_clear_does_not_rearm_tombstones(
@@ -312,9 +310,9 @@ def test_clear_does_not_rearm_tombstones(
 ) -> None:
     fill(store, 3)
     store.destroy("session000000")
-    raw.pexpire(tombstone_key(prefix, "session000000"), 5000)
+    raw.pexpire(tombstone_name(prefix, "session000000"), 5000)
     assert store.clear() == 2
-    assert 0 < raw.pttl(tombstone_key(prefix, "session000000")) <= 5000
+    assert 0 < raw.pttl(tombstone_name(prefix, "session000000")) <= 5000
 
 
 def test_keys_outside_the_prefix_are_never_touched(
@@ -343,8 +341,8 @@ def test_foreign_values_under_the_prefix_are_skipped_and_cleared(
 ) -> None:
     """Scenario 25: a list, a hash or a name that is not UTF-8 never crashes."""
     keys = fill(store, 2)
-    raw.rpush(prefix.encode() + b"{a-list}", b"x")
-    raw.hset(prefix.encode() + b"{a-hash}", b"x", b"y")
+    raw.rpush(data_name(prefix, "a-list"), b"x")
+    raw.hset(data_name(prefix, "a-hash"), b"x", b"y")
     raw.set(prefix.encode() + b"{\xff\xfe}", b"{}", ex=600)
     with caplog.at_level(logging.WARNING, "django.security.SuspiciousSession"):
         assert store.get("a-list") is None
@@ -352,7 +350,7 @@ def test_foreign_values_under_the_prefix_are_skipped_and_cleared(
     assert len(caplog.records) == 2
     assert store.exists("a-list") is False
     assert store.count() == 2
-    assert dict(store.all()) == {key: {"n": key} for key in keys}
+    assert dict(store.all()) == {store.session_id(k): {"n": k} for k in keys}
     # clear deletes every name of this store's layout, whatever it holds.
     assert store.clear() == 5
     assert store.count() == 0
@@ -369,7 +367,7 @@ def test_cycle_of_a_session_ended_elsewhere_writes_nothing(
     store.create("oldoldold", {"v": 1}, ttl=60)
     store.destroy("oldoldold")
     assert layer.cycle("oldoldold", "newnewnew", b'{"v":1}', 60).name == "MISSING"
-    assert store_keys() == {tombstone_key(prefix, "oldoldold")}
+    assert store_keys() == {tombstone_name(prefix, "oldoldold")}
 
 
 def test_a_create_run_twice_with_the_same_payload_reports_written_both_times(
@@ -380,7 +378,7 @@ def test_a_create_run_twice_with_the_same_payload_reports_written_both_times(
     assert store.create("abcdefgh", {"v": 1}, ttl=60) is True
     assert store.create("abcdefgh", {"v": 2}, ttl=60) is False
     assert store.get("abcdefgh") == {"v": 1}
-    assert store_keys() == {data_key(prefix, "abcdefgh")}
+    assert store_keys() == {data_name(prefix, "abcdefgh")}
 
 
 @pytest.mark.parametrize(
@@ -402,7 +400,9 @@ def test_a_prefix_with_glob_characters_matches_only_itself(
     fill(mine, 2)
     fill(other, 3, start=10)
     assert mine.count() == 2
-    assert sorted(key for key, _ in mine.all()) == ["session000000", "session000001"]
+    assert sorted(key for key, _ in mine.all()) == sorted(
+        mine.session_id(key) for key in ["session000000", "session000001"]
+    )
     assert mine.clear() == 2
     assert other.count() == 3
 
@@ -463,7 +463,7 @@ def test_duplicates_from_scan_are_counted_once(
     keys = fill(store, 23)
     proxy.repeat_previous_batch = True
     assert store.count() == 23
-    assert sorted(key for key, _ in store.all()) == keys
+    assert sorted(key for key, _ in store.all()) == sorted(map(store.session_id, keys))
     assert store.clear() == 23
 
 
@@ -473,8 +473,10 @@ def test_all_stays_aligned_when_keys_vanish_between_scan_and_mget(
     store, proxy = proxied
     keys = fill(store, 12)
     vanished = {keys[1], keys[6], keys[11]}
-    proxy.vanish_before_mget = [data_key(prefix, key).encode() for key in vanished]
-    assert dict(store.all()) == {k: {"n": k} for k in keys if k not in vanished}
+    proxy.vanish_before_mget = [data_name(prefix, key).encode() for key in vanished]
+    assert dict(store.all()) == {
+        store.session_id(k): {"n": k} for k in keys if k not in vanished
+    }
 
 
 def test_a_clear_that_fails_half_way_raises_and_a_second_run_finishes(
@@ -544,4 +546,4 @@ def test_a_naive_expiry_written_without_time_zones_is_local_time(
     expires = django_timezone.now() + timedelta(hours=1)  # naive, New York time
     assert django_timezone.is_naive(expires)
     store.set("abcdefgh", {"_session_expiry": expires.isoformat()})
-    assert 3_590_000 < raw.pttl(data_key(prefix, "abcdefgh")) <= 3_600_000
+    assert 3_590_000 < raw.pttl(data_name(prefix, "abcdefgh")) <= 3_600_000

@@ -21,7 +21,9 @@ from django.test import Client
 from django_redis_sessions.backends.redis import SessionStore
 from django_redis_sessions.store import RedisSessionStore
 from django_redis_sessions.testing import RedisServer, TLSFiles
+from tests.conftest import PLAIN
 from tests.twins import AsyncTwins, no_sync_client
+from tests.utils import data_name, tombstone_name
 
 Keys = Callable[[], set[str]]
 
@@ -63,13 +65,13 @@ def test_the_session_backend_saves_loads_cycles_and_deletes_over_tls(
     assert new_key != old_key
     assert SessionStore(new_key).load() == {"user": 1}
     assert SessionStore(old_key).load() == {}
-    assert tls_keys() == {f"{prefix}{{{new_key}}}", f"{prefix}{{{old_key}}}:tombstone"}
+    assert tls_keys() == {data_name(prefix, new_key), tombstone_name(prefix, old_key)}
 
     session.delete()
     assert SessionStore(new_key).load() == {}
     assert tls_keys() == {
-        f"{prefix}{{{new_key}}}:tombstone",
-        f"{prefix}{{{old_key}}}:tombstone",
+        tombstone_name(prefix, new_key),
+        tombstone_name(prefix, old_key),
     }
 
 
@@ -81,7 +83,7 @@ def test_the_store_and_its_asyncio_twins_work_over_tls(
         RedisSessionStore()
         if api == "sync"
         # Every call on a fresh loop, and no sync client to fall back on.
-        else AsyncTwins(RedisSessionStore(client=no_sync_client))
+        else AsyncTwins(RedisSessionStore(client=no_sync_client), plain=PLAIN)
     )
     assert store.create("abcdefgh", {"v": 1}, ttl=60) is True
     assert store.get("abcdefgh") == {"v": 1}
@@ -89,10 +91,10 @@ def test_the_store_and_its_asyncio_twins_work_over_tls(
     assert store.touch("abcdefgh", 120) is True
     assert store.exists("abcdefgh") is True
     assert store.count() == 1
-    assert list(store.all()) == [("abcdefgh", {"v": 2})]
+    assert list(store.all()) == [(store.session_id("abcdefgh"), {"v": 2})]
     assert store.destroy("abcdefgh") is True
     assert store.get("abcdefgh") is None
-    assert tls_keys() == {f"{prefix}{{abcdefgh}}:tombstone"}
+    assert tls_keys() == {tombstone_name(prefix, "abcdefgh")}
 
 
 def assert_certificate_not_verified(error: BaseException) -> None:

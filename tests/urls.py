@@ -1,7 +1,8 @@
-"""Two tiny views for request-level tests: one reads the session, one writes it."""
+"""Tiny views for request-level tests: read, write, log in and log out."""
 
 from __future__ import annotations
 
+from django.contrib.auth import get_user_model, login, logout
 from django.http import HttpRequest, HttpResponse
 from django.urls import path
 
@@ -15,7 +16,23 @@ def write(request: HttpRequest) -> HttpResponse:
     return HttpResponse(str(request.session["visits"]))
 
 
-urlpatterns = [path("read/", read), path("write/", write)]
+def log_in(request: HttpRequest) -> HttpResponse:
+    """Log in the user whose primary key is ``?id=``."""
+    login(request, get_user_model().objects.get(pk=request.GET["id"]))
+    return HttpResponse("in")
+
+
+def log_out(request: HttpRequest) -> HttpResponse:
+    logout(request)
+    return HttpResponse("out")
+
+
+urlpatterns = [
+    path("read/", read),
+    path("write/", write),
+    path("login/", log_in),
+    path("logout/", log_out),
+]
 
 
 async def async_write(request: HttpRequest) -> HttpResponse:
@@ -25,3 +42,24 @@ async def async_write(request: HttpRequest) -> HttpResponse:
 
 
 urlpatterns += [path("async-write/", async_write)]
+
+
+async def async_log_in(request: HttpRequest) -> HttpResponse:
+    from django.contrib.auth import alogin  # Django 5.0 and later
+
+    user = await get_user_model().objects.aget(pk=request.GET["id"])
+    await alogin(request, user)
+    return HttpResponse("in")
+
+
+async def async_log_out(request: HttpRequest) -> HttpResponse:
+    from django.contrib.auth import alogout  # Django 5.0 and later
+
+    await alogout(request)
+    return HttpResponse("out")
+
+
+urlpatterns += [
+    path("async-login/", async_log_in),
+    path("async-logout/", async_log_out),
+]

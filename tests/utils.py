@@ -13,6 +13,8 @@ import pytest
 import redis
 import redis.asyncio
 
+from django_redis_sessions.redis_layer import RedisLayer
+
 #: The exact set of keys a test left in Redis (see the ``redis_keys`` fixture).
 Keys = Callable[[], set[str]]
 
@@ -171,3 +173,65 @@ class ReplyDroppingProxy:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def data_name(prefix: str, key: str) -> str:
+    """The Redis name of the session of ``key`` under the configured layout."""
+    return RedisLayer(prefix=prefix).data_name(key)
+
+
+def tombstone_name(prefix: str, key: str) -> str:
+    """The Redis name of the tombstone of ``key`` under the configured layout."""
+    return RedisLayer(prefix=prefix).tombstone_name(key)
+
+
+class Monitor:
+    """Every command the server receives while the block runs (``MONITOR``)."""
+
+    MARKER = "end-of-monitor-a6f1"
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self.commands: list[str] = []
+        self._client = redis.Redis.from_url(url)
+        self._monitor = self._client.monitor()
+        self._thread = threading.Thread(target=self._listen, daemon=True)
+
+    def __enter__(self) -> Monitor:
+        self._monitor.__enter__()
+        self._thread.start()
+        return self
+
+    def _listen(self) -> None:
+        while True:
+            command = str(self._monitor.next_command()["command"])
+            if self.MARKER in command:
+                return
+            self.commands.append(command)
+
+    def __exit__(self, *exc_info: object) -> None:
+        with redis.Redis.from_url(self._url) as other:
+            other.echo(self.MARKER)
+        self._thread.join(timeout=10)
+        self._monitor.__exit__(*exc_info)
+        self._client.close()
+
+
+def everything_in(client: redis.Redis) -> list[bytes]:
+    """Every name in the database and everything stored under it, any type."""
+    found: list[Any] = []
+    for name in client.scan_iter(count=1000):
+        found.append(name)
+        kind = client.type(name)
+        if kind == b"string":
+            found.append(client.get(name) or b"")
+        elif kind == b"hash":
+            for field, value in client.hgetall(name).items():
+                found += [field, value]
+        elif kind == b"set":
+            found += list(client.smembers(name))
+        elif kind == b"zset":
+            found += list(client.zrange(name, 0, -1))
+        elif kind == b"list":
+            found += list(client.lrange(name, 0, -1))
+    return found

@@ -27,6 +27,12 @@ from django_redis_sessions.scripts import Outcome
 #: running out of attempts means something refuses every write.
 CREATE_ATTEMPTS = 10
 
+#: The cookies looked up at all: what SessionBase generates (32 characters of
+#: its alphabet), with room for keys of other engines moved here.
+KEY_ALPHABET = frozenset(VALID_KEY_CHARS)
+MIN_KEY_LENGTH = 8
+MAX_KEY_LENGTH = 64
+
 
 class SessionStore(SessionBase):
     """A Django session whose saves are atomic and whose logouts are final.
@@ -51,6 +57,15 @@ class SessionStore(SessionBase):
     @property
     def _payloads(self) -> Payloads:
         return get_payloads()
+
+    def _validate_session_key(self, key: str | None) -> bool:
+        # Only a key SessionBase could have generated is looked up: never an
+        # id ("#..." is outside the alphabet), so a leaked id is no cookie.
+        return (
+            isinstance(key, str)
+            and MIN_KEY_LENGTH <= len(key) <= MAX_KEY_LENGTH
+            and set(key) <= KEY_ALPHABET
+        )
 
     def _get_new_session_key(self) -> str:
         # No EXISTS round trip: the create script refuses a taken key itself.

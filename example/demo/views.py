@@ -18,11 +18,11 @@ from django.utils import timezone
 from django.views.decorators.http import require_http_methods, require_POST
 
 from django_redis_sessions import get_store
+from django_redis_sessions.keys import is_hashed_id
 
 COUNTER = "counter"
-#: How much of a session key the pages show. The full key is the login
-#: cookie, so a page listing everyone's sessions must not print it.
-SHORT = 8
+#: How much of a session id the pages show ("#" and 8 characters).
+SHORT = 9
 
 
 def _live_session(request: HttpRequest) -> tuple[str | None, int]:
@@ -62,7 +62,7 @@ def index(request: HttpRequest) -> HttpResponse:
     context = {
         "counter": counter,
         "session_key": key,
-        "short_key": key[:SHORT] if key else None,
+        "short_id": get_store().session_id(key)[:SHORT] if key else None,
         "expires_at": _expiry_dates([key])[0] if key else None,
     }
     return render(request, "demo/index.html", context)
@@ -71,22 +71,27 @@ def index(request: HttpRequest) -> HttpResponse:
 def sessions(request: HttpRequest) -> HttpResponse:
     """Every live session under the demo's prefix, read with ``get_store().all()``.
 
-    A real site would show this to staff only; the demo shows it to anyone.
+    The store lists sessions by id, never by key: the key is the login cookie,
+    and with ``HASH_IDS`` (the default) Redis never sees it. A real site would
+    show this to staff only; the demo shows it to anyone.
     """
     current_key, _ = _live_session(request)
-    live = list(get_store().all())
-    expiry_dates = _expiry_dates([key for key, _ in live])
+    store = get_store()
+    current_id = store.session_id(current_key) if current_key else None
+    live = list(store.all())
+    expiry_dates = _expiry_dates([session_id for session_id, _ in live])
     rows = [
         {
-            "short_key": key[:SHORT],
+            "id": session_id,
+            "short_id": session_id[:SHORT],
             "user_id": data.get(USER_ID_KEY),
             "counter": data.get(COUNTER, 0),
             "expires_at": expires_at,
-            "is_current": key == current_key,
+            "is_current": session_id == current_id,
         }
-        for (key, data), expires_at in zip(live, expiry_dates, strict=True)
+        for (session_id, data), expires_at in zip(live, expiry_dates, strict=True)
     ]
-    rows.sort(key=lambda row: (not row["is_current"], row["short_key"]))
+    rows.sort(key=lambda row: (not row["is_current"], row["id"]))
     # len(rows), not store.count(): the page has already scanned every session.
     context = {"rows": rows, "total": len(rows)}
     return render(request, "demo/sessions.html", context)
@@ -94,28 +99,22 @@ def sessions(request: HttpRequest) -> HttpResponse:
 
 @require_POST
 def end_session(request: HttpRequest) -> HttpResponse:
-    """Destroy the session whose key starts with the posted characters.
-
-    The form posts only the shortened key the page shows, so the full key is
-    looked up among the live sessions here.
-    """
+    """Destroy the session whose id is posted: one round trip, no lookup."""
     current_key, _ = _live_session(request)
-    short_key = request.POST.get("key", "")
     store = get_store()
-    matches = [
-        key
-        for key, _ in store.all()
-        if len(short_key) == SHORT and key.startswith(short_key)
-    ]
-    if len(matches) == 1 and store.destroy(matches[0]):
-        if matches[0] == current_key:
-            messages.success(
-                request,
-                f"Ended your own session {short_key}: you are anonymous now, and "
-                "no later request can bring that session back.",
-            )
-        else:
-            messages.success(request, f"Ended session {short_key}.")
+    session_id = request.POST.get("id", "")
+    short_id = session_id[:SHORT]
+    if not is_hashed_id(session_id):
+        # Never echoed: what was posted might be a key, that is a cookie.
+        messages.warning(request, "That is not a session id.")
+    elif not store.destroy(session_id):
+        messages.warning(request, f"No live session {short_id} to end.")
+    elif current_key and store.session_id(current_key) == session_id:
+        messages.success(
+            request,
+            f"Ended your own session {short_id}: you are anonymous now, and "
+            "no later request can bring that session back.",
+        )
     else:
-        messages.warning(request, f"No live session {short_key} to end.")
+        messages.success(request, f"Ended session {short_id}.")
     return redirect("sessions")

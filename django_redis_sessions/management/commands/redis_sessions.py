@@ -1,4 +1,4 @@
-"""``manage.py redis_sessions count|clear``: sessions under a prefix, from a shell.
+"""``manage.py redis_sessions count|clear|rehash``: sessions under a prefix.
 
 Both subcommands go through ``RedisLayer``, so they see exactly what the store
 sees: live sessions under the prefix, never tombstones, never keys of another
@@ -12,7 +12,12 @@ from contextlib import contextmanager
 from time import monotonic
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import (
+    BaseCommand,
+    CommandError,
+    CommandParser,
+    OutputWrapper,
+)
 from redis.exceptions import RedisError
 
 from django_redis_sessions.client import describe_target
@@ -26,7 +31,7 @@ PROGRESS_INTERVAL = 0.1
 
 
 class Command(BaseCommand):
-    help = "Count or delete the sessions stored in Redis under a key prefix."
+    help = "Count, delete or rehash the sessions stored in Redis under a key prefix."
 
     def add_arguments(self, parser: CommandParser) -> None:
         # Django's CommandParser.add_subparsers() makes the subparsers
@@ -35,7 +40,7 @@ class Command(BaseCommand):
         subparsers = parser.add_subparsers(
             dest="subcommand",
             required=True,
-            metavar="{count,clear}",
+            metavar="{count,clear,rehash}",
             title="subcommands",
         )
         count = subparsers.add_parser(
@@ -69,6 +74,22 @@ class Command(BaseCommand):
             help="Print how many sessions would be deleted, and delete nothing.",
         )
 
+        rehash = subparsers.add_parser(
+            "rehash",
+            help="Move sessions still under their plain key to their id.",
+            description=(
+                'With HASH_IDS "migrate", move every session still stored under '
+                "its plain key (the cookie) to its id, batch by batch. Safe to "
+                "stop and run again; afterwards HASH_IDS can be True."
+            ),
+        )
+        self._add_common_arguments(rehash)
+        rehash.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="Print how many sessions would be moved, and move nothing.",
+        )
+
     def _add_common_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "--prefix",
@@ -93,6 +114,8 @@ class Command(BaseCommand):
             with redis_errors("Could not count sessions"):
                 count = sum(len(names) for names in layer.scan())
             self.stdout.write(str(count))
+        elif options["subcommand"] == "rehash":
+            self._rehash(layer, dry_run=options["dry_run"])
         else:
             self._clear(
                 layer,
@@ -149,36 +172,82 @@ class Command(BaseCommand):
 
     def _delete(self, layer: RedisLayer) -> int:
         """Delete the prefix's sessions, with progress on stderr for a large store."""
-        show_progress = self.stderr.isatty()
-        deleted = batches = 0
-        shown_at: float | None = None
-        try:
-            with redis_errors(
+        with (
+            Progress(self.stderr, "Deleted") as progress,
+            redis_errors(
                 "Could not delete sessions",
                 "Nothing after the last completed batch was deleted; run the "
                 "command again to finish.",
-            ):
-                # UNLINK counts only names that existed: no dedupe window.
-                for names in layer.scan(remember=0, sessions_only=False):
-                    deleted += layer.unlink(names)
-                    batches += 1
-                    if show_progress and batches > PROGRESS_AFTER_BATCHES:
-                        now = monotonic()
-                        if shown_at is None or now - shown_at >= PROGRESS_INTERVAL:
-                            self._progress(deleted)
-                            shown_at = now
-        finally:
-            # Also on failure or Ctrl-C: end the progress line with the count
-            # reached, so what follows starts on a line of its own.
-            if shown_at is not None:
-                self._progress(deleted, ending="\n")
-        return deleted
+            ),
+        ):
+            # UNLINK counts only names that existed: no dedupe window.
+            for names in layer.scan(remember=0, sessions_only=False):
+                progress.add(layer.unlink(names))
+        return progress.count
 
-    def _progress(self, deleted: int, ending: str = "") -> None:
-        self.stderr.write(
-            f"\rDeleted {_sessions(deleted)}...", style_func=_plain, ending=ending
-        )
-        self.stderr.flush()
+    def _rehash(self, layer: RedisLayer, *, dry_run: bool) -> None:
+        if conf.HASH_IDS is False:
+            raise CommandError(
+                "SESSION_REDIS['HASH_IDS'] is False, so sessions are meant to "
+                'stay under their plain keys; set it to "migrate" first.'
+            )
+        if dry_run:
+            with redis_errors("Could not count sessions", "Nothing was moved."):
+                count = sum(len(layer.plain_names(names)) for names in layer.scan())
+            self.stdout.write(f"Would move {_sessions(count)} to their ids.")
+            return
+        with (
+            Progress(self.stderr, "Moved") as progress,
+            redis_errors(
+                "Could not move sessions",
+                "Every batch before the failure was moved; run the command again "
+                "to finish.",
+            ),
+        ):
+            # Moved names vanish from the plain pattern, so a second run only
+            # sees what is left: stopping at any point loses nothing.
+            for names in layer.scan(remember=0):
+                if plain := layer.plain_names(names):
+                    progress.add(layer.move_to_ids(plain))
+        self.stdout.write(f"Moved {_sessions(progress.count)} to their ids.")
+
+
+class Progress:
+    """A running count on one line of stderr, for long runs on a terminal.
+
+    Shown only after ``PROGRESS_AFTER_BATCHES`` batches, at most once per
+    ``PROGRESS_INTERVAL`` seconds; on leaving (also on failure or Ctrl-C) the
+    line is ended with the count reached, so what follows starts on its own.
+    """
+
+    def __init__(self, stream: OutputWrapper, verb: str) -> None:
+        self._stream = stream
+        self._verb = verb
+        self._enabled = stream.isatty()
+        self._batches = 0
+        self._shown_at: float | None = None
+        self.count = 0
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def add(self, count: int) -> None:
+        self.count += count
+        self._batches += 1
+        if self._enabled and self._batches > PROGRESS_AFTER_BATCHES:
+            now = monotonic()
+            if self._shown_at is None or now - self._shown_at >= PROGRESS_INTERVAL:
+                self._show()
+                self._shown_at = now
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._shown_at is not None:
+            self._show(ending="\n")
+
+    def _show(self, ending: str = "") -> None:
+        line = f"\r{self._verb} {_sessions(self.count)}..."
+        self._stream.write(line, style_func=_plain, ending=ending)
+        self._stream.flush()
 
 
 def _confirm(question: str) -> bool:

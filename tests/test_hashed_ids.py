@@ -1,0 +1,365 @@
+"""Session ids hashed at rest: no read of Redis yields a usable cookie."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import io
+import tracemalloc
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+import redis.cluster
+from django.contrib.auth import get_user_model
+from django.contrib.sessions.backends.base import UpdateError
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.test import AsyncClient, Client
+
+from django_redis_sessions.backends.redis import SessionStore
+from django_redis_sessions.client import clients
+from django_redis_sessions.keys import data_key, glob_escape, tombstone_key
+from django_redis_sessions.redis_layer import RedisLayer
+from django_redis_sessions.store import RedisSessionStore
+from django_redis_sessions.testing import CommandLog
+from tests.utils import Keys, Monitor, everything_in, needs_async_backend
+
+KEY = "abcdefgh12345678abcdefgh12345678"
+
+
+def expected_id(key: str) -> str:
+    digest = hashlib.sha256(key.encode()).digest()
+    return "#" + base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+@pytest.fixture
+def hashed(session_redis: dict[str, Any]) -> dict[str, Any]:
+    session_redis["HASH_IDS"] = True
+    return session_redis
+
+
+# --- Ids ----------------------------------------------------------------------
+
+
+def test_the_id_is_a_hash_sign_and_the_unpadded_base64url_sha256_of_the_key(
+    hashed: dict[str, Any],
+) -> None:
+    store = RedisSessionStore()
+    assert store.session_id(KEY) == expected_id(KEY)
+    assert len(store.session_id(KEY)) == 44
+    assert store.session_id(store.session_id(KEY)) == store.session_id(KEY)
+    assert RedisSessionStore(hash_ids=False).session_id(KEY) == KEY
+
+
+def test_every_single_session_method_takes_a_key_or_its_id(
+    hashed: dict[str, Any], redis_keys: Keys, prefix: str
+) -> None:
+    store = RedisSessionStore()
+    session_id = store.session_id(KEY)
+    assert store.create(KEY, {"v": 1}, ttl=60) is True
+    assert redis_keys() == {data_key(prefix, session_id)}
+    assert store.get(session_id) == {"v": 1}
+    assert store.update(session_id, {"v": 2}, ttl=60) is True
+    assert store.touch(session_id, 60) is True
+    assert store.exists(session_id) is True
+    assert 0 < (store.ttl(session_id) or 0) <= 60
+    assert list(store.all()) == [(session_id, {"v": 2})]
+    assert store.destroy(session_id) is True
+    assert store.get(KEY) is None
+    assert redis_keys() == {tombstone_key(prefix, session_id)}
+
+
+# --- The cookie never reaches Redis -------------------------------------------
+
+
+def assert_nowhere(secrets: set[str], raw: redis.Redis, monitor: Monitor) -> None:
+    assert secrets, "the test saw no cookie"
+    stored = everything_in(raw)
+    for secret in secrets:
+        assert not [item for item in stored if secret.encode() in item]
+        assert not [line for line in monitor.commands if secret in line]
+    # The monitor saw the requests: an empty log would prove nothing.
+    assert any("EVALSHA" in line for line in monitor.commands)
+
+
+@pytest.mark.django_db
+def test_a_login_and_a_logout_leave_the_cookie_nowhere_in_redis(
+    hashed: dict[str, Any], redis_url: str, raw_redis: redis.Redis
+) -> None:
+    user = get_user_model().objects.create_user("alice", password="x")
+    client = Client()
+    cookies: set[str] = set()
+    with Monitor(redis_url) as monitor:
+        assert client.get("/write/").content == b"1"
+        cookies.add(client.cookies["sessionid"].value)
+        assert client.get(f"/login/?id={user.pk}").content == b"in"
+        cookies.add(client.cookies["sessionid"].value)
+        assert client.get("/write/").content == b"2"
+        assert client.get("/read/").content == b"2"
+        assert client.get("/logout/").content == b"out"
+    assert len(cookies) == 2
+    assert_nowhere(cookies, raw_redis, monitor)
+
+
+@needs_async_backend
+@pytest.mark.django_db(transaction=True)
+def test_the_asyncio_path_leaves_the_cookie_nowhere_in_redis(
+    hashed: dict[str, Any], redis_url: str, raw_redis: redis.Redis
+) -> None:
+    user = get_user_model().objects.create_user("bob", password="x")
+    cookies: set[str] = set()
+
+    async def visit() -> None:
+        client = AsyncClient()
+        assert (await client.get("/async-write/")).content == b"1"
+        cookies.add(client.cookies["sessionid"].value)
+        assert (await client.get(f"/async-login/?id={user.pk}")).content == b"in"
+        cookies.add(client.cookies["sessionid"].value)
+        assert (await client.get("/async-write/")).content == b"2"
+        assert (await client.get("/async-logout/")).content == b"out"
+
+    with Monitor(redis_url) as monitor:
+        asyncio.run(visit())
+    assert len(cookies) == 2
+    assert_nowhere(cookies, raw_redis, monitor)
+
+
+@pytest.mark.parametrize(
+    "cookie",
+    [
+        expected_id(KEY),  # a leaked id
+        expected_id(KEY)[1:],  # its digest: 43 characters, "-" and "_" among them
+        "#" + "a" * 43,
+        "short",
+        "k" * 65,
+        "clé-de-session-1",
+        "abc def ghi jkl",
+    ],
+    ids=["id", "digest", "id-shaped", "short", "long", "non-ascii", "spaces"],
+)
+def test_a_cookie_no_session_key_could_be_is_never_looked_up(
+    hashed: dict[str, Any],
+    session_redis: dict[str, Any],
+    redis_keys: Keys,
+    cookie: str,
+) -> None:
+    log = CommandLog()
+    session_redis["OPTIONS"] = {"connection_class": log.connection_class}
+    RedisSessionStore().create(KEY, {"_auth_user_id": "1"}, ttl=60)
+    before = redis_keys()
+    log.take()
+    client = Client()
+    client.cookies["sessionid"] = cookie
+    assert client.get("/read/").content == b"0"
+    assert log.take() == []  # not even a GET
+    assert redis_keys() == before
+
+
+# --- HASH_IDS "migrate" -------------------------------------------------------
+
+
+def plain_sessions(prefix: str, count: int, **data: Any) -> list[str]:
+    """Sessions as the previous release wrote them: under their plain key."""
+    store = RedisSessionStore(hash_ids=False, prefix=prefix)
+    keys = [f"plain{number:027d}" for number in range(count)]
+    for key in keys:
+        assert store.create(key, {"n": key, **data}, ttl=3600)
+    return keys
+
+
+@pytest.fixture(params=["sync", pytest.param("async", marks=needs_async_backend)])
+def call(request: pytest.FixtureRequest) -> Any:
+    def sync(target: Any, name: str, *args: Any) -> Any:
+        return getattr(target, name)(*args)
+
+    def asynchronous(target: Any, name: str, *args: Any) -> Any:
+        return asyncio.run(getattr(target, "a" + name)(*args))
+
+    return sync if request.param == "sync" else asynchronous
+
+
+@pytest.fixture
+def migrating(session_redis: dict[str, Any]) -> dict[str, Any]:
+    session_redis["HASH_IDS"] = "migrate"
+    return session_redis
+
+
+def test_migrate_moves_a_plain_session_to_its_id_on_first_load(
+    migrating: dict[str, Any],
+    raw_redis: redis.Redis,
+    redis_keys: Keys,
+    prefix: str,
+    call: Any,
+) -> None:
+    [key] = plain_sessions(prefix, 1, _auth_user_id="7")
+    session_id = expected_id(key)
+    session = SessionStore(key)
+    assert call(session, "load") == {"n": key, "_auth_user_id": "7"}
+    assert session.session_key == key  # the same cookie keeps working
+    assert redis_keys() == {data_key(prefix, session_id), tombstone_key(prefix, key)}
+    assert 3_590_000 < raw_redis.pttl(data_key(prefix, session_id)) <= 3_600_000
+    # From now on it is found under its id; the plain name stays refused.
+    assert call(SessionStore(key), "load") == {"n": key, "_auth_user_id": "7"}
+    assert RedisSessionStore(hash_ids=False).set(key, {"n": "again"}, 60) is False
+
+
+def test_migrate_loads_a_plain_session_in_one_round_trip(
+    migrating: dict[str, Any], session_redis: dict[str, Any], prefix: str
+) -> None:
+    log = CommandLog()
+    session_redis["OPTIONS"] = {"connection_class": log.connection_class}
+    [key] = plain_sessions(prefix, 1)
+    SessionStore("x" * 32).load()  # connects and loads the script
+    log.take()
+    assert SessionStore(key).load() == {"n": key}
+    assert log.take() == ["EVALSHA"]
+    assert SessionStore(key).load() == {"n": key}
+    assert log.take() == ["EVALSHA"]
+
+
+def test_migrate_logout_and_cycle_key_end_both_forms(
+    migrating: dict[str, Any], redis_keys: Keys, prefix: str, call: Any
+) -> None:
+    first, second = plain_sessions(prefix, 2)
+    # A logout before any load: the plain form ends too.
+    call(SessionStore(first), "delete")
+    assert redis_keys() >= {tombstone_key(prefix, first)}
+    assert call(SessionStore(first), "load") == {}
+    # A login: the data moves to a new id, both old forms end.
+    session = SessionStore(second)
+    call(session, "load")
+    call(session, "cycle_key")
+    new_id = expected_id(str(session.session_key))
+    assert redis_keys() == {
+        tombstone_key(prefix, first),
+        tombstone_key(prefix, expected_id(first)),
+        tombstone_key(prefix, second),
+        tombstone_key(prefix, expected_id(second)),
+        data_key(prefix, new_id),
+    }
+    assert call(SessionStore(second), "load") == {}
+
+
+def test_a_plain_session_logged_out_is_never_moved_back(
+    migrating: dict[str, Any], redis_keys: Keys, prefix: str
+) -> None:
+    [key] = plain_sessions(prefix, 1)
+    in_flight = SessionStore(key)
+    assert in_flight["n"] == key  # loaded, and moved to its id
+    SessionStore(key).flush()
+    assert SessionStore(key).load() == {}
+    # The request that loaded it before the logout cannot write it back.
+    in_flight["n"] = "late"
+    with pytest.raises(UpdateError):
+        in_flight.save()
+    assert not [name for name in redis_keys() if not name.endswith(":tombstone")]
+
+
+def run_command(*args: str) -> str:
+    out = io.StringIO()
+    call_command("redis_sessions", *args, stdout=out)
+    return out.getvalue()
+
+
+def fill_plain(raw: redis.Redis, prefix: str, count: int, start: int = 0) -> None:
+    pipe = raw.pipeline(transaction=False)
+    for number in range(start, start + count):
+        key = f"plain{number:027d}"
+        pipe.set(data_key(prefix, key), b'{"n":1}', px=3_600_000)
+    pipe.execute()
+
+
+def test_rehash_moves_every_plain_session_exactly_once(
+    migrating: dict[str, Any], raw_redis: redis.Redis, prefix: str
+) -> None:
+    count = 100_000
+    fill_plain(raw_redis, prefix, count)
+    hashed_key = "hashed00000000000000000000000000"
+    RedisSessionStore().create(hashed_key, {"n": 2}, ttl=3600)
+
+    assert run_command("rehash", "--dry-run") == (
+        f"Would move {count:,} sessions to their ids.\n"
+    )
+    assert run_command("rehash") == f"Moved {count:,} sessions to their ids.\n"
+    assert run_command("rehash") == "Moved 0 sessions to their ids.\n"
+    store = RedisSessionStore()
+    assert store.count() == count + 1
+    assert store.get(f"plain{1:027d}") == {"n": 1}
+    assert store.get(hashed_key) == {"n": 2}
+    pattern = glob_escape(prefix) + "{plain*}"
+    assert list(raw_redis.scan_iter(match=pattern, count=10_000)) == []
+
+
+def test_rehash_memory_does_not_grow_with_the_store(
+    migrating: dict[str, Any], raw_redis: redis.Redis, prefix: str
+) -> None:
+    peaks: list[int] = []
+    for count in (5_000, 20_000):
+        fill_plain(raw_redis, prefix, count, start=len(peaks) * 100_000)
+        tracemalloc.start()
+        try:
+            run_command("rehash")
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        peaks.append(peak)
+    # One SCAN batch at a time: four times the sessions, about the same peak
+    # (a list of every name would grow fourfold).
+    assert peaks[1] < peaks[0] * 1.5, peaks
+
+
+def test_rehash_refuses_when_ids_are_not_hashed(
+    session_redis: dict[str, Any],
+) -> None:
+    session_redis["HASH_IDS"] = False
+    with pytest.raises(CommandError, match=r"HASH_IDS'\] is False"):
+        run_command("rehash")
+
+
+# --- Redis Cluster ------------------------------------------------------------
+
+
+@pytest.fixture
+def cluster(
+    cluster_url: str, settings: Any, prefix: str
+) -> Iterator[redis.cluster.RedisCluster]:
+    settings.SESSION_REDIS = {
+        "URL": cluster_url,
+        "CLUSTER": True,
+        "PREFIX": prefix,
+        "HASH_IDS": "migrate",
+    }
+    client = redis.cluster.RedisCluster.from_url(cluster_url)
+    yield client
+    for name in client.scan_iter(match=glob_escape(prefix) + "*"):
+        client.unlink(name)
+    client.disconnect_connection_pools()
+    client.close()
+    clients.close()
+
+
+def cluster_names(client: redis.cluster.RedisCluster, prefix: str) -> set[str]:
+    pattern = glob_escape(prefix) + "*"
+    return {name.decode() for name in client.scan_iter(match=pattern)}
+
+
+def test_migrate_on_cluster_moves_on_load_and_rehash_moves_the_rest(
+    cluster: redis.cluster.RedisCluster, prefix: str, call: Any
+) -> None:
+    keys = plain_sessions(prefix, 30)
+    session = SessionStore(keys[0])
+    assert call(session, "load") == {"n": keys[0]}
+    assert data_key(prefix, expected_id(keys[0])) in cluster_names(cluster, prefix)
+    assert data_key(prefix, keys[0]) not in cluster_names(cluster, prefix)
+    assert run_command("rehash") == "Moved 29 sessions to their ids.\n"
+    assert run_command("rehash") == "Moved 0 sessions to their ids.\n"
+    layer = RedisLayer()
+    assert {name for name in cluster_names(cluster, prefix) if name.endswith("}")} == {
+        layer.data_name(key) for key in keys
+    }
+    call(SessionStore(keys[1]), "delete")
+    assert call(SessionStore(keys[1]), "load") == {}
+    assert RedisSessionStore().count() == 29
