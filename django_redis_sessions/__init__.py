@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
-__all__ = ["get_store"]
+__all__ = ["alogout_other_sessions", "get_store", "logout_other_sessions"]
 
 if TYPE_CHECKING:
+    from django.http import HttpRequest
+
     from django_redis_sessions.store import RedisSessionStore
 
 
@@ -18,3 +20,24 @@ def get_store() -> RedisSessionStore:
     from django_redis_sessions.store import get_store as configured_store
 
     return configured_store()
+
+
+def logout_other_sessions(request: HttpRequest) -> int:
+    """End every session of ``request.user`` but this request's; how many ended.
+
+    What a "log out other devices" button and a password-change view call.
+    An anonymous request ends nothing.
+    """
+    user = getattr(request, "user", None)
+    if user is None or not user.is_authenticated:
+        return 0
+    return get_store().logout_user(user.pk, keep=request.session.session_key)
+
+
+async def alogout_other_sessions(request: HttpRequest) -> int:
+    """See logout_other_sessions()."""
+    auser = getattr(request, "auser", None)
+    user = await auser() if auser is not None else getattr(request, "user", None)
+    if user is None or not user.is_authenticated:
+        return 0
+    return await get_store().alogout_user(user.pk, keep=request.session.session_key)

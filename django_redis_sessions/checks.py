@@ -271,6 +271,17 @@ def _client_problem(value: Any) -> str | None:
     return None
 
 
+def _callable_problem(value: Any) -> str | None:
+    if value is None:
+        return None
+    target, problem = _imported(value)
+    if problem is not None:
+        return problem
+    if not callable(target):
+        return f"it imports {target!r}, which is not callable"
+    return None
+
+
 def _serializer_problem(value: Any) -> str | None:
     if value is None:
         return None
@@ -431,6 +442,39 @@ _RULES: dict[str, _Rule] = {
         'name, to "migrate" while sessions written under plain keys still '
         "live, or to False for the plain layout.",
         _unless(lambda value: value is True or value is False or value == "migrate"),
+    ),
+    "USER_INDEX": _Rule(
+        "E030",
+        "True or False",
+        "Set USER_INDEX to True to keep an index of each user's sessions, or False.",
+        _unless(lambda value: isinstance(value, bool)),
+    ),
+    "USER_INDEX_METADATA": _Rule(
+        "E031",
+        'a tuple of "ip" and "user_agent" (either, both or neither)',
+        'Set USER_INDEX_METADATA to (), ("ip",), ("user_agent",) or '
+        '("ip", "user_agent").',
+        _unless(
+            lambda value: (
+                isinstance(value, (list, tuple, set, frozenset))
+                and set(value) <= {"ip", "user_agent"}
+            )
+        ),
+    ),
+    "MAX_SESSIONS_PER_USER": _Rule(
+        "E032",
+        "None or a positive integer",
+        "Set MAX_SESSIONS_PER_USER to how many sessions a user may have at "
+        "once, e.g. 10, or to None for no limit.",
+        _unless(lambda value: value is None or (is_int(value) and value >= 1)),
+    ),
+    "CLIENT_IP": _Rule(
+        "E033",
+        "None or the dotted path of a callable",
+        "Set CLIENT_IP to the dotted path of a callable that takes the request "
+        "and returns the client's IP address as a string (behind a proxy, "
+        "from the header your proxy sets), or to None for REMOTE_ADDR.",
+        _callable_problem,
     ),
 }
 

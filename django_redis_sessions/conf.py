@@ -29,6 +29,10 @@ DEFAULTS: dict[str, Any] = {
     "DISABLE_TOUCH": False,
     "SERIALIZER": None,
     "HASH_IDS": True,
+    "USER_INDEX": True,
+    "USER_INDEX_METADATA": (),
+    "MAX_SESSIONS_PER_USER": None,
+    "CLIENT_IP": None,
 }
 
 
@@ -103,6 +107,24 @@ class Settings:
         """True, False or "migrate"."""
         value = self._get("HASH_IDS")
         return "migrate" if value == "migrate" else bool(value)
+
+    @property
+    def USER_INDEX(self) -> bool:
+        return bool(self._get("USER_INDEX"))
+
+    @property
+    def USER_INDEX_METADATA(self) -> frozenset[str]:
+        return frozenset(self._get("USER_INDEX_METADATA") or ())
+
+    @property
+    def MAX_SESSIONS_PER_USER(self) -> int | None:
+        value = self._get("MAX_SESSIONS_PER_USER")
+        return None if value is None else int(value)
+
+    @property
+    def CLIENT_IP(self) -> str | None:
+        value = self._get("CLIENT_IP")
+        return None if value is None else str(value)
 
     @property
     def SESSION_COOKIE_AGE(self) -> int:

@@ -108,3 +108,14 @@ def _is_utf8(name: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
+
+
+def user_index_key(prefix: str, user_id: str) -> str:
+    """The name of the index of ``user_id``'s sessions.
+
+    The user id is base64url-encoded inside the hash tag, so any id (with
+    braces, colons, anything) makes a valid tag, one slot per user. The name
+    ends in ``:sessions``, so the session pattern ``PREFIX{*}`` never sees it.
+    """
+    encoded = base64.urlsafe_b64encode(user_id.encode()).rstrip(b"=").decode()
+    return f"{prefix}{{u:{encoded}}}:sessions"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
@@ -39,9 +40,11 @@ from django_redis_sessions.keys import (
     session_key_from,
     session_names,
     tombstone_key,
+    user_index_key,
 )
 from django_redis_sessions.payloads import log_corrupt
 from django_redis_sessions.scripts import Outcome
+from django_redis_sessions.user_index import IndexWrite
 
 #: How many recent SCAN batches are remembered to drop duplicates. SCAN
 #: repeats a key only when the keyspace shrinks mid-iteration, and the repeated
@@ -77,6 +80,35 @@ def is_cluster(client: Any) -> bool:
 def _written(reply: Any) -> Outcome:
     """The outcome of ``SET ... XX`` or ``PEXPIRE``: nothing if no session."""
     return Outcome.WRITTEN if reply else Outcome.MISSING
+
+
+def now_ms() -> int:
+    """Milliseconds since the epoch, as index entries record them."""
+    return time.time_ns() // 1_000_000
+
+
+def _ids(reply: Any) -> list[str]:
+    """Session ids in a script's reply, decoded."""
+    return [item.decode() if isinstance(item, bytes) else str(item) for item in reply]
+
+
+def _indexed(reply: Any) -> tuple[Outcome, list[str]]:
+    """A write's outcome and the ids an index write pushed beyond the cap.
+
+    The indexed scripts answer ``{outcome, id...}``; the others a number.
+    """
+    if isinstance(reply, list):
+        return Outcome(int(reply[0])), _ids(reply[1:])
+    return Outcome(reply), []
+
+
+def _decoded_hash(reply: dict[Any, Any]) -> dict[str, str]:
+    return {
+        (name.decode() if isinstance(name, bytes) else name): (
+            value.decode(errors="replace") if isinstance(value, bytes) else value
+        )
+        for name, value in reply.items()
+    }
 
 
 def _seconds(pttl: int) -> float | None:
@@ -272,31 +304,62 @@ class RedisLayer:
 
     # --- Writing ------------------------------------------------------------
 
-    def create(self, key: str, payload: bytes, ttl: float) -> Outcome:
+    def create(
+        self, key: str, payload: bytes, ttl: float, index: IndexWrite | None = None
+    ) -> Outcome:
         """Write only if neither a live session nor a tombstone holds ``key``.
 
         A TTL that is not positive writes nothing (EXPIRED): there is nothing
-        to end. The same payload written twice reports WRITTEN twice.
+        to end. The same payload written twice reports WRITTEN twice. With
+        ``index``, the session is entered in its user's index too.
         """
         check_key(key)
         ttl_ms = ttl_milliseconds(ttl)
         if not ttl_ms:
             return Outcome.EXPIRED
-        reply = scripts.run(
-            self._client(), scripts.CREATE, self._names(key), (payload, ttl_ms)
-        )
-        return Outcome(reply)
+        client = self._client()
+        evicted: list[str] = []
+        if index is not None and is_cluster(client):
+            evicted = _ids(scripts.run(client, *self._index_call(key, index)))
+        script, keys, args = self._create_call(key, payload, ttl_ms, index, client)
+        outcome, more = _indexed(scripts.run(client, script, keys, args))
+        self._end(evicted + more)
+        return outcome
 
-    async def acreate(self, key: str, payload: bytes, ttl: float) -> Outcome:
+    async def acreate(
+        self, key: str, payload: bytes, ttl: float, index: IndexWrite | None = None
+    ) -> Outcome:
         """See create()."""
         check_key(key)
         ttl_ms = ttl_milliseconds(ttl)
         if not ttl_ms:
             return Outcome.EXPIRED
-        reply = await scripts.arun(
-            self._async_client(), scripts.CREATE, self._names(key), (payload, ttl_ms)
+        client = self._async_client()
+        evicted: list[str] = []
+        if index is not None and is_cluster(client):
+            evicted = _ids(await scripts.arun(client, *self._index_call(key, index)))
+        script, keys, args = self._create_call(key, payload, ttl_ms, index, client)
+        outcome, more = _indexed(await scripts.arun(client, script, keys, args))
+        await self._aend(evicted + more)
+        return outcome
+
+    def _create_call(
+        self,
+        key: str,
+        payload: bytes,
+        ttl_ms: int,
+        index: IndexWrite | None,
+        client: Any,
+    ) -> tuple[str, tuple[str, ...], tuple[Any, ...]]:
+        if index is None or is_cluster(client):
+            # On Cluster the index entry was written first, on its own slot.
+            return scripts.CREATE, self._names(key), (payload, ttl_ms)
+        keys = (*self._names(key), self._index_name(index.user_id))
+        return (
+            scripts.CREATE_INDEXED,
+            keys,
+            (payload, ttl_ms, *self._index_args(key, index)),
         )
-        return Outcome(reply)
 
     def set(self, key: str, payload: bytes, ttl: float) -> Outcome:
         """Write unless a tombstone blocks ``key`` (TOMBSTONED)."""
@@ -328,35 +391,68 @@ class RedisLayer:
         )
         return Outcome(reply)
 
-    def update(self, key: str, payload: bytes, ttl: float) -> Outcome:
+    def update(
+        self, key: str, payload: bytes, ttl: float, index: IndexWrite | None = None
+    ) -> Outcome:
         """Write only over a live session (else MISSING); never creates.
 
         ``SET XX`` alone is atomic: a destroyed session has no data name (its
         tombstone and its data never coexist), so there is nothing to update.
+        With ``index``, the session's entry in its user's index is written too.
         """
         check_key(key)
         ttl_ms = ttl_milliseconds(ttl)
         if not ttl_ms:
             self.destroy(key)
             return Outcome.EXPIRED
+        client = self._client()
         name = self.data_name(key)
-        return _written(
-            self._client().execute_command("SET", name, payload, "PX", ttl_ms, "XX")
-        )
+        if index is None:
+            return _written(
+                client.execute_command("SET", name, payload, "PX", ttl_ms, "XX")
+            )
+        if is_cluster(client):
+            evicted = _ids(scripts.run(client, *self._index_call(key, index)))
+            reply = client.execute_command("SET", name, payload, "PX", ttl_ms, "XX")
+            outcome = _written(reply)
+        else:
+            keys = (name, self._index_name(index.user_id))
+            args = (payload, ttl_ms, *self._index_args(key, index))
+            outcome, evicted = _indexed(
+                scripts.run(client, scripts.UPDATE_INDEXED, keys, args)
+            )
+        self._end(evicted)
+        return outcome
 
-    async def aupdate(self, key: str, payload: bytes, ttl: float) -> Outcome:
+    async def aupdate(
+        self, key: str, payload: bytes, ttl: float, index: IndexWrite | None = None
+    ) -> Outcome:
         """See update()."""
         check_key(key)
         ttl_ms = ttl_milliseconds(ttl)
         if not ttl_ms:
             await self.adestroy(key)
             return Outcome.EXPIRED
+        client = self._async_client()
         name = self.data_name(key)
-        return _written(
-            await self._async_client().execute_command(
+        if index is None:
+            return _written(
+                await client.execute_command("SET", name, payload, "PX", ttl_ms, "XX")
+            )
+        if is_cluster(client):
+            evicted = _ids(await scripts.arun(client, *self._index_call(key, index)))
+            reply = await client.execute_command(
                 "SET", name, payload, "PX", ttl_ms, "XX"
             )
-        )
+            outcome = _written(reply)
+        else:
+            keys = (name, self._index_name(index.user_id))
+            args = (payload, ttl_ms, *self._index_args(key, index))
+            outcome, evicted = _indexed(
+                await scripts.arun(client, scripts.UPDATE_INDEXED, keys, args)
+            )
+        await self._aend(evicted)
+        return outcome
 
     def touch(self, key: str, ttl: float) -> Outcome:
         """Reset the TTL of a live session (else MISSING).
@@ -385,41 +481,65 @@ class RedisLayer:
         reply = await self._async_client().execute_command("PEXPIRE", name, ttl_ms)
         return _written(reply)
 
-    def destroy(self, key: str) -> bool:
+    def destroy(self, key: str, user_id: str | None = None) -> bool:
         """Delete the session and leave a tombstone; True if it was live.
 
         In "migrate" mode both forms end; on Cluster, where they live on
-        different slots, one round trip each.
+        different slots, one round trip each. With ``user_id``, the session's
+        entry leaves that user's index too (in the same script on one server).
         """
         if not is_valid_key(key):
             return False
         client = self._client()
-        args = (self._tombstone_ms, retry_token())
         removed = 0
-        for names in self._destroy_batches(client, key):
-            removed += scripts.run(client, scripts.DESTROY, names, args)
+        for script, keys, args in self._destroy_calls(client, key, user_id):
+            removed += scripts.run(client, script, keys, args)
+        if user_id is not None and is_cluster(client):
+            client.hdel(self._index_name(user_id), self.session_id(key))
         return bool(removed)
 
-    async def adestroy(self, key: str) -> bool:
+    async def adestroy(self, key: str, user_id: str | None = None) -> bool:
         """See destroy()."""
         if not is_valid_key(key):
             return False
         client = self._async_client()
-        args = (self._tombstone_ms, retry_token())
         removed = 0
-        for names in self._destroy_batches(client, key):
-            removed += await scripts.arun(client, scripts.DESTROY, names, args)
+        for script, keys, args in self._destroy_calls(client, key, user_id):
+            removed += await scripts.arun(client, script, keys, args)
+        if user_id is not None and is_cluster(client):
+            await client.hdel(self._index_name(user_id), self.session_id(key))
         return bool(removed)
 
-    def _destroy_batches(self, client: Any, key: str) -> list[tuple[str, ...]]:
-        """The KEYS of each DESTROY: every form at once, or one per slot."""
+    def _destroy_calls(
+        self, client: Any, key: str, user_id: str | None
+    ) -> list[tuple[str, tuple[str, ...], tuple[Any, ...]]]:
+        """Each DESTROY to run: every form at once, or one per slot on Cluster."""
+        args = (self._tombstone_ms, retry_token())
         forms = self._forms(key)
         if is_cluster(client):
-            return list(forms)
-        return [tuple(name for names in forms for name in names)]
+            return [(scripts.DESTROY, names, args) for names in forms]
+        keys = tuple(name for names in forms for name in names)
+        if user_id is None:
+            return [(scripts.DESTROY, keys, args)]
+        indexed_keys = (*keys, self._index_name(user_id))
+        return [(scripts.DESTROY_INDEXED, indexed_keys, (*args, self.session_id(key)))]
+
+    def _end(self, session_ids: list[str]) -> None:
+        """End the sessions pushed out of an index by MAX_SESSIONS_PER_USER."""
+        for session_id in session_ids:
+            self.destroy(session_id)
+
+    async def _aend(self, session_ids: list[str]) -> None:
+        for session_id in session_ids:
+            await self.adestroy(session_id)
 
     def cycle(
-        self, old_key: str | None, new_key: str, payload: bytes, ttl: float
+        self,
+        old_key: str | None,
+        new_key: str,
+        payload: bytes,
+        ttl: float,
+        index: IndexWrite | None = None,
     ) -> Outcome:
         """Move a session to ``new_key`` and destroy ``old_key``: the login path.
 
@@ -429,44 +549,60 @@ class RedisLayer:
         nothing is written); EXISTS or TOMBSTONED when ``new_key`` is unusable
         (nothing changed); EXPIRED when the TTL is not positive (the old
         session is destroyed, nothing is written). With no ``old_key`` it is
-        a create.
+        a create. With ``index``, the user's index entry moves to the new id.
         """
         if old_key is None:
-            return self.create(new_key, payload, ttl)
+            return self.create(new_key, payload, ttl, index)
         plan = self._cycle_plan(old_key, new_key, ttl)
         if plan is Outcome.EXPIRED:
-            self.destroy(old_key)
+            self.destroy(old_key, None if index is None else index.user_id)
         if plan is not None:
             return plan
         client = self._client()
         if not is_cluster(client):
-            keys, args = self._cycle_script_args(old_key, new_key, payload, ttl)
-            return Outcome(scripts.run(client, scripts.CYCLE, keys, args))
+            script, keys, args = self._cycle_call(old_key, new_key, payload, ttl, index)
+            outcome, evicted = _indexed(scripts.run(client, script, keys, args))
+            self._end(evicted)
+            return outcome
         # On Redis Cluster the two sessions live on different slots, which one
         # script may not touch. The old one ends first and the new one is
         # created only if the old was live: a failure in between logs the user
-        # out, where the other order could leave two live sessions.
+        # out, where the other order could leave two live sessions. The index
+        # entry moves before the new session exists, so it is never missed.
         if not self.destroy(old_key):
             return Outcome.MISSING
+        if index is not None:
+            call = self._index_call(new_key, index, moved_from=old_key)
+            self._end(_ids(scripts.run(client, *call)))
         return self.create(new_key, payload, ttl)
 
     async def acycle(
-        self, old_key: str | None, new_key: str, payload: bytes, ttl: float
+        self,
+        old_key: str | None,
+        new_key: str,
+        payload: bytes,
+        ttl: float,
+        index: IndexWrite | None = None,
     ) -> Outcome:
         """See cycle()."""
         if old_key is None:
-            return await self.acreate(new_key, payload, ttl)
+            return await self.acreate(new_key, payload, ttl, index)
         plan = self._cycle_plan(old_key, new_key, ttl)
         if plan is Outcome.EXPIRED:
-            await self.adestroy(old_key)
+            await self.adestroy(old_key, None if index is None else index.user_id)
         if plan is not None:
             return plan
         client = self._async_client()
         if not is_cluster(client):
-            keys, args = self._cycle_script_args(old_key, new_key, payload, ttl)
-            return Outcome(await scripts.arun(client, scripts.CYCLE, keys, args))
+            script, keys, args = self._cycle_call(old_key, new_key, payload, ttl, index)
+            outcome, evicted = _indexed(await scripts.arun(client, script, keys, args))
+            await self._aend(evicted)
+            return outcome
         if not await self.adestroy(old_key):
             return Outcome.MISSING
+        if index is not None:
+            call = self._index_call(new_key, index, moved_from=old_key)
+            await self._aend(_ids(await scripts.arun(client, *call)))
         return await self.acreate(new_key, payload, ttl)
 
     @staticmethod
@@ -479,13 +615,110 @@ class RedisLayer:
             return Outcome.MISSING
         return None
 
-    def _cycle_script_args(
-        self, old_key: str, new_key: str, payload: bytes, ttl: float
-    ) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+    def _cycle_call(
+        self,
+        old_key: str,
+        new_key: str,
+        payload: bytes,
+        ttl: float,
+        index: IndexWrite | None,
+    ) -> tuple[str, tuple[str, ...], tuple[Any, ...]]:
         old_names = tuple(name for names in self._forms(old_key) for name in names)
         keys = self._names(new_key) + old_names
         args = (payload, ttl_milliseconds(ttl), self._tombstone_ms, retry_token())
-        return keys, args
+        if index is None:
+            return scripts.CYCLE, keys, args
+        index_args = self._index_args(new_key, index)
+        moved = (
+            index_args[0],  # the new id
+            self.session_id(old_key),
+            *index_args[1:5],  # expires, now, slack, cap
+        )
+        keys = (*keys, self._index_name(index.user_id))
+        return scripts.CYCLE_INDEXED, keys, (*args, *moved)
+
+    # --- The per-user index ---------------------------------------------------
+
+    def _index_name(self, user_id: str) -> str:
+        return user_index_key(self.prefix, user_id)
+
+    def _index_args(self, key: str, index: IndexWrite) -> list[Any]:
+        cap = conf.MAX_SESSIONS_PER_USER or 0
+        return index.script_args(self.session_id(key), now_ms(), cap)
+
+    def _index_call(
+        self, key: str, index: IndexWrite, moved_from: str | None = None
+    ) -> tuple[str, tuple[str, ...], tuple[Any, ...]]:
+        """INDEX_WRITE of ``key``'s entry, alone on the user's slot (Cluster)."""
+        session_id, *rest = self._index_args(key, index)
+        previous = "" if moved_from is None else self.session_id(moved_from)
+        keys = (self._index_name(index.user_id),)
+        return scripts.INDEX_WRITE, keys, (session_id, previous, *rest)
+
+    def index(self, key: str, index: IndexWrite) -> None:
+        """Write ``key``'s entry in its user's index, alone (before a write)."""
+        client = self._client()
+        self._end(_ids(scripts.run(client, *self._index_call(key, index))))
+
+    async def aindex(self, key: str, index: IndexWrite) -> None:
+        """See index()."""
+        client = self._async_client()
+        await self._aend(
+            _ids(await scripts.arun(client, *self._index_call(key, index)))
+        )
+
+    def unindex(self, user_id: str, key: str) -> None:
+        """Drop ``key``'s session from ``user_id``'s index."""
+        self._client().hdel(self._index_name(user_id), self.session_id(key))
+
+    async def aunindex(self, user_id: str, key: str) -> None:
+        """See unindex()."""
+        await self._async_client().hdel(self._index_name(user_id), self.session_id(key))
+
+    def user_entries(self, user_id: str) -> list[tuple[str, str, int | None]]:
+        """The user's index entries: (id, entry, real expiry in ms or None if gone).
+
+        Two round trips: the index, then every session's ``PTTL`` in one
+        pipeline. Entries of sessions gone meanwhile are dropped from the
+        index here (a third round trip, only when there are some).
+        """
+        client = self._client()
+        index = self._index_name(user_id)
+        entries = _decoded_hash(client.hgetall(index))
+        if not entries:
+            return []
+        pipeline = client.pipeline(transaction=False)
+        for session_id in entries:
+            pipeline.pttl(self.data_name(session_id))
+        found = self._with_expiry(entries, pipeline.execute())
+        if gone := [entry[0] for entry in found if entry[2] is None]:
+            client.hdel(index, *gone)
+        return [entry for entry in found if entry[2] is not None]
+
+    async def auser_entries(self, user_id: str) -> list[tuple[str, str, int | None]]:
+        """See user_entries()."""
+        client = self._async_client()
+        index = self._index_name(user_id)
+        entries = _decoded_hash(await client.hgetall(index))
+        if not entries:
+            return []
+        pipeline = client.pipeline(transaction=False)
+        for session_id in entries:
+            pipeline.pttl(self.data_name(session_id))
+        found = self._with_expiry(entries, await pipeline.execute())
+        if gone := [entry[0] for entry in found if entry[2] is None]:
+            await client.hdel(index, *gone)
+        return [entry for entry in found if entry[2] is not None]
+
+    @staticmethod
+    def _with_expiry(
+        entries: dict[str, str], ttls: list[Any]
+    ) -> list[tuple[str, str, int | None]]:
+        now = now_ms()
+        return [
+            (session_id, entry, now + int(ttl) if int(ttl) >= 0 else None)
+            for (session_id, entry), ttl in zip(entries.items(), ttls, strict=True)
+        ]
 
     # --- Every session under the prefix, a SCAN batch at a time ---------------
 

@@ -157,7 +157,160 @@ redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
 return {payload, ttl}
 """
 
-ALL = (CREATE, SET_UNLESS_TOMBSTONED, DESTROY, CYCLE, READ_OR_MOVE, MOVE, TAKE)
+# --- The per-user index ----------------------------------------------------
+#
+# One hash per user, ``PREFIX{u:<base64url(user id)>}:sessions``: session id ->
+# "expires|created|seen|ip|user agent" (times in milliseconds since the epoch;
+# "expires" lags the session's real expiry by at most the slack, see
+# ``user_index.py``). Entries whose expiry plus the slack has passed are pruned
+# whenever the index is written; the hash itself expires after the last one.
+# Scripts that write a session and its entry at once, possible on one server,
+# are the plain ones with these functions in front; on Redis Cluster the
+# entry is written first, by INDEX_WRITE on the user's slot.
+_INDEX_FUNCTIONS = """
+local unpack = unpack or table.unpack
+local function index_write(index, id, inherit, expires, now, slack, cap, ip, ua)
+  local created = now
+  local source = redis.call('HGET', index, inherit ~= '' and inherit or id)
+  if source then
+    local _, c, _, old_ip, old_ua = string.match(
+      source, '^(%d+)|(%d+)|(%d+)|([^|]*)|(.*)$')
+    if c then
+      created = c
+      if ip == '' then ip = old_ip end
+      if ua == '' then ua = old_ua end
+    end
+  end
+  if inherit ~= '' and inherit ~= id then redis.call('HDEL', index, inherit) end
+  redis.call('HSET', index, id,
+    expires .. '|' .. created .. '|' .. now .. '|' .. ip .. '|' .. ua)
+  local latest = tonumber(expires)
+  local others = {}
+  local fields = redis.call('HGETALL', index)
+  now = tonumber(now)
+  slack = tonumber(slack)
+  for i = 1, #fields, 2 do
+    local e, c = string.match(fields[i + 1], '^(%d+)|(%d+)|')
+    e = tonumber(e or 0)
+    if e + slack < now then
+      redis.call('HDEL', index, fields[i])
+    else
+      if e > latest then latest = e end
+      if fields[i] ~= id then others[#others + 1] = {fields[i], tonumber(c or 0)} end
+    end
+  end
+  redis.call('PEXPIREAT', index, latest + slack)
+  local evicted = {}
+  cap = tonumber(cap)
+  if cap > 0 and #others + 1 > cap then
+    table.sort(others, function(a, b) return a[2] < b[2] end)
+    for j = 1, #others + 1 - cap do
+      evicted[j] = others[j][1]
+      redis.call('HDEL', index, others[j][1])
+    end
+  end
+  return evicted
+end
+"""
+
+# The index entry alone, on the user's slot (Redis Cluster).
+# KEYS[1] index; ARGV[1] id, ARGV[2] id whose entry it replaces ("" if none),
+# ARGV[3] expires, ARGV[4] now, ARGV[5] slack, ARGV[6] cap (0: none),
+# ARGV[7] ip, ARGV[8] user agent ("": keep what the entry had)
+# returns the ids beyond the cap, whose sessions the caller ends
+INDEX_WRITE = (
+    _INDEX_FUNCTIONS
+    + """
+return index_write(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5],
+  ARGV[6], ARGV[7], ARGV[8])
+"""
+)
+
+# CREATE and the index entry. KEYS[3] index; ARGV[3..] as INDEX_WRITE's
+# ARGV[1] and ARGV[3..8] (a new session replaces no entry)
+# returns {outcome, ids beyond the cap...}
+CREATE_INDEXED = (
+    _INDEX_FUNCTIONS
+    + """
+local outcome = 2
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  outcome = 3
+elseif redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') then
+  outcome = 1
+elseif redis.call('GET', KEYS[1]) == ARGV[1] then
+  outcome = 1
+end
+if outcome ~= 1 then return {outcome} end
+local evicted = index_write(KEYS[3], ARGV[3], '', ARGV[4], ARGV[5], ARGV[6],
+  ARGV[7], ARGV[8], ARGV[9])
+return {1, unpack(evicted)}
+"""
+)
+
+# An update (SET XX) and the index entry. KEYS[1] data name, KEYS[2] index
+# ARGV[1] payload, ARGV[2] TTL in milliseconds, ARGV[3..] as CREATE_INDEXED's
+# returns {WRITTEN, ids beyond the cap...} or {MISSING}
+UPDATE_INDEXED = (
+    _INDEX_FUNCTIONS
+    + """
+if not redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'XX') then return {4} end
+local evicted = index_write(KEYS[2], ARGV[3], '', ARGV[4], ARGV[5], ARGV[6],
+  ARGV[7], ARGV[8], ARGV[9])
+return {1, unpack(evicted)}
+"""
+)
+
+# CYCLE, moving the index entry from the old id to the new one. KEYS as
+# CYCLE's, then the index last; ARGV[1..4] as CYCLE's, ARGV[5] new id,
+# ARGV[6] old id, ARGV[7] expires, ARGV[8] now, ARGV[9] slack, ARGV[10] cap
+# returns {outcome, ids beyond the cap...}
+CYCLE_INDEXED = (
+    _INDEX_FUNCTIONS
+    + """
+local index = KEYS[#KEYS]
+if redis.call('GET', KEYS[4]) == ARGV[4] then return {1} end
+local live = 0
+for i = 3, #KEYS - 1, 2 do live = live + redis.call('EXISTS', KEYS[i]) end
+if live == 0 then return {4} end
+if redis.call('EXISTS', KEYS[2]) == 1 then return {3} end
+if not redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') then return {2} end
+for i = 3, #KEYS - 1, 2 do
+  redis.call('DEL', KEYS[i])
+  redis.call('SET', KEYS[i + 1], ARGV[4], 'PX', ARGV[3])
+end
+local evicted = index_write(index, ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9],
+  ARGV[10], '', '')
+return {1, unpack(evicted)}
+"""
+)
+
+# DESTROY, and the session's entry out of its user's index. KEYS as
+# DESTROY's, then the index last; ARGV[1..2] as DESTROY's, ARGV[3] the id
+DESTROY_INDEXED = """
+redis.call('HDEL', KEYS[#KEYS], ARGV[3])
+if redis.call('GET', KEYS[2]) == ARGV[2] then return 1 end
+local removed = 0
+for i = 1, #KEYS - 1, 2 do
+  removed = removed + redis.call('DEL', KEYS[i])
+  redis.call('SET', KEYS[i + 1], ARGV[2], 'PX', ARGV[1])
+end
+return removed
+"""
+
+ALL = (
+    CREATE,
+    SET_UNLESS_TOMBSTONED,
+    DESTROY,
+    CYCLE,
+    READ_OR_MOVE,
+    MOVE,
+    TAKE,
+    INDEX_WRITE,
+    CREATE_INDEXED,
+    UPDATE_INDEXED,
+    CYCLE_INDEXED,
+    DESTROY_INDEXED,
+)
 
 #: Each script's SHA1, what ``EVALSHA`` names it by.
 _SHAS = {text: hashlib.sha1(text.encode()).hexdigest() for text in ALL}

@@ -16,8 +16,15 @@ from django.dispatch import receiver
 from django_redis_sessions.client import clients
 from django_redis_sessions.conf import SETTING_NAME, conf
 from django_redis_sessions.payloads import Payloads, SessionData, expiry_seconds
-from django_redis_sessions.redis_layer import RedisLayer
+from django_redis_sessions.redis_layer import RedisLayer, now_ms, ttl_milliseconds
 from django_redis_sessions.scripts import Outcome
+from django_redis_sessions.user_index import (
+    INDEX_MARK,
+    USER_ID_KEY,
+    IndexWrite,
+    UserSession,
+    parse_entry,
+)
 
 
 class RedisSessionStore:
@@ -78,24 +85,43 @@ class RedisSessionStore:
 
     # --- Single sessions: one round trip each --------------------------------
 
+    def _prepared(
+        self, data: SessionData, ttl: float
+    ) -> tuple[bytes, float, IndexWrite | None]:
+        """The payload, the TTL, and the index entry when the data has a user."""
+        user = data.get(USER_ID_KEY)
+        if not conf.USER_INDEX or user is None:
+            return self._payloads.dumps(data), ttl, None
+        index = IndexWrite(str(user), now_ms() + ttl_milliseconds(ttl))
+        payload = self._payloads.dumps({**data, INDEX_MARK: index.expires_ms})
+        return payload, ttl, index
+
     def get(self, key: str) -> SessionData | None:
         """The live session under ``key``; None if missing, destroyed or corrupt."""
-        return self._payloads.loads(self._layer.read(key))
+        return _public(self._payloads.loads(self._layer.read(key)))
 
     async def aget(self, key: str) -> SessionData | None:
         """See get()."""
-        return self._payloads.loads(await self._layer.aread(key))
+        return _public(self._payloads.loads(await self._layer.aread(key)))
 
     def set(self, key: str, data: SessionData, ttl: float | None = None) -> bool:
-        """Write ``data`` under ``key`` unless a tombstone blocks it (then False)."""
-        payload = self._payloads.dumps(data)
-        outcome = self._layer.set(key, payload, self._ttl(data, ttl))
+        """Write ``data`` under ``key`` unless a tombstone blocks it (then False).
+
+        Data with a user is entered in the user's index first (one more round
+        trip), so the index never misses it.
+        """
+        payload, seconds, index = self._prepared(data, self._ttl(data, ttl))
+        if index is not None:
+            self._layer.index(key, index)
+        outcome = self._layer.set(key, payload, seconds)
         return outcome is Outcome.WRITTEN
 
     async def aset(self, key: str, data: SessionData, ttl: float | None = None) -> bool:
         """See set()."""
-        payload = self._payloads.dumps(data)
-        outcome = await self._layer.aset(key, payload, self._ttl(data, ttl))
+        payload, seconds, index = self._prepared(data, self._ttl(data, ttl))
+        if index is not None:
+            await self._layer.aindex(key, index)
+        outcome = await self._layer.aset(key, payload, seconds)
         return outcome is Outcome.WRITTEN
 
     def create(self, key: str, data: SessionData, ttl: float | None = None) -> bool:
@@ -104,30 +130,30 @@ class RedisSessionStore:
         Creating the same data twice reports True both times: that is how a
         retry after a lost reply is recognized.
         """
-        payload = self._payloads.dumps(data)
-        outcome = self._layer.create(key, payload, self._ttl(data, ttl))
+        payload, seconds, index = self._prepared(data, self._ttl(data, ttl))
+        outcome = self._layer.create(key, payload, seconds, index)
         return outcome is Outcome.WRITTEN
 
     async def acreate(
         self, key: str, data: SessionData, ttl: float | None = None
     ) -> bool:
         """See create()."""
-        payload = self._payloads.dumps(data)
-        outcome = await self._layer.acreate(key, payload, self._ttl(data, ttl))
+        payload, seconds, index = self._prepared(data, self._ttl(data, ttl))
+        outcome = await self._layer.acreate(key, payload, seconds, index)
         return outcome is Outcome.WRITTEN
 
     def update(self, key: str, data: SessionData, ttl: float | None = None) -> bool:
         """Write only if a live session holds ``key``; never creates, never revives."""
-        payload = self._payloads.dumps(data)
-        outcome = self._layer.update(key, payload, self._ttl(data, ttl))
+        payload, seconds, index = self._prepared(data, self._ttl(data, ttl))
+        outcome = self._layer.update(key, payload, seconds, index)
         return outcome is Outcome.WRITTEN
 
     async def aupdate(
         self, key: str, data: SessionData, ttl: float | None = None
     ) -> bool:
         """See update()."""
-        payload = self._payloads.dumps(data)
-        outcome = await self._layer.aupdate(key, payload, self._ttl(data, ttl))
+        payload, seconds, index = self._prepared(data, self._ttl(data, ttl))
+        outcome = await self._layer.aupdate(key, payload, seconds, index)
         return outcome is Outcome.WRITTEN
 
     def touch(self, key: str, ttl: float | None = None) -> bool:
@@ -166,6 +192,47 @@ class RedisSessionStore:
     async def attl(self, key: str) -> float | None:
         """See ttl()."""
         return await self._layer.attl(key)
+
+    # --- The sessions of a user ---------------------------------------------
+
+    def user_sessions(self, user_id: object) -> list[UserSession]:
+        """The user's live sessions, newest first (two round trips).
+
+        Read from the user's index (``USER_INDEX``); each session's expiry is
+        read from Redis, and entries of sessions gone meanwhile are pruned.
+        """
+        entries = self._layer.user_entries(str(user_id))
+        return _newest_first(entries)
+
+    async def auser_sessions(self, user_id: object) -> list[UserSession]:
+        """See user_sessions()."""
+        entries = await self._layer.auser_entries(str(user_id))
+        return _newest_first(entries)
+
+    def logout_user(self, user_id: object, *, keep: str | None = None) -> int:
+        """End every session of the user but ``keep`` (a key or an id).
+
+        Each ends like a logout, with a tombstone, so a request of an ended
+        session still in flight can never write it back. Returns how many
+        live sessions ended.
+        """
+        user = str(user_id)
+        kept = None if keep is None else self._layer.session_id(keep)
+        ended = 0
+        for session_id, _, _ in self._layer.user_entries(user):
+            if session_id != kept:
+                ended += self._layer.destroy(session_id, user)
+        return ended
+
+    async def alogout_user(self, user_id: object, *, keep: str | None = None) -> int:
+        """See logout_user()."""
+        user = str(user_id)
+        kept = None if keep is None else self._layer.session_id(keep)
+        ended = 0
+        for session_id, _, _ in await self._layer.auser_entries(user):
+            if session_id != kept:
+                ended += await self._layer.adestroy(session_id, user)
+        return ended
 
     # --- Every session under the prefix, a SCAN batch at a time ---------------
 
@@ -210,9 +277,22 @@ class RedisSessionStore:
         # Names can expire or be destroyed between SCAN and GET: their value
         # is None, and zip keeps every other name paired with its own value.
         for name, payload in zip(names, values, strict=True):
-            data = self._payloads.loads(payload)
+            data = _public(self._payloads.loads(payload))
             if data is not None:
                 yield self._layer.id_of_name(name), data
+
+
+def _newest_first(entries: list[tuple[str, str, int | None]]) -> list[UserSession]:
+    sessions = [parse_entry(*entry) for entry in entries]
+    found = [session for session in sessions if session is not None]
+    return sorted(found, key=lambda session: session.created_at, reverse=True)
+
+
+def _public(data: SessionData | None) -> SessionData | None:
+    """The session's data without the engine's own bookkeeping."""
+    if data is not None:
+        data.pop(INDEX_MARK, None)
+    return data
 
 
 _store: RedisSessionStore | None = None

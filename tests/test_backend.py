@@ -556,7 +556,9 @@ def test_cycle_key_after_a_logout_elsewhere_carries_nothing_over(
     key = saved_key(make_session, _auth_user_id="1", cart="book")
     request_a = make_session(key)
     assert request_a["_auth_user_id"] == "1"  # A has loaded
-    make_session(key).flush()  # B logs out
+    request_b = make_session(key)
+    assert request_b["_auth_user_id"] == "1"  # as the auth middleware does
+    request_b.flush()  # B logs out
     request_a.cycle_key()
     assert request_a.session_key is None
     assert request_a.load() == {}

@@ -81,6 +81,10 @@ VALID_CONFIG: dict[str, Any] = {
     "DISABLE_TOUCH": True,
     "SERIALIZER": "django.core.signing.JSONSerializer",
     "HASH_IDS": "migrate",
+    "USER_INDEX": False,
+    "USER_INDEX_METADATA": ("ip", "user_agent"),
+    "MAX_SESSIONS_PER_USER": 5,
+    "CLIENT_IP": "django_redis_sessions.middleware.remote_addr",
 }
 
 
@@ -154,9 +158,10 @@ def test_unknown_keys_are_one_e002_naming_them_sorted() -> None:
     assert [m.id for m in messages] == ["django_redis_sessions.E002"]
     assert messages[0].msg == "SESSION_REDIS has unknown keys: 'HOST', 'TTL'."
     assert messages[0].hint == (
-        "Valid keys are CLIENT, CLUSTER, DISABLE_TOUCH, HASH_IDS, OPTIONS, PREFIX, "
-        "SCAN_COUNT, SENTINELS, SENTINEL_SERVICE, SERIALIZER, TOMBSTONE_SECONDS, "
-        "TTL_SECONDS, URL."
+        "Valid keys are CLIENT, CLIENT_IP, CLUSTER, DISABLE_TOUCH, HASH_IDS, "
+        "MAX_SESSIONS_PER_USER, OPTIONS, PREFIX, SCAN_COUNT, SENTINELS, "
+        "SENTINEL_SERVICE, SERIALIZER, TOMBSTONE_SECONDS, TTL_SECONDS, URL, "
+        "USER_INDEX, USER_INDEX_METADATA."
     )
 
 

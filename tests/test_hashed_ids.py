@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import hashlib
 import io
 import tracemalloc
@@ -23,6 +24,7 @@ from django_redis_sessions.backends.redis import SessionStore
 from django_redis_sessions.client import clients
 from django_redis_sessions.keys import data_key, glob_escape, tombstone_key
 from django_redis_sessions.redis_layer import RedisLayer
+from django_redis_sessions.scripts import Outcome
 from django_redis_sessions.store import RedisSessionStore
 from django_redis_sessions.testing import CommandLog
 from tests.utils import Keys, Monitor, everything_in, needs_async_backend
@@ -163,10 +165,11 @@ def test_a_cookie_no_session_key_could_be_is_never_looked_up(
 
 def plain_sessions(prefix: str, count: int, **data: Any) -> list[str]:
     """Sessions as the previous release wrote them: under their plain key."""
-    store = RedisSessionStore(hash_ids=False, prefix=prefix)
+    layer = RedisLayer(hash_ids=False, prefix=prefix)
     keys = [f"plain{number:027d}" for number in range(count)]
     for key in keys:
-        assert store.create(key, {"n": key, **data}, ttl=3600)
+        payload = json.dumps({"n": key, **data}, separators=(",", ":")).encode()
+        assert layer.create(key, payload, 3600) is Outcome.WRITTEN
     return keys
 
 

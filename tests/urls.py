@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from django.contrib.auth import get_user_model, login, logout
 from django.http import HttpRequest, HttpResponse
-from django.urls import path
+from django.urls import include, path
+
+from django_redis_sessions import alogout_other_sessions, logout_other_sessions
 
 
 def read(request: HttpRequest) -> HttpResponse:
@@ -27,7 +29,13 @@ def log_out(request: HttpRequest) -> HttpResponse:
     return HttpResponse("out")
 
 
+def log_out_others(request: HttpRequest) -> HttpResponse:
+    return HttpResponse(str(logout_other_sessions(request)))
+
+
 urlpatterns = [
+    path("logout-others/", log_out_others),
+    path("account/sessions/", include("django_redis_sessions.urls")),
     path("read/", read),
     path("write/", write),
     path("login/", log_in),
@@ -59,7 +67,12 @@ async def async_log_out(request: HttpRequest) -> HttpResponse:
     return HttpResponse("out")
 
 
+async def async_log_out_others(request: HttpRequest) -> HttpResponse:
+    return HttpResponse(str(await alogout_other_sessions(request)))
+
+
 urlpatterns += [
+    path("async-logout-others/", async_log_out_others),
     path("async-login/", async_log_in),
     path("async-logout/", async_log_out),
 ]

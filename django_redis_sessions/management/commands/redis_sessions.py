@@ -1,4 +1,4 @@
-"""``manage.py redis_sessions count|clear|rehash``: sessions under a prefix.
+"""``manage.py redis_sessions count|clear|rehash|user``: sessions under a prefix.
 
 Both subcommands go through ``RedisLayer``, so they see exactly what the store
 sees: live sessions under the prefix, never tombstones, never keys of another
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from time import monotonic
 from typing import Any
 
@@ -23,6 +24,8 @@ from redis.exceptions import RedisError
 from django_redis_sessions.client import describe_target
 from django_redis_sessions.conf import conf
 from django_redis_sessions.redis_layer import RedisLayer
+from django_redis_sessions.store import RedisSessionStore
+from django_redis_sessions.user_index import UserSession
 
 #: Progress is shown only for stores larger than this many SCAN batches...
 PROGRESS_AFTER_BATCHES = 10
@@ -40,7 +43,7 @@ class Command(BaseCommand):
         subparsers = parser.add_subparsers(
             dest="subcommand",
             required=True,
-            metavar="{count,clear,rehash}",
+            metavar="{count,clear,rehash,user}",
             title="subcommands",
         )
         count = subparsers.add_parser(
@@ -90,6 +93,30 @@ class Command(BaseCommand):
             help="Print how many sessions would be moved, and move nothing.",
         )
 
+        user = subparsers.add_parser(
+            "user",
+            help="List a user's sessions, or end them all with --logout.",
+            description=(
+                "List the live sessions of the user with this id, from the "
+                "user index, newest first; with --logout, end every one of "
+                "them, as a logout would."
+            ),
+        )
+        self._add_common_arguments(user)
+        user.add_argument("user_id", metavar="USER_ID")
+        user.add_argument(
+            "--logout",
+            action="store_true",
+            help="End every session of the user (asks first unless --noinput).",
+        )
+        user.add_argument(
+            "--noinput",
+            "--no-input",
+            action="store_false",
+            dest="interactive",
+            help="End the sessions without asking for confirmation.",
+        )
+
     def _add_common_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "--prefix",
@@ -116,6 +143,13 @@ class Command(BaseCommand):
             self.stdout.write(str(count))
         elif options["subcommand"] == "rehash":
             self._rehash(layer, dry_run=options["dry_run"])
+        elif options["subcommand"] == "user":
+            self._user(
+                layer,
+                options["user_id"],
+                logout=options["logout"],
+                interactive=options.get("interactive", True),
+            )
         else:
             self._clear(
                 layer,
@@ -210,6 +244,60 @@ class Command(BaseCommand):
                 if plain := layer.plain_names(names):
                     progress.add(layer.move_to_ids(plain))
         self.stdout.write(f"Moved {_sessions(progress.count)} to their ids.")
+
+    def _user(
+        self, layer: RedisLayer, user_id: str, *, logout: bool, interactive: bool
+    ) -> None:
+        store = RedisSessionStore(prefix=layer.prefix, scan_count=layer.scan_count)
+        with redis_errors("Could not read the user's sessions"):
+            sessions = store.user_sessions(user_id)
+        if not sessions:
+            self.stdout.write(f"User {user_id!r} has no live sessions.")
+            return
+        self.stdout.write(_session_table(sessions))
+        if not logout:
+            return
+        question = (
+            f"This will end {_sessions(len(sessions))} of user {user_id!r}. "
+            "Are you sure? [y/N] "
+        )
+        if interactive and not _confirm(question):
+            self.stdout.write("Cancelled; nothing was ended.")
+            return
+        with redis_errors(
+            "Could not end the user's sessions",
+            "Sessions ended before the failure stay ended; run the command "
+            "again to finish.",
+        ):
+            ended = store.logout_user(user_id)
+        self.stdout.write(f"Ended {_sessions(ended)} of user {user_id!r}.")
+
+
+def _session_table(sessions: list[UserSession]) -> str:
+    """The sessions as an aligned table: ids, never keys."""
+    rows = [("ID", "CREATED", "LAST SEEN", "EXPIRES", "IP", "USER AGENT")]
+    for session in sessions:
+        rows.append(
+            (
+                session.id,
+                _when(session.created_at),
+                _when(session.last_seen_at),
+                _when(session.expires_at),
+                session.ip or "-",
+                (session.user_agent or "-")[:40],
+            )
+        )
+    widths = [max(len(row[column]) for row in rows) for column in range(5)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
+        + "  "
+        + row[5]
+        for row in rows
+    )
+
+
+def _when(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
 
 
 class Progress:

@@ -1,0 +1,94 @@
+"""The per-user index of live sessions: its entries and what the store returns.
+
+Each user with a session has one Redis hash (``keys.user_index_key``): session
+id -> ``"expires|created|seen|ip|user agent"``, times in milliseconds since the
+epoch. It is written by the same script as the session write that makes it
+necessary (a login, ``cycle_key``, a save that changes the user) on one
+server; on Redis Cluster, where it lives on the user's slot, before the
+session. So it may hold stale entries, never miss a live session.
+
+An entry is refreshed only when the session's expiry has moved more than
+``SLACK_MS`` past the one recorded, so a request that saves costs nothing more
+most of the time; the session's data carries the expiry last recorded (under
+``INDEX_MARK``, hidden from the session's dict) so the backend knows when, with
+no extra read. An entry is therefore stale once its expiry plus the slack has
+passed, and is pruned then.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+#: How far a session's expiry may move past its entry's before the entry is
+#: rewritten; also the resolution of ``last_seen_at``.
+SLACK_MS = 5 * 60 * 1000
+
+#: Where the session's data keeps the expiry its entry records (milliseconds).
+INDEX_MARK = "_redis_index_until"
+
+#: Where ``django.contrib.auth`` keeps the logged-in user's id in the session
+#: (``django.contrib.auth.SESSION_KEY``, not imported: no auth app needed).
+USER_ID_KEY = "_auth_user_id"
+
+
+@dataclass(frozen=True)
+class UserSession:
+    """One live session of a user, as ``store.user_sessions()`` lists it."""
+
+    id: str
+    created_at: datetime
+    #: The last save or touch, to within a few minutes.
+    last_seen_at: datetime
+    expires_at: datetime
+    #: Only when ``USER_INDEX_METADATA`` collects them, else None.
+    ip: str | None
+    user_agent: str | None
+
+
+@dataclass(frozen=True)
+class IndexWrite:
+    """What a session write tells the index: whose session, until when."""
+
+    user_id: str
+    expires_ms: int
+    ip: str = ""
+    user_agent: str = ""
+
+    def script_args(self, session_id: str, now_ms: int, cap: int) -> list[object]:
+        """The index arguments of the scripts: id, expires, now, slack, cap, ip, ua."""
+        return [
+            session_id,
+            self.expires_ms,
+            now_ms,
+            SLACK_MS,
+            cap,
+            self.ip,
+            self.user_agent,
+        ]
+
+
+def parse_entry(
+    session_id: str, entry: str, expires_ms: int | None
+) -> UserSession | None:
+    """The ``UserSession`` of an index entry; None if it is malformed.
+
+    ``expires_ms`` is the session's real expiry, read from Redis; the entry's
+    own may lag it by the slack.
+    """
+    parts = entry.split("|", 4)
+    if len(parts) != 5 or not all(part.isdigit() for part in parts[:3]):
+        return None
+    recorded, created, seen, ip, user_agent = parts
+    return UserSession(
+        id=session_id,
+        created_at=_datetime(int(created)),
+        last_seen_at=_datetime(int(seen)),
+        expires_at=_datetime(int(recorded) if expires_ms is None else expires_ms),
+        ip=ip or None,
+        user_agent=user_agent or None,
+    )
+
+
+def _datetime(milliseconds: int) -> datetime:
+    return datetime.fromtimestamp(milliseconds / 1000, tz=timezone.utc)
