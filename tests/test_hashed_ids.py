@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import hashlib
 import io
+import json
 import tracemalloc
 from collections.abc import Iterator
 from typing import Any
