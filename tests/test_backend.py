@@ -218,8 +218,37 @@ def test_cycle_key_moves_the_data_and_destroys_the_old_key(
     new = session.session_key
     assert new != old
     assert session["a"] == 1
+    # The change is written by the next save, in one script with the data.
+    assert redis_keys() == {data(prefix, old)}
+    session.save()
     assert make_session(new)["a"] == 1
     assert redis_keys() == {data(prefix, new), tomb(prefix, old)}
+
+
+def test_cycle_key_without_a_save_leaves_the_old_session_as_it_was(
+    session: Any, make_session: Callable[..., Any], redis_keys: Keys, prefix: str
+) -> None:
+    """A request that fails after login() never saves: nothing changed."""
+    session["a"] = 1
+    session.save()
+    old = session.session_key
+    session.cycle_key()
+    session["a"] = 2
+    assert make_session(old)["a"] == 1
+    assert redis_keys() == {data(prefix, old)}
+
+
+def test_flush_after_cycle_key_ends_the_old_session(
+    session: Any, make_session: Callable[..., Any], redis_keys: Keys, prefix: str
+) -> None:
+    session["a"] = 1
+    session.save()
+    old = session.session_key
+    session.cycle_key()
+    session.flush()
+    assert session.session_key is None
+    assert make_session(old).load() == {}
+    assert redis_keys() == {tomb(prefix, old)}
 
 
 def test_cycle_key_of_a_new_session_creates_it(
@@ -227,6 +256,8 @@ def test_cycle_key_of_a_new_session_creates_it(
 ) -> None:
     session["a"] = 1
     session.cycle_key()
+    assert redis_keys() == set()
+    session.save()
     assert redis_keys() == {data(prefix, session.session_key)}
 
 
@@ -395,6 +426,7 @@ def test_cycle_key_racing_a_request_on_the_old_key_keeps_it_dead(
     in_flight = make_session(old)
     in_flight["anonymous_cart"]
     session.cycle_key()
+    session.save()
     in_flight["anonymous_cart"] = 2
     with pytest.raises(UpdateError):
         in_flight.save()
@@ -560,13 +592,11 @@ def test_cycle_key_after_a_logout_elsewhere_carries_nothing_over(
     assert request_b["_auth_user_id"] == "1"  # as the auth middleware does
     request_b.flush()  # B logs out
     request_a.cycle_key()
-    assert request_a.session_key is None
-    assert request_a.load() == {}
+    request_a["_auth_user_hash"] = "new"
+    # The middleware turns this into SessionInterrupted: log in again.
+    with pytest.raises(UpdateError):
+        request_a.save()
     assert redis_keys() == {tomb(prefix, key)}
-    # What the request writes next lands in a new session of its own.
-    request_a["_auth_user_id"] = "1"
-    request_a.save()
-    assert make_session(request_a.session_key).load() == {"_auth_user_id": "1"}
 
 
 def test_two_cycle_keys_racing_leave_one_live_session_with_the_data(
@@ -578,8 +608,9 @@ def test_two_cycle_keys_racing_leave_one_live_session_with_the_data(
     assert first["cart"] == second["cart"] == "book"
     first.cycle_key()
     second.cycle_key()
-    assert second.session_key is None
-    assert second.load() == {}
+    first.save()
+    with pytest.raises(UpdateError):
+        second.save()
     assert redis_keys() == {data(prefix, first.session_key), tomb(prefix, key)}
 
 

@@ -235,6 +235,7 @@ def test_migrate_logout_and_cycle_key_end_both_forms(
     session = SessionStore(second)
     call(session, "load")
     call(session, "cycle_key")
+    call(session, "save")
     new_id = expected_id(str(session.session_key))
     assert redis_keys() == {
         tombstone_key(prefix, first),

@@ -12,17 +12,22 @@ from typing import Any
 
 import django
 import pytest
+import redis
 from django.test import Client
 
 from django_redis_sessions.backends.redis import SessionStore
 from django_redis_sessions.testing import CommandLog
+from tests.utils import load_scripts
 
 LOG = CommandLog()
 SENT = LOG.sent
 
 
 @pytest.fixture(autouse=True)
-def counting(session_redis: dict[str, Any], settings: Any) -> Iterator[None]:
+def counting(
+    session_redis: dict[str, Any], settings: Any, raw_redis: redis.Redis
+) -> Iterator[None]:
+    load_scripts(raw_redis)
     settings.SESSION_REDIS = {
         **session_redis,
         "OPTIONS": {"connection_class": LOG.connection_class},
@@ -30,6 +35,7 @@ def counting(session_redis: dict[str, Any], settings: Any) -> Iterator[None]:
     warm = SessionStore()
     warm.save()  # connects and loads the scripts
     warm.cycle_key()
+    warm.save()
     warm.delete()
     SENT.clear()
     yield
@@ -93,13 +99,31 @@ def test_delete_is_one_round_trip() -> None:
     assert SENT == ["EVALSHA"]
 
 
-def test_cycle_key_is_one_round_trip_after_the_load() -> None:
+def test_cycle_key_sends_nothing_and_the_next_save_one_script() -> None:
     key = saved_session(a=1)
     session = SessionStore(key)
     assert session["a"] == 1
     SENT.clear()
     session.cycle_key()
+    assert SENT == []
+    session["b"] = 2
+    session.save()
     assert SENT == ["EVALSHA"]
+
+
+@pytest.mark.django_db
+def test_a_login_is_two_round_trips_and_a_logout_two() -> None:
+    from django.contrib.auth import get_user_model
+
+    user = get_user_model().objects.create_user("login", password="x")
+    client = Client()
+    client.get("/write/")  # a visitor with a session logs in
+    SENT.clear()
+    assert client.get(f"/login/?id={user.pk}").content == b"in"
+    assert SENT == ["GET", "EVALSHA"]
+    SENT.clear()
+    assert client.get("/logout/").content == b"out"
+    assert SENT == ["GET", "EVALSHA"]
 
 
 def test_a_request_that_only_reads_is_one_round_trip() -> None:
@@ -134,6 +158,7 @@ def test_the_asyncio_path_has_the_same_round_trips(settings: Any) -> None:
         warm = SessionStore()
         await warm.asave()
         await warm.acycle_key()
+        await warm.asave()
         await warm.adelete()
         counts: dict[str, list[str]] = {}
 
@@ -147,11 +172,12 @@ def test_the_asyncio_path_has_the_same_round_trips(settings: Any) -> None:
         await step("create", session.asave())
         loaded = SessionStore(session.session_key)
         await step("load", loaded.aload())
-        loaded._session_cache = await loaded.aload()
+        assert await loaded.aget("a") == 1  # loaded into its cache
         await step("touch", loaded.asave())
         await loaded.aset("a", 2)
         await step("save", loaded.asave())
         await step("cycle_key", loaded.acycle_key())
+        await step("save after cycle_key", loaded.asave())
         await step("delete", loaded.adelete())
         return counts
 
@@ -160,6 +186,7 @@ def test_the_asyncio_path_has_the_same_round_trips(settings: Any) -> None:
         "load": ["GET"],
         "touch": ["PEXPIRE"],
         "save": ["SET"],
-        "cycle_key": ["EVALSHA"],
+        "cycle_key": [],
+        "save after cycle_key": ["EVALSHA"],
         "delete": ["EVALSHA"],
     }

@@ -61,6 +61,7 @@ def test_the_session_backend_saves_loads_cycles_and_deletes_over_tls(
     assert SessionStore(old_key).load() == {"user": 1}
 
     session.cycle_key()
+    session.save()
     new_key = str(session.session_key)
     assert new_key != old_key
     assert SessionStore(new_key).load() == {"user": 1}

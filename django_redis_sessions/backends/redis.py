@@ -63,6 +63,10 @@ class SessionStore(SessionBase):
         # The user whose index holds this session, and the expiry (ms) its
         # entry records: read from the data, so knowing costs no round trip.
         self._indexed: tuple[str, int] | None = None
+        # After cycle_key(): the session still lives under ``_old_key`` (None
+        # for one never saved) until the next save writes the new key.
+        self._cycling = False
+        self._old_key: str | None = None
         #: What ``SessionMetadataMiddleware`` collected for a new index entry.
         self.client_metadata: dict[str, str] = {}
 
@@ -180,36 +184,27 @@ class SessionStore(SessionBase):
             self._stored = None
 
     def _accept_cycled(
-        self,
-        outcome: Outcome,
-        data: dict[str, Any],
-        key: str,
-        payload: bytes,
-        index: IndexWrite | None,
+        self, outcome: Outcome, key: str, payload: bytes, index: IndexWrite | None
     ) -> bool:
-        """Take the new key after a cycle; False if ``key`` was unusable."""
-        if outcome is Outcome.MISSING:
-            # Another request ended the session (a logout, a clear, another
-            # cycle_key) after this one loaded it. Its data must not live on:
-            # start afresh, so what this request writes next (a login) lands
-            # in a new session holding nothing of the old one.
-            self._session_key = None
-            self._stored = None
-            self._indexed = None
-            data = {}
-        elif outcome is Outcome.EXPIRED:
-            self._session_key = None
-            self._stored = None
-            self._indexed = None
-        elif outcome is Outcome.WRITTEN:
-            self._session_key = key
+        """Settle a key change after its script; False if ``key`` was unusable.
+
+        Raises ``UpdateError`` when the old session was ended meanwhile (a
+        logout, a clear, another cycle_key): its data must not live on under
+        a new key, and the middleware answers ``SessionInterrupted``.
+        """
+        if outcome in (Outcome.EXISTS, Outcome.TOMBSTONED):
+            return False
+        self._cycling = False
+        self._old_key = None
+        if outcome is Outcome.WRITTEN:
             self._stored = (key, payload)
             self._indexed = None if index is None else (index.user_id, index.expires_ms)
-        else:
-            return False
-        self._session_cache = data
-        self.modified = True
-        return True
+            return True
+        self._stored = None
+        self._indexed = None
+        if outcome is Outcome.MISSING:
+            raise UpdateError
+        return True  # EXPIRED: the old session ended, nothing was written
 
     def load(self) -> dict[str, Any]:
         key = self.session_key
@@ -230,6 +225,8 @@ class SessionStore(SessionBase):
         raise RuntimeError(_create_failed_message())
 
     def save(self, must_create: bool = False) -> None:
+        if self._cycling:
+            return self._save_new_key()
         if self.session_key is None:
             return self.create()
         key = self.session_key
@@ -249,33 +246,64 @@ class SessionStore(SessionBase):
             self._layer.unindex(user, key)
         return None
 
-    def delete(self, session_key: str | None = None) -> None:
-        if session_key is None:
-            if self.session_key is None:
+    def _save_new_key(self) -> None:
+        """The save after ``cycle_key()``: one script writes the new key with
+        the final data and ends the old session."""
+        data = self._get_session(no_load=True)  # type: ignore[attr-defined]
+        ttl = self.get_expiry_age()
+        payload, index = self._prepared(data, ttl, moving=True)
+        for _ in range(CREATE_ATTEMPTS):
+            key = self._session_key
+            assert key is not None
+            outcome = self._layer.cycle(self._old_key, key, payload, ttl, index)
+            if self._accept_cycled(outcome, key, payload, index):
                 return
-            session_key = self.session_key
-        self._layer.destroy(session_key, self._indexed_user(session_key))
-        self._forget_stored(session_key)
+            self._session_key = self._get_new_session_key()
+        raise RuntimeError(_create_failed_message())
 
-    def _indexed_user(self, session_key: str) -> str | None:
-        """Whose index holds ``session_key``, if it is this session's and known."""
-        if self._indexed is None or session_key != self.session_key:
-            return None
-        user = self._indexed[0]
+    def delete(self, session_key: str | None = None) -> None:
+        user = self._forget_index() if session_key is None else None
+        session_key = self._key_to_delete(session_key)
+        if session_key is not None:
+            self._layer.destroy(session_key, user)
+            self._forget_stored(session_key)
+
+    def _key_to_delete(self, session_key: str | None) -> str | None:
+        """The key ``delete(session_key)`` ends: after ``cycle_key()`` the
+        session still lives under its old key, the new one was never written."""
+        if session_key is not None:
+            return session_key
+        if not self._cycling:
+            return self.session_key
+        self._cycling = False
+        old_key, self._old_key = self._old_key, None
+        return old_key
+
+    def _forget_index(self) -> str | None:
+        """The user whose index holds this session (if known), forgotten."""
+        user = None if self._indexed is None else self._indexed[0]
         self._indexed = None
         return user
 
     def cycle_key(self) -> None:
-        data = self._session  # type: ignore[attr-defined]
-        old_key = self.session_key
-        ttl = self.get_expiry_age()
-        payload, index = self._prepared(data, ttl, moving=True)
-        for _ in range(CREATE_ATTEMPTS):
-            new_key = self._get_new_session_key()
-            outcome = self._layer.cycle(old_key, new_key, payload, ttl, index)
-            if self._accept_cycled(outcome, data, new_key, payload, index):
-                return
-        raise RuntimeError(_create_failed_message())
+        """Give the session a new key, written by the next save.
+
+        ``session_key`` is the new key at once. The save runs one script that
+        writes the new key with the final data and ends the old session, so a
+        login costs no round trip of its own; if the request never saves (an
+        exception), the old session stays as it was and the new key was never
+        written. A session ended elsewhere meanwhile fails that save with
+        ``UpdateError`` (``SessionInterrupted`` from the middleware).
+        """
+        self._session  # type: ignore[attr-defined]  # noqa: B018  # loaded first
+        self._begin_cycle()
+
+    def _begin_cycle(self) -> None:
+        if not self._cycling:
+            self._cycling = True
+            self._old_key = self.session_key
+        self._session_key = self._get_new_session_key()
+        self.modified = True
 
     @classmethod
     def clear_expired(cls) -> None:
@@ -312,6 +340,8 @@ class SessionStore(SessionBase):
 
         async def asave(self, must_create: bool = False) -> None:
             """See save()."""
+            if self._cycling:
+                return await self._asave_new_key()
             if self.session_key is None:
                 return await self.acreate()
             key = self.session_key
@@ -331,29 +361,34 @@ class SessionStore(SessionBase):
                 await self._layer.aunindex(user, key)
             return None
 
-        async def adelete(self, session_key: str | None = None) -> None:
-            """See delete()."""
-            if session_key is None:
-                if self.session_key is None:
-                    return
-                session_key = self.session_key
-            await self._layer.adestroy(session_key, self._indexed_user(session_key))
-            self._forget_stored(session_key)
-
-        async def acycle_key(self) -> None:
-            """See cycle_key()."""
-            data = await self._aget_session()  # type: ignore[attr-defined]
-            old_key = self.session_key
+        async def _asave_new_key(self) -> None:
+            """See _save_new_key()."""
+            data = await self._aget_session(no_load=True)  # type: ignore[attr-defined]
             ttl = await self.aget_expiry_age()
             payload, index = self._prepared(data, ttl, moving=True)
             for _ in range(CREATE_ATTEMPTS):
-                new_key = await self._aget_new_session_key()
+                key = self._session_key
+                assert key is not None
                 outcome = await self._layer.acycle(
-                    old_key, new_key, payload, ttl, index
+                    self._old_key, key, payload, ttl, index
                 )
-                if self._accept_cycled(outcome, data, new_key, payload, index):
+                if self._accept_cycled(outcome, key, payload, index):
                     return
+                self._session_key = await self._aget_new_session_key()
             raise RuntimeError(_create_failed_message())
+
+        async def adelete(self, session_key: str | None = None) -> None:
+            """See delete()."""
+            user = self._forget_index() if session_key is None else None
+            session_key = self._key_to_delete(session_key)
+            if session_key is not None:
+                await self._layer.adestroy(session_key, user)
+                self._forget_stored(session_key)
+
+        async def acycle_key(self) -> None:
+            """See cycle_key()."""
+            await self._aget_session()  # type: ignore[attr-defined]  # loaded first
+            self._begin_cycle()
 
 
 def _create_failed_message() -> str:
