@@ -24,26 +24,30 @@ from benchmarks import common
 PAYLOAD = json.dumps(common.SESSION, separators=(",", ":")).encode()
 
 
+def base(size: int) -> str:
+    """Every key of the ``size`` sessions run starts with this."""
+    return f"{common.NAMESPACE}{size}:"
+
+
 def prefix(size: int) -> str:
-    """The store's prefix for ``size`` sessions; SCAN MATCH must escape its ``[s]``."""
-    return f"{common.NAMESPACE}{size}[s]:"
+    """The store's prefix; its ``[s]`` must be escaped in a SCAN pattern."""
+    return f"{base(size)}[s]:"
 
 
 def fill(client: redis.Redis, size: int, *, extras: bool = False) -> None:
     """``size`` sessions laid out as the store writes them; with ``extras`` also
     tombstones (1 %) and decoys, which every SCAN must skip."""
-    pipe = client.pipeline(transaction=False)
+    pipe, start = client.pipeline(transaction=False), prefix(size)
     for index in range(size):
-        pipe.set(f"{prefix(size)}{{{index:032x}}}", PAYLOAD, px=3_600_000)
+        pipe.set(f"{start}{{{index:032x}}}", PAYLOAD, px=3_600_000)
         if len(pipe) == 10_000:
             pipe.execute()
     for index in range(size // 100 if extras else 0):
-        pipe.set(f"{prefix(size)}{{t{index:031x}}}:tombstone", "1", px=3_600_000)
+        pipe.set(f"{start}{{t{index:031x}}}:tombstone", "1", px=3_600_000)
     # Outside the pattern; the first would match it if "[s]" were not escaped.
     for index in range(max(300, size // 1000) if extras else 0):
         decoy = ("{}s:{{{}}}", "{}[s]:plain-{}", "{}[s]x:{{{}}}")[index % 3]
-        key = decoy.format(f"{common.NAMESPACE}{size}", f"{index:032x}")
-        pipe.set(key, PAYLOAD, px=3_600_000)
+        pipe.set(decoy.format(base(size), f"{index:032x}"), PAYLOAD, px=3_600_000)
     pipe.execute()
 
 
@@ -111,7 +115,9 @@ def bench(client: redis.Redis, size: int, args: argparse.Namespace) -> None:
         )
 
 
-def peak_memory(client: redis.Redis, url: str, size: int, args: Any) -> dict[str, int]:
+def peak_memory(
+    client: redis.Redis, url: str, size: int, args: argparse.Namespace
+) -> dict[str, int]:
     """Peak RSS growth (KiB) of one clear, each in a fresh interpreter."""
     growth = {}
     for kind in [RAW, *(f"store SCAN_COUNT={c}" for c in args.scan_counts), "naive"]:
@@ -128,15 +134,13 @@ def peak_memory(client: redis.Redis, url: str, size: int, args: Any) -> dict[str
     return growth
 
 
-def child(kind: str, url: str, prefix: str) -> None:
+def child(kind: str, url: str, store_prefix: str) -> None:
     """One clear in this fresh interpreter; prints the peak RSS growth in KiB."""
     scan_count = int(kind.partition("=")[2] or 1000)
-    common.configure(url, session_redis={"PREFIX": prefix, "SCAN_COUNT": scan_count})
-    client, pattern, store = (
-        redis.Redis.from_url(url),
-        common.scan_pattern(prefix),
-        common.store(),
-    )
+    config = {"PREFIX": store_prefix, "SCAN_COUNT": scan_count}
+    common.configure(url, session_redis=config)
+    client, store = redis.Redis.from_url(url), common.store()
+    pattern = common.scan_pattern(store_prefix)
     clears: dict[str, Callable[[], int]] = {
         RAW: partial(raw_clear, client, pattern),
         "naive": partial(naive_clear, client, pattern),
@@ -181,7 +185,7 @@ def main() -> None:
                 bench(client, size, args)
                 if not args.skip_memory:
                     growth[size] = peak_memory(client, url, size, args)
-                common.delete_under(client, f"{common.NAMESPACE}{size}")
+                common.delete_under(client, base(size))
     if growth:
         rows = [["peak RSS growth of one clear, KiB", *(f"{s:,}" for s in sizes)]]
         for kind in growth[sizes[0]]:
