@@ -32,7 +32,7 @@ from django_redis_sessions.testing import CommandLog, RedisServer
 LOG = CommandLog()
 #: Every key a run writes starts with this, and all of them go at the end.
 NAMESPACE = f"drs-bench-{secrets.token_hex(6)}:"
-#: A logged-in visitor's session, as Django's JSON serializer stores it.
+#: The data of a logged-in visitor's session.
 SESSION = {
     "_auth_user_id": "48213",
     "_auth_user_backend": "django.contrib.auth.backends.ModelBackend",
@@ -68,7 +68,7 @@ async def _rounds(
     for index in range(-1 if warmup else 0, rounds):
         step = f"round {index + 1}/{rounds}" if index >= 0 else "warm-up"
         print(f"  .. {step}", file=sys.stderr, flush=True)
-        # Rotated so that no variant always runs first, or right after another.
+        # Rotated so that no variant always runs first.
         shift = index % len(variants)
         for variant in [*variants[shift:], *variants[:shift]]:
             argument = n if variant.setup is None else await _call(variant.setup, n)
