@@ -1,127 +1,215 @@
-"""Helpers shared by the benchmark scripts.
+"""One harness for the benchmark scripts: variants x rounds -> a median ratio table.
 
-* ``LOG``: the round-trip counter, a ``django_redis_sessions.testing.CommandLog``
-  (every command sent, by name, through its connection classes);
-* ``server_url`` and ``add_redis_url_argument``: the server to run against,
-  given or throwaway, and the ``--redis-url`` option that names it;
-  ``server_version``: what that server says it is;
-* ``namespace_pattern``, ``unlink_matching`` and ``delete_namespace``: the
-  SCAN + UNLINK loop that removes the keys a run wrote;
-* ``rotated``: the running order of one round;
-* ``table``, ``ratio_cells`` and ``progress``: output.
+What is measured and how to read it: ``benchmarks/README.rst``.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import inspect
+import secrets
 import statistics
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any, TypeVar
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
 
+import django
 import redis
+from django.conf import settings
+from django.test.utils import override_settings
 
-from django_redis_sessions.store import glob_escape
-from django_redis_sessions.testing import CommandLog
+# Every name the scripts use from the package, so that a change of its
+# internals touches nothing here: the public API only.
+from django_redis_sessions import get_store
+from django_redis_sessions.backends.redis import SessionStore as SessionStore
+from django_redis_sessions.testing import CommandLog, RedisServer
 
-T = TypeVar("T")
-
-# --- Round trips ----------------------------------------------------------------
-
-#: Every command sent through ``LOG.connection_class`` (or its asyncio twin),
-#: one command per round trip.
+#: Every command sent through its connection classes: one per round trip.
 LOG = CommandLog()
+#: Every key a run writes starts with this, and all of them go at the end.
+NAMESPACE = f"drs-bench-{secrets.token_hex(6)}:"
+#: The data of a logged-in visitor's session.
+SESSION = {
+    "_auth_user_id": "48213",
+    "_auth_user_backend": "django.contrib.auth.backends.ModelBackend",
+    "_auth_user_hash": "3f1c" * 16,
+    "cart": [1017, 2203, 87],
+    "theme": "dark",
+}
 
 
-# --- The server -----------------------------------------------------------------
+@dataclass(frozen=True)
+class Variant:
+    """``run`` does the ``n`` operations, as a function or a coroutine function.
+
+    ``setup`` (untimed, before every run, sync or async) returns what ``run``
+    is given; without it ``run`` is given ``n``.
+    """
+
+    name: str
+    run: Callable[[Any], object]
+    setup: Callable[[int], object] | None = None
 
 
-@contextmanager
-def server_url(url: str | None) -> Iterator[tuple[str, str]]:
-    """Yield ``(url, origin)``: ``url`` if given, else a throwaway server's."""
-    if url is not None:
-        yield url, "given"
-        return
-    from django_redis_sessions.testing import RedisServer
-
-    with RedisServer() as server:
-        yield server.url, f"throwaway {server.version}"
+async def _call(function: Callable[[Any], object], argument: Any) -> Any:
+    result = function(argument)
+    return await result if inspect.isawaitable(result) else result
 
 
-def add_redis_url_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--redis-url",
-        help="use this server instead of a throwaway one; only keys under a "
-        "random drs-bench-*: namespace are written, and deleted at the end",
+async def _rounds(
+    variants: Sequence[Variant], n: int, rounds: int, warmup: bool
+) -> tuple[dict[str, list[float]], dict[str, int]]:
+    seconds: dict[str, list[float]] = {variant.name: [] for variant in variants}
+    trips: dict[str, int] = {}
+    for index in range(-1 if warmup else 0, rounds):
+        step = f"round {index + 1}/{rounds}" if index >= 0 else "warm-up"
+        print(f"  .. {step}", file=sys.stderr, flush=True)
+        # Rotated so that no variant always runs first.
+        shift = index % len(variants)
+        for variant in [*variants[shift:], *variants[:shift]]:
+            argument = n if variant.setup is None else await _call(variant.setup, n)
+            LOG.take()
+            start = time.perf_counter()
+            await _call(variant.run, argument)
+            elapsed = time.perf_counter() - start
+            trips[variant.name] = len(LOG.take())
+            if index >= 0:  # -1 is the untimed warm-up
+                seconds[variant.name].append(elapsed)
+    return seconds, trips
+
+
+def compare(
+    title: str,
+    variants: Sequence[Variant],
+    n: int,
+    *,
+    rounds: int,
+    warmup: bool = True,
+    per_op: bool = True,
+) -> None:
+    """Time every variant once per round and print the table under ``title``.
+
+    The first variant is the reference: each ratio is a variant's time over the
+    reference's time of the same round, median and range of the rounds.
+    Round trips are those of the last run, per operation or (``per_op``
+    False) in all.
+    """
+    seconds, trips = asyncio.run(_rounds(variants, n, rounds, warmup))
+    reference = seconds[variants[0].name]
+    rows = [["variant", "ops/s", "ratio", "range", f"RT/{'op' if per_op else 'run'}"]]
+    for name, times in seconds.items():
+        ratios = [mine / ref for mine, ref in zip(times, reference, strict=True)]
+        rate, median = n / statistics.median(times), statistics.median(ratios)
+        spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
+        trip = f"{trips[name] / n:.2f}" if per_op else f"{trips[name]:,}"
+        rows.append([name, f"{rate:,.0f}", f"{median:.2f}x", spread, trip])
+    print(f"\n{title}\n\n{table(rows)}", flush=True)
+
+
+def table(rows: Sequence[Sequence[str]]) -> str:
+    """Plain text: a header row, the first column left-aligned, others right."""
+    widths = [max(map(len, column)) for column in zip(*rows, strict=True)]
+
+    def line(row: Sequence[str]) -> str:
+        cells = zip(row, widths, strict=True)
+        return "  ".join(
+            c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(cells)
+        )
+
+    return "\n".join(
+        [line(rows[0]), line(["-" * w for w in widths]), *map(line, rows[1:])]
     )
 
 
-def server_version(client: redis.Redis) -> Any:
-    info = client.info("server")
-    return info.get("valkey_version") or info.get("redis_version")
+def parser(description: str | None) -> argparse.ArgumentParser:
+    """The options every script takes: ``--rounds`` and ``--redis-url``."""
+    found = argparse.ArgumentParser(description=description)
+    found.add_argument("--rounds", type=int, default=5, help="default 5")
+    found.add_argument(
+        "--redis-url",
+        help="this server instead of a throwaway one; only keys under a random "
+        "drs-bench-<hex>: namespace are written, and deleted at the end",
+    )
+    return found
 
 
-# --- Keys -----------------------------------------------------------------------
+@contextmanager
+def server(url: str | None) -> Iterator[str]:
+    """The URL to run against (a throwaway server's unless ``url`` is given);
+    every key under ``NAMESPACE`` is deleted at the end, never FLUSHDB."""
+    with ExitStack() as stack:
+        if url is None:
+            url = stack.enter_context(RedisServer()).url
+        client = stack.enter_context(redis.Redis.from_url(url))
+        info = client.info("server")
+        version = info.get("valkey_version") or info.get("redis_version")
+        print(
+            f"Server {version}, Django {django.get_version()}, redis-py "
+            f"{redis.__version__}, Python {sys.version.split()[0]}.",
+            flush=True,
+        )
+        try:
+            yield url
+        finally:
+            delete_under(client, NAMESPACE)
 
 
-def namespace_pattern(namespace: str) -> str:
-    """The SCAN pattern of every key under ``namespace``."""
-    return glob_escape(namespace) + "*"
-
-
-def unlink_matching(client: redis.Redis, pattern: str, count: int = 1000) -> int:
-    """UNLINK every key matching ``pattern``, one ``SCAN ... COUNT count`` batch
-    at a time; returns how many were deleted."""
-    deleted = 0
-    cursor = 0
-    while True:
-        cursor, keys = client.scan(cursor, match=pattern, count=count)
+def scan_pages(client: redis.Redis, pattern: str) -> Iterator[list[Any]]:
+    """A raw redis-py loop: each non-empty page of SCAN MATCH pattern COUNT 1000."""
+    cursor = None
+    while cursor != 0:
+        cursor, keys = client.scan(cursor or 0, match=pattern, count=1000)
         if keys:
-            deleted += int(client.unlink(*keys))
-        if not cursor:
-            return deleted
+            yield keys
 
 
-def delete_namespace(client: redis.Redis, namespace: str) -> int:
-    """UNLINK every key under ``namespace``."""
-    return unlink_matching(client, namespace_pattern(namespace))
+def delete_under(client: redis.Redis, prefix: str) -> None:
+    for keys in scan_pages(client, glob_escape(prefix) + "*"):
+        client.unlink(*keys)
 
 
-# --- Rounds and output ----------------------------------------------------------
+def glob_escape(text: str) -> str:
+    """``text`` matched literally by a SCAN MATCH pattern."""
+    return "".join(f"\\{char}" if char in "*?[]\\" else char for char in text)
 
 
-def rotated(items: Sequence[T], by: int) -> list[T]:
-    """``items`` rotated left by ``by``: the running order of round ``by``."""
-    shift = by % len(items)
-    return [*items[shift:], *items[:shift]]
+def scan_pattern(prefix: str) -> str:
+    """What the store scans: a data key is ``<prefix>{<key>}``, a tombstone is
+    not matched (it ends in ``:tombstone``)."""
+    return glob_escape(prefix) + "{*}"
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A plain-text table: the first column left-aligned, the others right."""
-    widths = [
-        max(len(str(cell)) for cell in column)
-        for column in zip(headers, *rows, strict=True)
-    ]
-
-    def line(cells: Sequence[str]) -> str:
-        first, *rest = cells
-        parts = [first.ljust(widths[0])]
-        parts += [
-            cell.rjust(width) for cell, width in zip(rest, widths[1:], strict=True)
-        ]
-        return "  ".join(parts).rstrip()
-
-    rule = "  ".join("-" * width for width in widths)
-    return "\n".join([line(headers), rule, *(line(row) for row in rows)])
+def configure(url: str, *, session_redis: dict[str, Any], **extra: Any) -> None:
+    """Django without a project; sessions under ``NAMESPACE`` unless told."""
+    settings.configure(
+        SECRET_KEY="django-redis-sessions-benchmark",
+        USE_TZ=True,
+        INSTALLED_APPS=["django.contrib.sessions"],
+        SESSION_REDIS={"URL": url, "PREFIX": f"{NAMESPACE}s:", **session_redis},
+        **extra,
+    )
+    django.setup()
 
 
-def ratio_cells(ratios: Sequence[float]) -> list[str]:
-    """The median of per-round ratios and their range, as two table cells."""
-    return [f"{statistics.median(ratios):.2f}", f"{min(ratios):.2f}-{max(ratios):.2f}"]
+class Store(Protocol):
+    """What the bulk benchmark uses of ``get_store()``."""
+
+    def exists(self, key: str) -> bool: ...
+    def count(self) -> int: ...
+    def all(self) -> Iterator[tuple[str, dict[str, Any]]]: ...
+    def clear(self) -> int: ...
 
 
-def progress(message: str) -> None:
-    """A progress line on stderr, after whatever stdout holds so far."""
-    sys.stdout.flush()
-    print(f"  .. {message}", file=sys.stderr, flush=True)
+def store(**session_redis: Any) -> Store:
+    """``get_store()`` with these ``SESSION_REDIS`` keys changed.
+
+    Built under ``override_settings``, used after it: a store keeps the
+    ``PREFIX`` and ``SCAN_COUNT`` it was built with, and rebuilding the client
+    inside every timed run would add a connection to it.
+    """
+    with override_settings(SESSION_REDIS={**settings.SESSION_REDIS, **session_redis}):
+        return get_store()
