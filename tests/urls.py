@@ -19,7 +19,12 @@ def write(request: HttpRequest) -> HttpResponse:
 
 
 def log_in(request: HttpRequest) -> HttpResponse:
-    """Log in the user whose primary key is ``?id=``."""
+    """Log in the user whose primary key is ``?id=``.
+
+    Without ``?id=`` it is where ``LOGIN_URL`` sends an anonymous visitor.
+    """
+    if "id" not in request.GET:
+        return HttpResponse("Anonymous: log in with ?id=USER_ID.")
     login(request, get_user_model().objects.get(pk=request.GET["id"]))
     return HttpResponse("in")
 
