@@ -19,12 +19,14 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from django.contrib.auth.models import User
 
-from tests.test_sessions_page import FIREFOX_ON_WINDOWS, PAGE
+from tests.utils import FIREFOX_ON_WINDOWS
 
 if TYPE_CHECKING:
     from selenium.webdriver.remote.webdriver import WebDriver
 
 pytestmark = pytest.mark.browser
+
+PAGE = "/account/sessions/"
 
 CHROME_FLAGS = [
     "--headless",

@@ -18,18 +18,11 @@ from django.test import Client
 
 from django_redis_sessions.keys import hashed_id
 from django_redis_sessions.views import describe_browser
+from tests.utils import CHROME_ON_ANDROID, FIREFOX_ON_WINDOWS
 
 PAGE = "/account/sessions/"
 END = "/account/sessions/end/"
 END_OTHERS = "/account/sessions/end-others/"
-
-FIREFOX_ON_WINDOWS = (
-    "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:128.0) Gecko/20100101 Firefox/128.0"
-)
-CHROME_ON_ANDROID = (
-    "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 "
-    "(KHTML, like Gecko) Chrome/126.0.0.0 Mobile Safari/537.36"
-)
 
 
 class Browsers:
