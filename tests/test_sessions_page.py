@@ -16,6 +16,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
+from django_redis_sessions import get_store
 from django_redis_sessions.keys import hashed_id
 from django_redis_sessions.views import describe_browser
 from tests.utils import CHROME_ON_ANDROID, FIREFOX_ON_WINDOWS
@@ -225,6 +226,25 @@ def test_end_all_other_sessions_ends_every_session_of_the_user_but_this_one(
     assert not is_logged_in(third)
     assert is_logged_in(mine)
     assert is_logged_in(bobs)
+
+
+@pytest.mark.django_db
+def test_the_readmes_password_change_ends_every_other_session_at_once(
+    browsers: Browsers, alice: User
+) -> None:
+    mine, second, third = (browsers.log_in(alice) for _ in range(3))
+    others = [client.cookies["sessionid"].value for client in (second, third)]
+    new_password = {"new_password1": "n3w-pass", "new_password2": "n3w-pass"}
+
+    response = mine.post("/password/", {"old_password": "x", **new_password})
+
+    assert response.status_code == 302
+    assert response["Location"] == "/read/"
+    # Gone from Redis now, not only refused at their next request by Django's
+    # check of the password hash.
+    assert not any(get_store().exists(key) for key in others)
+    assert row_ids(browsers.page(mine)) == [page_id(mine)]
+    assert not is_logged_in(second)
 
 
 @pytest.mark.django_db
