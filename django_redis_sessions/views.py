@@ -1,8 +1,8 @@
 """The "Your sessions" page: where the logged-in user is logged in.
 
 ``path("account/sessions/", include("django_redis_sessions.urls"))`` gives a
-list of the user's sessions (this device first and marked), an "End" button
-per other session and "End all other sessions". Every action is a POST with
+list of the user's sessions (this device first and marked), an "End session"
+button per other session and "End all other sessions". Every action is a POST with
 Django's CSRF protection.
 
 The page names each session by its hashed id, ``"#" + base64url(SHA-256(key))``,
@@ -63,7 +63,7 @@ _SYSTEMS = [
 
 
 def describe_browser(user_agent: str) -> str | None:
-    """ "Firefox on Windows" for a ``User-Agent``; None if it names neither."""
+    """A name like "Firefox on Windows" for a ``User-Agent``; None if it has none."""
     browser = next((name for mark, name in _BROWSERS if mark in user_agent), None)
     system = next((name for mark, name in _SYSTEMS if mark in user_agent), None)
     if browser and system:
