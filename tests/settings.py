@@ -40,6 +40,8 @@ TEMPLATES = [
     }
 ]
 LOGIN_URL = "/login/"
+# The live server of the browser tests serves static files from here.
+STATIC_URL = "/static/"
 DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
 ROOT_URLCONF = "tests.urls"
 SESSION_ENGINE = "django_redis_sessions.backends.redis"

@@ -21,7 +21,8 @@ from django.contrib.auth.models import User
 from django.test import Client, override_settings
 
 from django_redis_sessions import get_store
-from tests.utils import data_name
+from django_redis_sessions.keys import hashed_id
+from tests.utils import CHROME_ON_ANDROID, FIREFOX_ON_WINDOWS, data_name
 
 ROOT = Path(__file__).resolve().parent.parent
 #: What the demo adds to the suite's settings; SESSION_REDIS stays the suite's.
@@ -46,6 +47,8 @@ def demo(
     # The demo's settings module reads SESSION_REDIS_URL when first imported.
     monkeypatch.setenv("SESSION_REDIS_URL", redis_url)
     module = importlib.import_module("example.demo.settings")
+    metadata = module.SESSION_REDIS["USER_INDEX_METADATA"]
+    session_redis["USER_INDEX_METADATA"] = metadata
     with override_settings(**{name: getattr(module, name) for name in DEMO_SETTINGS}):
         yield
 
@@ -61,9 +64,11 @@ def press(client: Client, times: int = 1) -> None:
         assert response["Location"] == "/"
 
 
-def logged_in_client(username: str) -> tuple[Client, User]:
-    user = User.objects.create_user(username=username, password="secret")
-    client = Client()
+def logged_in_client(username: str, **defaults: Any) -> tuple[Client, User]:
+    user = User.objects.filter(username=username).first()
+    if user is None:
+        user = User.objects.create_user(username=username, password="secret")
+    client = Client(**defaults)
     response = client.post("/login/", {"username": username, "password": "secret"})
     assert response.status_code == 302
     return client, user
@@ -223,10 +228,68 @@ def test_every_form_needs_its_csrf_token() -> None:
     client = Client(enforce_csrf_checks=True)
     page = client.get("/")
     assert b"csrfmiddlewaretoken" in page.content
-    for url in ["/", "/login/", "/logout/", "/sessions/end/"]:
+    for url in [
+        "/",
+        "/login/",
+        "/logout/",
+        "/sessions/end/",
+        "/account/sessions/end/",
+        "/account/sessions/end-others/",
+    ]:
         assert client.post(url).status_code == 403, url
     token = client.cookies["csrftoken"].value
     assert client.post("/", {"csrfmiddlewaretoken": token}).status_code == 302
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("demo")
+def test_your_sessions_is_linked_once_logged_in() -> None:
+    visitor = Client()
+    assert b'href="/account/sessions/"' not in visitor.get("/sessions/").content
+    response = visitor.get("/account/sessions/")
+    assert response.status_code == 302
+    assert response["Location"] == "/login/?next=/account/sessions/"
+
+    alice, _ = logged_in_client("alice")
+    assert b'<a href="/account/sessions/">Your sessions</a>' in alice.get("/").content
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("demo")
+def test_your_sessions_in_two_browsers_end_the_other_one() -> None:
+    laptop, _ = logged_in_client(
+        "alice", HTTP_USER_AGENT=FIREFOX_ON_WINDOWS, REMOTE_ADDR="203.0.113.7"
+    )
+    phone, _ = logged_in_client(
+        "alice", HTTP_USER_AGENT=CHROME_ON_ANDROID, REMOTE_ADDR="198.51.100.4"
+    )
+    press(phone, 2)
+    phone_id = hashed_id(session_key(phone))
+
+    response = laptop.get("/account/sessions/")
+
+    html = response.content.decode()
+    # The package's page in the demo's layout: its nav, its title.
+    assert "<strong>django-redis-sessions demo</strong>" in html
+    assert "<title>Your sessions · django-redis-sessions demo</title>" in html
+    assert [row.id for row in response.context["rows"]] == [
+        hashed_id(session_key(laptop)),
+        phone_id,
+    ]
+    for shown in ("Firefox on Windows", "203.0.113.7", "Chrome on Android"):
+        assert shown in html
+    assert "198.51.100.4" in html
+    for key in (session_key(laptop), session_key(phone)):
+        assert key not in html
+
+    response = laptop.post("/account/sessions/end/", {"id": phone_id}, follow=True)
+
+    assert response.redirect_chain == [("/account/sessions/", 302)]
+    assert "Ended that session: it is logged out." in response.content.decode()
+    assert len(response.context["rows"]) == 1
+    response = phone.get("/")
+    assert response.context["user"].is_anonymous
+    assert response.context["counter"] == 0
 
 
 def test_run_py_check_starts_and_stops_its_own_redis() -> None:

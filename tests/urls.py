@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib.auth import get_user_model, login, logout
+from django.contrib.auth import views as auth_views
 from django.http import HttpRequest, HttpResponse
 from django.urls import include, path
 
@@ -19,7 +22,12 @@ def write(request: HttpRequest) -> HttpResponse:
 
 
 def log_in(request: HttpRequest) -> HttpResponse:
-    """Log in the user whose primary key is ``?id=``."""
+    """Log in the user whose primary key is ``?id=``.
+
+    Without ``?id=`` it is where ``LOGIN_URL`` sends an anonymous visitor.
+    """
+    if "id" not in request.GET:
+        return HttpResponse("Anonymous: log in with ?id=USER_ID.")
     login(request, get_user_model().objects.get(pk=request.GET["id"]))
     return HttpResponse("in")
 
@@ -33,8 +41,20 @@ def log_out_others(request: HttpRequest) -> HttpResponse:
     return HttpResponse(str(logout_other_sessions(request)))
 
 
+class PasswordChangeView(auth_views.PasswordChangeView):
+    """The README's password change that ends every other session."""
+
+    success_url = "/read/"
+
+    def form_valid(self, form: Any) -> HttpResponse:
+        response = super().form_valid(form)  # keeps this device logged in
+        logout_other_sessions(self.request)
+        return response
+
+
 urlpatterns = [
     path("logout-others/", log_out_others),
+    path("password/", PasswordChangeView.as_view()),
     path("account/sessions/", include("django_redis_sessions.urls")),
     path("read/", read),
     path("write/", write),

@@ -23,6 +23,15 @@ needs_async_backend = pytest.mark.skipif(
     django.VERSION < (5, 1), reason="SessionBase has asyncio methods from Django 5.1"
 )
 
+#: Browsers other than the test client, for the sessions page's metadata.
+FIREFOX_ON_WINDOWS = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:128.0) Gecko/20100101 Firefox/128.0"
+)
+CHROME_ON_ANDROID = (
+    "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 "
+    "(KHTML, like Gecko) Chrome/126.0.0.0 Mobile Safari/537.36"
+)
+
 
 class LostReplies:
     """Connection classes that can lose the reply of the next command.

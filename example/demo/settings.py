@@ -26,9 +26,15 @@ def _redis_url() -> str:
         ) from None
 
 
-# The point of the demo: sessions in Redis, under their own prefix.
+# The point of the demo: sessions in Redis, under their own prefix. The "Your
+# sessions" page (/account/sessions/) shows each login's IP and browser, which
+# SessionMetadataMiddleware hands over and USER_INDEX_METADATA keeps.
 SESSION_ENGINE = "django_redis_sessions.backends.redis"
-SESSION_REDIS = {"URL": _redis_url(), "PREFIX": "demo-sessions:"}
+SESSION_REDIS = {
+    "URL": _redis_url(),
+    "PREFIX": "demo-sessions:",
+    "USER_INDEX_METADATA": ("ip", "user_agent"),
+}
 # Short, so the expiry countdown on /sessions/ visibly moves.
 SESSION_COOKIE_AGE = 30 * 60
 
@@ -43,12 +49,15 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
-    "django_redis_sessions",
+    # Before django_redis_sessions: its templates override the package's, so
+    # the "Your sessions" page has the demo's layout.
     "example.demo",
+    "django_redis_sessions",
 ]
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    "django_redis_sessions.middleware.SessionMetadataMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",

@@ -1,9 +1,9 @@
-"""The demo's pages: a counter, login/logout, and every live session."""
+"""The demo's pages: a counter, login/logout, every live session, and yours."""
 
 from __future__ import annotations
 
 from django.contrib.auth import views as auth_views
-from django.urls import path
+from django.urls import include, path
 
 from example.demo import views
 
@@ -20,4 +20,7 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("sessions/", views.sessions, name="sessions"),
     path("sessions/end/", views.end_session, name="end_session"),
+    # The package's "Your sessions" page, in the demo's layout (see
+    # templates/django_redis_sessions/base.html).
+    path("account/sessions/", include("django_redis_sessions.urls")),
 ]
