@@ -285,6 +285,15 @@ class SessionStore(SessionBase):
         self._indexed = None
         return user
 
+    @property
+    def stored_key(self) -> str | None:
+        """The key the session lives under in Redis right now.
+
+        ``session_key`` itself, except between ``cycle_key()`` and the save
+        that performs it, when the session still lives under its old key.
+        """
+        return self._old_key if self._cycling else self.session_key
+
     def cycle_key(self) -> None:
         """Give the session a new key, written by the next save.
 
