@@ -18,7 +18,8 @@ from __future__ import annotations
 import math
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from functools import partial
 from typing import Any
 
 import redis.asyncio.cluster
@@ -28,6 +29,16 @@ from django.dispatch import receiver
 from redis.exceptions import ResponseError
 
 from django_redis_sessions import scripts
+from django_redis_sessions.bulk import (
+    DEDUPE_BATCHES,
+    amerged,
+    anode_batches,
+    aunlink_on,
+    merged,
+    node_batches,
+    scan_nodes,
+    unlink_on,
+)
 from django_redis_sessions.client import clients
 from django_redis_sessions.conf import SETTING_NAME, conf
 from django_redis_sessions.keys import (
@@ -45,12 +56,6 @@ from django_redis_sessions.keys import (
 from django_redis_sessions.payloads import log_corrupt
 from django_redis_sessions.scripts import Outcome
 from django_redis_sessions.user_index import IndexWrite
-
-#: How many recent SCAN batches are remembered to drop duplicates. SCAN
-#: repeats a key only when the keyspace shrinks mid-iteration, and the repeated
-#: keys come from the buckets visited just before, so a window of recent
-#: batches catches them while memory stays flat however many sessions exist.
-DEDUPE_BATCHES = 10
 
 
 def ttl_milliseconds(seconds: float) -> int:
@@ -728,45 +733,62 @@ class RedisLayer:
         """Batches of data names under the prefix, each name once.
 
         ``sessions_only`` keeps the names that can hold a session (string
-        values, UTF-8 names); without it every name of the pattern comes back,
-        which is what ``clear`` deletes. ``remember`` is the dedupe window in
-        batches (0: none, for callers that need no exact count).
+        values, UTF-8 names); without it every name of the pattern comes back.
+        ``remember`` is the dedupe window in batches (0: none, for callers that
+        need no exact count). On Cluster every primary is scanned at once.
         """
-        client = self._client()
-        recent = RecentKeys(remember)
-        pattern = scan_pattern(self.prefix)
         kind = "string" if sessions_only else None
-        for node in scan_nodes(client):
-            cursor = 0
-            while True:
-                cursor, names = node.scan(
-                    cursor, match=pattern, count=self.scan_count, _type=kind
-                )
-                if batch := recent.fresh(names):
-                    yield session_names(batch) if sessions_only else batch
-                if not int(cursor):
-                    break
+        pattern = scan_pattern(self.prefix)
+        sources = [
+            partial(node_batches, node, pattern, self.scan_count, kind, remember)
+            for node in scan_nodes(self._client())
+        ]
+        for batch in merged(sources):
+            yield session_names(batch) if sessions_only else batch
 
     async def ascan(
         self, *, remember: int = DEDUPE_BATCHES, sessions_only: bool = True
     ) -> AsyncIterator[list[bytes]]:
         """See scan()."""
-        client = self._async_client()
-        if isinstance(client, redis.asyncio.cluster.RedisCluster):
-            await client.initialize()  # it learns its nodes lazily
-        recent = RecentKeys(remember)
-        pattern = scan_pattern(self.prefix)
         kind = "string" if sessions_only else None
-        for node in scan_nodes(client):
-            cursor = 0
-            while True:
-                cursor, names = await _ascan_page(
-                    node, cursor, pattern, self.scan_count, kind
-                )
-                if batch := recent.fresh(names):
-                    yield session_names(batch) if sessions_only else batch
-                if not int(cursor):
-                    break
+        pattern = scan_pattern(self.prefix)
+        sources = [
+            partial(anode_batches, node, pattern, self.scan_count, kind, remember)
+            for node in await _ascan_nodes(self._async_client())
+        ]
+        async for batch in amerged(sources):
+            yield session_names(batch) if sessions_only else batch
+
+    def clear_batches(self) -> Iterator[int]:
+        """Delete every name of the session pattern, batch by batch.
+
+        Yields how many each batch deleted (``UNLINK`` counts only names that
+        existed, so SCAN's repeats need no filtering and the total is exact).
+        Tombstones are not touched. On Cluster every primary is cleared at
+        once, each batch on its own node, one ``UNLINK`` per slot.
+        """
+        pattern = scan_pattern(self.prefix)
+        nodes = scan_nodes(self._client())
+        per_slot = len(nodes) > 1
+
+        def clear(node: Any) -> Iterator[int]:
+            for names in node_batches(node, pattern, self.scan_count, None, 0):
+                yield unlink_on(node, names, per_slot=per_slot)
+
+        yield from merged([partial(clear, node) for node in nodes])
+
+    async def aclear_batches(self) -> AsyncIterator[int]:
+        """See clear_batches()."""
+        pattern = scan_pattern(self.prefix)
+        nodes = await _ascan_nodes(self._async_client())
+        per_slot = len(nodes) > 1
+
+        async def clear(node: Any) -> AsyncIterator[int]:
+            async for names in anode_batches(node, pattern, self.scan_count, None, 0):
+                yield await aunlink_on(node, names, per_slot=per_slot)
+
+        async for deleted in amerged([partial(clear, node) for node in nodes]):
+            yield deleted
 
     def plain_names(self, names: list[bytes]) -> list[bytes]:
         """The data names in ``names`` that are not under an id: what rehash moves."""
@@ -818,80 +840,11 @@ class RedisLayer:
             return list(await client.mget_nonatomic(names))
         return list(await client.mget(names))
 
-    def unlink(self, names: list[bytes]) -> int:
-        """Delete ``names``; how many existed."""
-        return int(self._client().unlink(*names))
 
-    async def aunlink(self, names: list[bytes]) -> int:
-        """See unlink()."""
-        return int(await self._async_client().unlink(*names))
-
-
-class RecentKeys:
-    """Drops keys SCAN already returned in recent non-empty batches.
-
-    It remembers at least the last ``batches`` batches and at most twice as
-    many: two generations of keys, the older dropped whole when the newer is
-    full, so forgetting costs nothing. With ``batches=0`` every page passes
-    through untouched.
-    """
-
-    def __init__(self, batches: int) -> None:
-        self._limit = batches
-        self._current: set[bytes] = set()
-        self._previous: set[bytes] = set()
-        self._current_batches = 0
-
-    def fresh(self, keys: Iterable[bytes]) -> list[bytes]:
-        page = keys if isinstance(keys, list) else list(keys)
-        if not self._limit:
-            return page
-        current, previous = self._current, self._previous
-        # The common case, no repeat at all, stays in C: two lookups and one
-        # insertion per key. This is the whole cost of deduplicating.
-        if current.isdisjoint(page) and previous.isdisjoint(page):
-            before = len(current)
-            current.update(page)
-            if len(current) - before == len(page):
-                fresh = page
-            else:
-                fresh = list(dict.fromkeys(page))
-        else:
-            candidates = dict.fromkeys(page)
-            fresh = [k for k in candidates if k not in current and k not in previous]
-            current.update(fresh)
-        if fresh:
-            # An empty page visited no key, so it must not push out of the
-            # window the batches whose keys SCAN may still repeat.
-            self._current_batches += 1
-            if self._current_batches >= self._limit:
-                self._previous, self._current = current, set()
-                self._current_batches = 0
-        return fresh
-
-
-def scan_nodes(client: Any) -> list[Any]:
-    """What to SCAN: the client itself, or each primary of a Redis Cluster."""
-    if isinstance(client, redis.cluster.RedisCluster):
-        primaries = client.get_primaries()  # type: ignore[no-untyped-call]
-        return [client.get_redis_connection(node) for node in primaries]
+async def _ascan_nodes(client: Any) -> list[Any]:
     if isinstance(client, redis.asyncio.cluster.RedisCluster):
-        return list(client.get_primaries())
-    return [client]
-
-
-async def _ascan_page(
-    node: Any, cursor: int, pattern: str, count: int, kind: str | None
-) -> tuple[int, list[bytes]]:
-    if isinstance(node, redis.asyncio.cluster.ClusterNode):
-        args: tuple[Any, ...] = ("SCAN", cursor, "MATCH", pattern, "COUNT", count)
-        if kind is not None:
-            args += ("TYPE", kind)
-        reply = await node.execute_command(*args)
-    else:
-        reply = await node.scan(cursor, match=pattern, count=count, _type=kind)
-    next_cursor, names = reply
-    return int(next_cursor), list(names)
+        await client.initialize()  # it learns its nodes lazily
+    return scan_nodes(client)
 
 
 _layer: RedisLayer | None = None

@@ -261,15 +261,11 @@ class RedisSessionStore:
         Tombstones are not touched (not re-armed, not removed). If it fails
         half-way, running it again finishes the job.
         """
-        # UNLINK counts only names that existed, so SCAN's repeats need no
-        # filtering here: the total is exact and memory stays at one batch.
-        scan = self._layer.scan(remember=0, sessions_only=False)
-        return sum(self._layer.unlink(names) for names in scan)
+        return sum(self._layer.clear_batches())
 
     async def aclear(self) -> int:
         """See clear()."""
-        scan = self._layer.ascan(remember=0, sessions_only=False)
-        return sum([await self._layer.aunlink(names) async for names in scan])
+        return sum([deleted async for deleted in self._layer.aclear_batches()])
 
     def _sessions(
         self, names: list[bytes], values: list[bytes | None]

@@ -354,16 +354,16 @@ def many_sessions(prefix: str) -> int:
 
 @pytest.fixture
 def batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """What each UNLINK of the command's clear deleted, in order."""
+    """What each batch of the command's clear deleted, in order."""
     deleted: list[int] = []
-    unlink = RedisLayer.unlink
+    clear_batches = RedisLayer.clear_batches
 
-    def recording(layer: RedisLayer, names: list[bytes]) -> int:
-        count = unlink(layer, names)
-        deleted.append(count)
-        return count
+    def recording(layer: RedisLayer) -> Iterator[int]:
+        for count in clear_batches(layer):
+            deleted.append(count)
+            yield count
 
-    monkeypatch.setattr(RedisLayer, "unlink", recording)
+    monkeypatch.setattr(RedisLayer, "clear_batches", recording)
     return deleted
 
 

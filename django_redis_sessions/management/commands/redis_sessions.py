@@ -214,9 +214,8 @@ class Command(BaseCommand):
                 "command again to finish.",
             ),
         ):
-            # UNLINK counts only names that existed: no dedupe window.
-            for names in layer.scan(remember=0, sessions_only=False):
-                progress.add(layer.unlink(names))
+            for deleted in layer.clear_batches():
+                progress.add(deleted)
         return progress.count
 
     def _rehash(self, layer: RedisLayer, *, dry_run: bool) -> None:

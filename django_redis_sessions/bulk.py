@@ -1,0 +1,235 @@
+"""SCAN batches on one server, or on every primary of a Redis Cluster at once.
+
+``node_batches`` walks one node's keyspace a batch at a time, dropping the
+names SCAN repeats. On Cluster, ``merged`` (threads) and ``amerged`` (asyncio
+tasks) walk every primary concurrently and hand their batches over as they
+come, through a queue of one batch per node, so memory stays flat and the
+whole takes about as long as the largest primary. ``unlink_on`` deletes a
+batch on the node it came from, one ``UNLINK`` per slot in one pipeline, so
+no command ever spans two slots and a batch costs one round trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
+
+import redis.asyncio.cluster
+import redis.cluster
+from redis.crc import key_slot
+
+T = TypeVar("T")
+
+#: How many recent SCAN batches are remembered to drop duplicates. SCAN
+#: repeats a key only when the keyspace shrinks mid-iteration, and the repeated
+#: keys come from the buckets visited just before, so a window of recent
+#: batches catches them while memory stays flat however many sessions exist.
+DEDUPE_BATCHES = 10
+
+
+class RecentKeys:
+    """Drops keys SCAN already returned in recent non-empty batches.
+
+    It remembers at least the last ``batches`` batches and at most twice as
+    many: two generations of keys, the older dropped whole when the newer is
+    full, so forgetting costs nothing. With ``batches=0`` every page passes
+    through untouched.
+    """
+
+    def __init__(self, batches: int) -> None:
+        self._limit = batches
+        self._current: set[bytes] = set()
+        self._previous: set[bytes] = set()
+        self._current_batches = 0
+
+    def fresh(self, keys: Iterable[bytes]) -> list[bytes]:
+        page = keys if isinstance(keys, list) else list(keys)
+        if not self._limit:
+            return page
+        current, previous = self._current, self._previous
+        # The common case, no repeat at all, stays in C: two lookups and one
+        # insertion per key. This is the whole cost of deduplicating.
+        if current.isdisjoint(page) and previous.isdisjoint(page):
+            before = len(current)
+            current.update(page)
+            if len(current) - before == len(page):
+                fresh = page
+            else:
+                fresh = list(dict.fromkeys(page))
+        else:
+            candidates = dict.fromkeys(page)
+            fresh = [k for k in candidates if k not in current and k not in previous]
+            current.update(fresh)
+        if fresh:
+            # An empty page visited no key, so it must not push out of the
+            # window the batches whose keys SCAN may still repeat.
+            self._current_batches += 1
+            if self._current_batches >= self._limit:
+                self._previous, self._current = current, set()
+                self._current_batches = 0
+        return fresh
+
+
+def scan_nodes(client: Any) -> list[Any]:
+    """What to SCAN: the client itself, or each primary of a Redis Cluster."""
+    if isinstance(client, redis.cluster.RedisCluster):
+        primaries = client.get_primaries()  # type: ignore[no-untyped-call]
+        return [client.get_redis_connection(node) for node in primaries]
+    if isinstance(client, redis.asyncio.cluster.RedisCluster):
+        return list(client.get_primaries())
+    return [client]
+
+
+def node_batches(
+    node: Any, pattern: str, count: int, kind: str | None, remember: int
+) -> Iterator[list[bytes]]:
+    """One node's names matching ``pattern`` (of type ``kind``), batch by batch."""
+    recent = RecentKeys(remember)
+    cursor = 0
+    while True:
+        cursor, names = node.scan(cursor, match=pattern, count=count, _type=kind)
+        if batch := recent.fresh(names):
+            yield batch
+        if not int(cursor):
+            return
+
+
+async def anode_batches(
+    node: Any, pattern: str, count: int, kind: str | None, remember: int
+) -> AsyncIterator[list[bytes]]:
+    """See node_batches()."""
+    recent = RecentKeys(remember)
+    cursor = 0
+    while True:
+        if isinstance(node, redis.asyncio.cluster.ClusterNode):
+            args: tuple[Any, ...] = ("SCAN", cursor, "MATCH", pattern, "COUNT", count)
+            if kind is not None:
+                args += ("TYPE", kind)
+            cursor, names = await node.execute_command(*args)
+        else:
+            cursor, names = await node.scan(
+                cursor, match=pattern, count=count, _type=kind
+            )
+        if batch := recent.fresh(list(names)):
+            yield batch
+        if not int(cursor):
+            return
+
+
+def merged(sources: Sequence[Callable[[], Iterator[T]]]) -> Iterator[T]:
+    """The items of several iterators as they come, each run in its own thread.
+
+    A worker waits while the item it made is not taken, so at most one item
+    per source is in memory; closing the generator stops every worker after
+    its current call. The first error of any worker is raised here.
+    """
+    if len(sources) == 1:
+        yield from sources[0]()
+        return
+    items: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=len(sources))
+    stop = threading.Event()
+
+    def offer(entry: tuple[bool, Any]) -> None:
+        while not stop.is_set():
+            try:
+                items.put(entry, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def work(source: Callable[[], Iterator[T]]) -> None:
+        try:
+            for item in source():
+                if stop.is_set():
+                    return
+                offer((False, item))
+        except BaseException as error:
+            offer((True, error))
+        else:
+            offer((True, None))
+
+    threads = [threading.Thread(target=work, args=(source,)) for source in sources]
+    for thread in threads:
+        thread.start()
+    try:
+        running = len(threads)
+        while running:
+            done, value = items.get()
+            if not done:
+                yield value
+            elif value is None:
+                running -= 1
+            else:
+                raise value
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+
+
+async def amerged(
+    sources: Sequence[Callable[[], AsyncIterator[T]]],
+) -> AsyncIterator[T]:
+    """See merged(): the same with one asyncio task per source."""
+    if len(sources) == 1:
+        async for item in sources[0]():
+            yield item
+        return
+    items: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue(maxsize=len(sources))
+
+    async def work(source: Callable[[], AsyncIterator[T]]) -> None:
+        try:
+            async for item in source():
+                await items.put((False, item))
+        except asyncio.CancelledError:
+            raise
+        except BaseException as error:
+            await items.put((True, error))
+        else:
+            await items.put((True, None))
+
+    tasks = [asyncio.ensure_future(work(source)) for source in sources]
+    try:
+        running = len(tasks)
+        while running:
+            done, value = await items.get()
+            if not done:
+                yield value
+            elif value is None:
+                running -= 1
+            else:
+                raise value
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _by_slot(names: list[bytes]) -> list[list[bytes]]:
+    slots: dict[int, list[bytes]] = {}
+    for name in names:
+        slots.setdefault(key_slot(name), []).append(name)
+    return list(slots.values())
+
+
+def unlink_on(node: Any, names: list[bytes], *, per_slot: bool) -> int:
+    """``UNLINK`` ``names`` on ``node``: one round trip; how many existed."""
+    if not per_slot:
+        return int(node.unlink(*names))
+    pipeline = node.pipeline(transaction=False)
+    for group in _by_slot(names):
+        pipeline.unlink(*group)
+    return sum(int(deleted) for deleted in pipeline.execute())
+
+
+async def aunlink_on(node: Any, names: list[bytes], *, per_slot: bool) -> int:
+    """See unlink_on(); the per-slot commands are sent concurrently."""
+    if not per_slot:
+        return int(await node.unlink(*names))
+    counts = await asyncio.gather(
+        *(node.execute_command("UNLINK", *group) for group in _by_slot(names))
+    )
+    return sum(int(deleted) for deleted in counts)
