@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import redis.asyncio.cluster
@@ -77,6 +77,18 @@ def is_cluster(client: Any) -> bool:
 def _written(reply: Any) -> Outcome:
     """The outcome of ``SET ... XX`` or ``PEXPIRE``: nothing if no session."""
     return Outcome.WRITTEN if reply else Outcome.MISSING
+
+
+def _created(existed: Any, reply: Any) -> Outcome:
+    """The outcome of one pipelined ``EXISTS`` + ``CREATE`` pair."""
+    # Redis before 7 wraps an error raised inside a script in its own text.
+    if isinstance(reply, ResponseError) and "WRONGTYPE" in str(reply):
+        return Outcome.EXISTS
+    for error in (existed, reply):
+        if isinstance(error, Exception):
+            raise error
+    outcome = Outcome(int(reply))
+    return Outcome.EXISTS if outcome is Outcome.WRITTEN and existed else outcome
 
 
 def _seconds(pttl: int) -> float | None:
@@ -297,6 +309,63 @@ class RedisLayer:
             self._async_client(), scripts.CREATE, self._names(key), (payload, ttl_ms)
         )
         return Outcome(reply)
+
+    def create_many(self, items: Sequence[tuple[str, bytes, float]]) -> list[Outcome]:
+        """``create()`` of many ``(key, payload, ttl)``, pipelined, for an import.
+
+        One outcome per item, in order. One round trip on one server; on a
+        Cluster, one per primary (redis-py's cluster pipeline routes each
+        ``EVALSHA`` by its keys, which share one slot). Unlike ``create()``,
+        a key already holding this very payload answers EXISTS: the import run
+        again creates nothing and says so. A name holding a value that is not
+        a string answers EXISTS too; it is never overwritten. Only the import
+        command calls this, which is sync, hence no asyncio twin.
+        """
+        client = self._client()
+        outcomes: list[Outcome | None] = []
+        pipeline = client.pipeline(transaction=False)
+        sha = scripts.sha(scripts.CREATE)
+        for key, payload, ttl in items:
+            check_key(key)
+            ttl_ms = ttl_milliseconds(ttl)
+            if not ttl_ms:
+                outcomes.append(Outcome.EXPIRED)
+                continue
+            names = self._names(key)
+            # EXISTS first, on the same connection: CREATE itself reports
+            # WRITTEN for an identical payload, to recognize its own retry.
+            # execute_command, because a cluster pipeline refuses .evalsha().
+            pipeline.execute_command("EXISTS", names[0])
+            pipeline.execute_command("EVALSHA", sha, 2, *names, payload, ttl_ms)
+            outcomes.append(None)
+        replies: Iterator[Any] = iter(())
+        if len(pipeline):
+            scripts.load(client, scripts.CREATE)
+            replies = iter(pipeline.execute(raise_on_error=False))
+        return [
+            _created(next(replies), next(replies)) if outcome is None else outcome
+            for outcome in outcomes
+        ]
+
+    def leave_tombstone(self, key: str, ttl: float) -> bool:
+        """Leave a tombstone for ``key`` unless one is there; True if this call did.
+
+        Marks a session of another engine as moved here, so it is taken once.
+        """
+        name = self.tombstone_name(key)
+        ttl_ms = max(1, ttl_milliseconds(ttl))
+        return bool(
+            self._client().execute_command("SET", name, b"1", "PX", ttl_ms, "NX")
+        )
+
+    async def aleave_tombstone(self, key: str, ttl: float) -> bool:
+        """See leave_tombstone()."""
+        name = self.tombstone_name(key)
+        ttl_ms = max(1, ttl_milliseconds(ttl))
+        reply = await self._async_client().execute_command(
+            "SET", name, b"1", "PX", ttl_ms, "NX"
+        )
+        return bool(reply)
 
     def set(self, key: str, payload: bytes, ttl: float) -> Outcome:
         """Write unless a tombstone blocks ``key`` (TOMBSTONED)."""
