@@ -25,6 +25,7 @@ from django.core import checks
 from django.utils.module_loading import import_string
 
 from django_redis_sessions.conf import DEFAULTS, SETTING_NAME, is_secret, redact_url
+from django_redis_sessions.migration import engine_problem
 from django_redis_sessions.redis_arguments import (
     ARGUMENT_TYPES,
     PARSER_EXPECTS,
@@ -431,6 +432,14 @@ _RULES: dict[str, _Rule] = {
         'name, to "migrate" while sessions written under plain keys still '
         "live, or to False for the plain layout.",
         _unless(lambda value: value is True or value is False or value == "migrate"),
+    ),
+    "MIGRATE_FROM": _Rule(
+        "E024",
+        "None or the dotted path of another session engine",
+        "Set MIGRATE_FROM to the SESSION_ENGINE sessions are moved from, e.g. "
+        "'django.contrib.sessions.backends.db', while switching to this engine, "
+        "or to None.",
+        lambda value: None if value is None else engine_problem(value),
     ),
 }
 

@@ -29,6 +29,7 @@ DEFAULTS: dict[str, Any] = {
     "DISABLE_TOUCH": False,
     "SERIALIZER": None,
     "HASH_IDS": True,
+    "MIGRATE_FROM": None,
 }
 
 
@@ -103,6 +104,12 @@ class Settings:
         """True, False or "migrate"."""
         value = self._get("HASH_IDS")
         return "migrate" if value == "migrate" else bool(value)
+
+    @property
+    def MIGRATE_FROM(self) -> str | None:
+        """The engine path sessions are moved from while the window is open."""
+        value = self._get("MIGRATE_FROM")
+        return str(value) if value else None
 
     @property
     def SESSION_COOKIE_AGE(self) -> int:

@@ -13,6 +13,7 @@ from typing import Any
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
+from django_redis_sessions import migration
 from django_redis_sessions.client import clients
 from django_redis_sessions.conf import SETTING_NAME, conf
 from django_redis_sessions.payloads import Payloads, SessionData, expiry_seconds
@@ -144,11 +145,17 @@ class RedisSessionStore:
         return await self._layer.atouch(key, self._ttl({}, ttl)) is Outcome.WRITTEN
 
     def destroy(self, key: str) -> bool:
-        """Delete the session and leave a tombstone; True if a live one was removed."""
+        """Delete the session and leave a tombstone; True if a live one was removed.
+
+        While ``MIGRATE_FROM`` is set, a session key (not an id) is deleted
+        from that engine too.
+        """
+        migration.forget(key)
         return self._layer.destroy(key)
 
     async def adestroy(self, key: str) -> bool:
         """See destroy()."""
+        await migration.aforget(key)
         return await self._layer.adestroy(key)
 
     def exists(self, key: str) -> bool:

@@ -2,7 +2,9 @@
 
 Serialization and expiry live here, Redis in ``redis_layer.py``. Round trips:
 load 1, create 1, save 1 (a TTL refresh when the session did not change),
-delete 1, cycle_key 1.
+delete 1, cycle_key 1. While ``MIGRATE_FROM`` is set (``migration.py``), a
+load that misses also asks that engine, and delete and cycle_key also delete
+the key there.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from django.contrib.sessions.backends.base import (
 )
 from django.utils.crypto import get_random_string
 
+from django_redis_sessions import migration
 from django_redis_sessions.conf import conf
+from django_redis_sessions.keys import is_cookie_key
 from django_redis_sessions.payloads import Payloads, get_payloads
 from django_redis_sessions.redis_layer import RedisLayer, get_layer
 from django_redis_sessions.scripts import Outcome
@@ -26,12 +30,6 @@ from django_redis_sessions.scripts import Outcome
 #: A new key is 32 random characters; colliding even once is unheard of, so
 #: running out of attempts means something refuses every write.
 CREATE_ATTEMPTS = 10
-
-#: The cookies looked up at all: what SessionBase generates (32 characters of
-#: its alphabet), with room for keys of other engines moved here.
-KEY_ALPHABET = frozenset(VALID_KEY_CHARS)
-MIN_KEY_LENGTH = 8
-MAX_KEY_LENGTH = 64
 
 
 class SessionStore(SessionBase):
@@ -49,6 +47,9 @@ class SessionStore(SessionBase):
         # (key, payload) as last read from or written to Redis: an unmodified
         # save of the same bytes under the same key only refreshes the TTL.
         self._stored: tuple[str, bytes] | None = None
+        # A cookie that is no key of this engine: while MIGRATE_FROM names
+        # signed_cookies, it may be a session to adopt (see load()).
+        self._foreign_cookie = session_key if self.session_key is None else None
 
     @property
     def _layer(self) -> RedisLayer:
@@ -59,13 +60,7 @@ class SessionStore(SessionBase):
         return get_payloads()
 
     def _validate_session_key(self, key: str | None) -> bool:
-        # Only a key SessionBase could have generated is looked up: never an
-        # id ("#..." is outside the alphabet), so a leaked id is no cookie.
-        return (
-            isinstance(key, str)
-            and MIN_KEY_LENGTH <= len(key) <= MAX_KEY_LENGTH
-            and set(key) <= KEY_ALPHABET
-        )
+        return is_cookie_key(key)
 
     def _get_new_session_key(self) -> str:
         # No EXISTS round trip: the create script refuses a taken key itself.
@@ -92,6 +87,17 @@ class SessionStore(SessionBase):
             raise CreateError if must_create else UpdateError
         else:
             self._stored = (key, payload)
+
+    def _accept_adopted(self, data: dict[str, Any] | None) -> dict[str, Any]:
+        """The data of a signed cookie adopted from MIGRATE_FROM, if any."""
+        if data is None:
+            return self._accept_loaded(None, None)
+        # The cookie is no key to store: the save at the end of the request
+        # creates a session with a fresh random key and sends its cookie.
+        self._session_key = None
+        self._stored = None
+        self.modified = True
+        return data
 
     def _only_needs_touch(self, key: str, payload: bytes) -> bool:
         # An explicit write is never dropped, even of the value that was
@@ -126,9 +132,27 @@ class SessionStore(SessionBase):
         self.modified = True
         return True
 
+    def _get_session(self, no_load: bool = False) -> dict[str, Any]:
+        # SessionBase loads nothing for a session without a key, and a signed
+        # cookie to adopt is the one session that has none yet.
+        if self._foreign_cookie is not None and not no_load:
+            cookie, self._foreign_cookie = self._foreign_cookie, None
+            data = migration.adopt_cookie(self._layer, cookie)
+            self._session_cache = self._accept_adopted(data)
+        return super()._get_session(no_load)  # type: ignore[misc,no-any-return]
+
+    # SessionBase's property names its own method, not this override.
+    _session = property(_get_session)
+
     def load(self) -> dict[str, Any]:
         key = self.session_key
-        return self._accept_loaded(key, None if key is None else self._layer.read(key))
+        if key is None:
+            return self._accept_loaded(None, None)
+        payload = self._layer.read(key)
+        if payload is None:
+            # Only a miss pays for the window: a hit stays one GET.
+            payload = migration.read_through(self._layer, key, self._payloads)
+        return self._accept_loaded(key, payload)
 
     def exists(self, session_key: str | None) -> bool:
         return bool(session_key) and self._layer.exists(session_key)  # type: ignore[arg-type]
@@ -148,7 +172,7 @@ class SessionStore(SessionBase):
         if self.session_key is None:
             return self.create()
         key = self.session_key
-        data = self._get_session(no_load=must_create)  # type: ignore[attr-defined]
+        data = self._get_session(no_load=must_create)
         payload = self._payloads.dumps(data)
         ttl = self.get_expiry_age()
         if must_create:
@@ -167,14 +191,17 @@ class SessionStore(SessionBase):
             if self.session_key is None:
                 return
             session_key = self.session_key
+        migration.forget(session_key)
         self._layer.destroy(session_key)
         self._forget_stored(session_key)
 
     def cycle_key(self) -> None:
-        data = self._session  # type: ignore[attr-defined]
+        data = self._session
         old_key = self.session_key
         payload = self._payloads.dumps(data)
         ttl = self.get_expiry_age()
+        if old_key is not None:
+            migration.forget(old_key)
         for _ in range(CREATE_ATTEMPTS):
             new_key = self._get_new_session_key()
             outcome = self._layer.cycle(old_key, new_key, payload, ttl)
@@ -193,10 +220,23 @@ class SessionStore(SessionBase):
         async def _aget_new_session_key(self) -> str:
             return self._get_new_session_key()
 
+        async def _aget_session(self, no_load: bool = False) -> dict[str, Any]:
+            if self._foreign_cookie is not None and not no_load:
+                cookie, self._foreign_cookie = self._foreign_cookie, None
+                data = await migration.aadopt_cookie(self._layer, cookie)
+                self._session_cache = self._accept_adopted(data)
+            return await super()._aget_session(no_load)  # type: ignore[misc,no-any-return]
+
         async def aload(self) -> dict[str, Any]:
             """See load()."""
             key = self.session_key
-            payload = None if key is None else await self._layer.aread(key)
+            if key is None:
+                return self._accept_loaded(None, None)
+            payload = await self._layer.aread(key)
+            if payload is None:
+                payload = await migration.aread_through(
+                    self._layer, key, self._payloads
+                )
             return self._accept_loaded(key, payload)
 
         async def aexists(self, session_key: str | None) -> bool:
@@ -220,7 +260,7 @@ class SessionStore(SessionBase):
             if self.session_key is None:
                 return await self.acreate()
             key = self.session_key
-            data = await self._aget_session(no_load=must_create)  # type: ignore[attr-defined]
+            data = await self._aget_session(no_load=must_create)
             payload = self._payloads.dumps(data)
             ttl = await self.aget_expiry_age()
             if must_create:
@@ -240,15 +280,18 @@ class SessionStore(SessionBase):
                 if self.session_key is None:
                     return
                 session_key = self.session_key
+            await migration.aforget(session_key)
             await self._layer.adestroy(session_key)
             self._forget_stored(session_key)
 
         async def acycle_key(self) -> None:
             """See cycle_key()."""
-            data = await self._aget_session()  # type: ignore[attr-defined]
+            data = await self._aget_session()
             old_key = self.session_key
             payload = self._payloads.dumps(data)
             ttl = await self.aget_expiry_age()
+            if old_key is not None:
+                await migration.aforget(old_key)
             for _ in range(CREATE_ATTEMPTS):
                 new_key = await self._aget_new_session_key()
                 outcome = await self._layer.acycle(old_key, new_key, payload, ttl)
