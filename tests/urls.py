@@ -27,11 +27,17 @@ def log_out(request: HttpRequest) -> HttpResponse:
     return HttpResponse("out")
 
 
+def whoami(request: HttpRequest) -> HttpResponse:
+    """The primary key of the logged-in user, or "anonymous"."""
+    return HttpResponse(str(request.user.pk or "anonymous"))
+
+
 urlpatterns = [
     path("read/", read),
     path("write/", write),
     path("login/", log_in),
     path("logout/", log_out),
+    path("whoami/", whoami),
 ]
 
 
@@ -59,7 +65,13 @@ async def async_log_out(request: HttpRequest) -> HttpResponse:
     return HttpResponse("out")
 
 
+async def async_whoami(request: HttpRequest) -> HttpResponse:
+    user = await request.auser()  # Django 5.0 and later
+    return HttpResponse(str(user.pk or "anonymous"))
+
+
 urlpatterns += [
     path("async-login/", async_log_in),
     path("async-logout/", async_log_out),
+    path("async-whoami/", async_whoami),
 ]
