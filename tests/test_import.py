@@ -428,6 +428,19 @@ def test_a_signed_cookie_is_adopted_once_into_a_session_with_a_new_key(
     assert len(redis_keys()) == 2
 
 
+def test_a_signed_cookie_flushed_before_its_first_access_is_not_adopted(
+    user: Any, settings: Any, redis_keys: Keys
+) -> None:
+    use(settings, SIGNED)
+    cookie = logged_in(user)
+    use(settings, THIS_ENGINE, migrate_from=SIGNED)
+    session = SessionStore(cookie)
+    session.flush()  # a logout before anything read the session
+    session["after"] = 1
+    assert dict(session.items()) == {"after": 1}
+    assert redis_keys() == set()
+
+
 @needs_async_backend
 @pytest.mark.django_db(transaction=True)
 def test_a_signed_cookie_is_adopted_once_on_the_asyncio_path(
@@ -818,3 +831,19 @@ def test_the_window_on_a_cluster_moves_a_session(
     assert SessionStore(key).load() == {"n": 1}
     assert cluster_prefix.exists(data_name(prefix, key)) == 1
     assert not Session.objects.exists()
+
+
+class TTYStringIO(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_import_shows_its_progress_on_a_terminal(db: None, settings: Any) -> None:
+    keys = add_rows(12)
+    use(settings, THIS_ENGINE, migrate_from=DB)
+    stderr = TTYStringIO()
+    assert run_import("--batch-size", "1", stderr=stderr) == summary(DB, 12, created=12)
+    # Shown after ten batches, and ended on its own line.
+    assert stderr.getvalue().startswith("\rRead 11 sessions...")
+    assert stderr.getvalue().endswith("\rRead 12 sessions...\n")
+    assert not [key for key in keys if key in stderr.getvalue()]

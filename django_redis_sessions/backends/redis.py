@@ -48,7 +48,7 @@ class SessionStore(SessionBase):
         # save of the same bytes under the same key only refreshes the TTL.
         self._stored: tuple[str, bytes] | None = None
         # A cookie that is no key of this engine: while MIGRATE_FROM names
-        # signed_cookies, it may be a session to adopt (see load()).
+        # signed_cookies, it may be a session to adopt (see _get_session()).
         self._foreign_cookie = session_key if self.session_key is None else None
 
     @property
@@ -132,11 +132,20 @@ class SessionStore(SessionBase):
         self.modified = True
         return True
 
+    def _adopting(self, no_load: bool) -> str | None:
+        """The signed cookie to adopt on this first access, if there is one.
+
+        SessionBase loads nothing for a session without a key, and such a
+        cookie is the one session that has none yet. Once the session was
+        touched (a flush, a clear), there is nothing left to adopt.
+        """
+        cookie, self._foreign_cookie = self._foreign_cookie, None
+        if cookie is None or no_load or hasattr(self, "_session_cache"):
+            return None
+        return cookie
+
     def _get_session(self, no_load: bool = False) -> dict[str, Any]:
-        # SessionBase loads nothing for a session without a key, and a signed
-        # cookie to adopt is the one session that has none yet.
-        if self._foreign_cookie is not None and not no_load:
-            cookie, self._foreign_cookie = self._foreign_cookie, None
+        if (cookie := self._adopting(no_load)) is not None:
             data = migration.adopt_cookie(self._layer, cookie)
             self._session_cache = self._accept_adopted(data)
         return super()._get_session(no_load)  # type: ignore[misc,no-any-return]
@@ -221,8 +230,8 @@ class SessionStore(SessionBase):
             return self._get_new_session_key()
 
         async def _aget_session(self, no_load: bool = False) -> dict[str, Any]:
-            if self._foreign_cookie is not None and not no_load:
-                cookie, self._foreign_cookie = self._foreign_cookie, None
+            """See _get_session()."""
+            if (cookie := self._adopting(no_load)) is not None:
                 data = await migration.aadopt_cookie(self._layer, cookie)
                 self._session_cache = self._accept_adopted(data)
             return await super()._aget_session(no_load)  # type: ignore[misc,no-any-return]

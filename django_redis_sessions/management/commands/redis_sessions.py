@@ -302,9 +302,9 @@ class Command(BaseCommand):
             raise CommandError(str(error)) from error
         if not dry_run and engine != conf.MIGRATE_FROM:
             self.stderr.write(
-                f"SESSION_REDIS['MIGRATE_FROM'] is not {engine!r}: a user who "
-                "comes back before this import reaches their session is logged "
-                "out, and a session is moved only once this import reaches it."
+                f"SESSION_REDIS['MIGRATE_FROM'] is not {engine!r}, so a visitor "
+                "who comes back before this import reaches their session is "
+                "logged out."
             )
         importer = Importer(origin, layer, batch_size=batch_size, dry_run=dry_run)
         try:
