@@ -511,11 +511,9 @@ class FileSource(Source):
         batch: list[Found] = []
         with os.scandir(store.storage_path) as entries:
             for entry in entries:
-                key = entry.name[len(store.file_prefix) :]
-                # The engine's temporary files ("<prefix>_out_...") are no keys.
-                if not entry.name.startswith(store.file_prefix):
-                    continue
-                if not is_cookie_key(key):
+                key = entry.name.removeprefix(store.file_prefix)
+                # Other files, and the engine's temporary "<prefix>_out_...".
+                if key == entry.name or not is_cookie_key(key):
                     continue
                 found = self._read(store, key, entry.path)
                 if found is not None:
@@ -680,7 +678,7 @@ def adopt_cookie(layer: RedisLayer, cookie: str | None) -> SessionData | None:
     again. The caller saves the data under a new random key.
     """
     source = window() if cookie else None
-    if not isinstance(source, SignedCookieSource) or cookie is None:
+    if cookie is None or not isinstance(source, SignedCookieSource):
         return None
     data = source.cookie_data(cookie)
     if data is None or not layer.leave_tombstone(hashed_id(cookie), source.max_age()):
@@ -691,7 +689,7 @@ def adopt_cookie(layer: RedisLayer, cookie: str | None) -> SessionData | None:
 async def aadopt_cookie(layer: RedisLayer, cookie: str | None) -> SessionData | None:
     """See adopt_cookie()."""
     source = window() if cookie else None
-    if not isinstance(source, SignedCookieSource) or cookie is None:
+    if cookie is None or not isinstance(source, SignedCookieSource):
         return None
     data = source.cookie_data(cookie)
     if data is None:
