@@ -25,6 +25,7 @@ from django.core import checks
 from django.utils.module_loading import import_string
 
 from django_redis_sessions.conf import DEFAULTS, SETTING_NAME, is_secret, redact_url
+from django_redis_sessions.migration import engine_problem
 from django_redis_sessions.redis_arguments import (
     ARGUMENT_TYPES,
     PARSER_EXPECTS,
@@ -444,13 +445,13 @@ _RULES: dict[str, _Rule] = {
         _unless(lambda value: value is True or value is False or value == "migrate"),
     ),
     "USER_INDEX": _Rule(
-        "E030",
+        "E025",
         "True or False",
         "Set USER_INDEX to True to keep an index of each user's sessions, or False.",
         _unless(lambda value: isinstance(value, bool)),
     ),
     "USER_INDEX_METADATA": _Rule(
-        "E031",
+        "E026",
         'a tuple of "ip" and "user_agent" (either, both or neither)',
         'Set USER_INDEX_METADATA to (), ("ip",), ("user_agent",) or '
         '("ip", "user_agent").',
@@ -462,19 +463,27 @@ _RULES: dict[str, _Rule] = {
         ),
     ),
     "MAX_SESSIONS_PER_USER": _Rule(
-        "E032",
+        "E027",
         "None or a positive integer",
         "Set MAX_SESSIONS_PER_USER to how many sessions a user may have at "
         "once, e.g. 10, or to None for no limit.",
         _unless(lambda value: value is None or (is_int(value) and value >= 1)),
     ),
     "CLIENT_IP": _Rule(
-        "E033",
+        "E028",
         "None or the dotted path of a callable",
         "Set CLIENT_IP to the dotted path of a callable that takes the request "
         "and returns the client's IP address as a string (behind a proxy, "
         "from the header your proxy sets), or to None for REMOTE_ADDR.",
         _callable_problem,
+    ),
+    "MIGRATE_FROM": _Rule(
+        "E024",
+        "None or the dotted path of another session engine",
+        "Set MIGRATE_FROM to the SESSION_ENGINE sessions are moved from, e.g. "
+        "'django.contrib.sessions.backends.db', while switching to this engine, "
+        "or to None.",
+        lambda value: None if value is None else engine_problem(value),
     ),
 }
 

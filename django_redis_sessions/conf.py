@@ -33,6 +33,7 @@ DEFAULTS: dict[str, Any] = {
     "USER_INDEX_METADATA": (),
     "MAX_SESSIONS_PER_USER": None,
     "CLIENT_IP": None,
+    "MIGRATE_FROM": None,
 }
 
 
@@ -125,6 +126,12 @@ class Settings:
     def CLIENT_IP(self) -> str | None:
         value = self._get("CLIENT_IP")
         return None if value is None else str(value)
+
+    @property
+    def MIGRATE_FROM(self) -> str | None:
+        """The engine path sessions are moved from while the window is open."""
+        value = self._get("MIGRATE_FROM")
+        return str(value) if value else None
 
     @property
     def SESSION_COOKIE_AGE(self) -> int:

@@ -22,7 +22,15 @@ import base64
 import hashlib
 import re
 
+from django.contrib.sessions.backends.base import VALID_KEY_CHARS
+
 TOMBSTONE_SUFFIX = ":tombstone"
+
+#: The cookies looked up at all: what SessionBase generates (32 characters of
+#: its alphabet), with room for keys of other engines moved here.
+KEY_ALPHABET = frozenset(VALID_KEY_CHARS)
+MIN_KEY_LENGTH = 8
+MAX_KEY_LENGTH = 64
 
 #: An id: "#" and 43 base64url characters, the unpadded SHA-256 of a key.
 _ID = re.compile(r"#[A-Za-z0-9_-]{43}")
@@ -40,6 +48,18 @@ def hashed_id(key: str) -> str:
 
 def is_hashed_id(text: str) -> bool:
     return _ID.fullmatch(text) is not None
+
+
+def is_cookie_key(key: object) -> bool:
+    """Whether the backend looks ``key`` up at all: a key SessionBase could make.
+
+    Never an id ("#..." is outside the alphabet), so a leaked id is no cookie.
+    """
+    return (
+        isinstance(key, str)
+        and MIN_KEY_LENGTH <= len(key) <= MAX_KEY_LENGTH
+        and set(key) <= KEY_ALPHABET
+    )
 
 
 def is_valid_key(key: object) -> bool:

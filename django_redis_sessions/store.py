@@ -13,16 +13,18 @@ from typing import Any
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
+from django_redis_sessions import migration
 from django_redis_sessions.client import clients
 from django_redis_sessions.conf import SETTING_NAME, conf
 from django_redis_sessions.payloads import Payloads, SessionData, expiry_seconds
-from django_redis_sessions.redis_layer import RedisLayer, now_ms, ttl_milliseconds
+from django_redis_sessions.redis_layer import RedisLayer
 from django_redis_sessions.scripts import Outcome
 from django_redis_sessions.user_index import (
     INDEX_MARK,
-    USER_ID_KEY,
     IndexWrite,
     UserSession,
+    entry_for,
+    marked,
     parse_entry,
 )
 
@@ -89,12 +91,8 @@ class RedisSessionStore:
         self, data: SessionData, ttl: float
     ) -> tuple[bytes, float, IndexWrite | None]:
         """The payload, the TTL, and the index entry when the data has a user."""
-        user = data.get(USER_ID_KEY)
-        if not conf.USER_INDEX or user is None:
-            return self._payloads.dumps(data), ttl, None
-        index = IndexWrite(str(user), now_ms() + ttl_milliseconds(ttl))
-        payload = self._payloads.dumps({**data, INDEX_MARK: index.expires_ms})
-        return payload, ttl, index
+        index = entry_for(data, ttl)
+        return self._payloads.dumps(marked(data, index)), ttl, index
 
     def get(self, key: str) -> SessionData | None:
         """The live session under ``key``; None if missing, destroyed or corrupt."""
@@ -170,11 +168,17 @@ class RedisSessionStore:
         return await self._layer.atouch(key, self._ttl({}, ttl)) is Outcome.WRITTEN
 
     def destroy(self, key: str) -> bool:
-        """Delete the session and leave a tombstone; True if a live one was removed."""
+        """Delete the session and leave a tombstone; True if a live one was removed.
+
+        While ``MIGRATE_FROM`` is set, a session key (not an id) is deleted
+        from that engine too.
+        """
+        migration.forget(key)
         return self._layer.destroy(key)
 
     async def adestroy(self, key: str) -> bool:
         """See destroy()."""
+        await migration.aforget(key)
         return await self._layer.adestroy(key)
 
     def exists(self, key: str) -> bool:

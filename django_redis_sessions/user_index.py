@@ -17,8 +17,13 @@ passed, and is pruned then.
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
+
+from django_redis_sessions.conf import conf
 
 #: How far a session's expiry may move past its entry's before the entry is
 #: rewritten; also the resolution of ``last_seen_at``.
@@ -66,6 +71,28 @@ class IndexWrite:
             self.ip,
             self.user_agent,
         ]
+
+
+def now_ms() -> int:
+    """Milliseconds since the epoch, as index entries record them."""
+    return time.time_ns() // 1_000_000
+
+
+def entry_for(data: dict[str, Any], ttl: float) -> IndexWrite | None:
+    """The entry to write with a session holding ``data`` for ``ttl`` seconds.
+
+    None for an anonymous session, or with ``USER_INDEX`` off. For writes
+    outside the backend (the store, an import), which always write one.
+    """
+    user = data.get(USER_ID_KEY)
+    if not conf.USER_INDEX or user is None:
+        return None
+    return IndexWrite(str(user), now_ms() + max(0, math.ceil(ttl * 1000)))
+
+
+def marked(data: dict[str, Any], index: IndexWrite | None) -> dict[str, Any]:
+    """``data`` with the expiry its entry records, as stored (see INDEX_MARK)."""
+    return data if index is None else {**data, INDEX_MARK: index.expires_ms}
 
 
 def parse_entry(

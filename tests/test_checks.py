@@ -85,6 +85,7 @@ VALID_CONFIG: dict[str, Any] = {
     "USER_INDEX_METADATA": ("ip", "user_agent"),
     "MAX_SESSIONS_PER_USER": 5,
     "CLIENT_IP": "django_redis_sessions.middleware.remote_addr",
+    "MIGRATE_FROM": "django.contrib.sessions.backends.db",
 }
 
 
@@ -159,9 +160,9 @@ def test_unknown_keys_are_one_e002_naming_them_sorted() -> None:
     assert messages[0].msg == "SESSION_REDIS has unknown keys: 'HOST', 'TTL'."
     assert messages[0].hint == (
         "Valid keys are CLIENT, CLIENT_IP, CLUSTER, DISABLE_TOUCH, HASH_IDS, "
-        "MAX_SESSIONS_PER_USER, OPTIONS, PREFIX, SCAN_COUNT, SENTINELS, "
-        "SENTINEL_SERVICE, SERIALIZER, TOMBSTONE_SECONDS, TTL_SECONDS, URL, "
-        "USER_INDEX, USER_INDEX_METADATA."
+        "MAX_SESSIONS_PER_USER, MIGRATE_FROM, OPTIONS, PREFIX, SCAN_COUNT, "
+        "SENTINELS, SENTINEL_SERVICE, SERIALIZER, TOMBSTONE_SECONDS, TTL_SECONDS, "
+        "URL, USER_INDEX, USER_INDEX_METADATA."
     )
 
 
@@ -791,3 +792,33 @@ def test_a_setting_the_checks_reject_fails_at_request_time(
 @pytest.mark.parametrize("value", [None, 1, "yes", "Migrate"])
 def test_hash_ids_other_than_true_false_or_migrate_is_e023(value: Any) -> None:
     assert ids({"HASH_IDS": value}) == ["django_redis_sessions.E023"]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "django.contrib.sessions.backends.cached_db",
+        "django.contrib.sessions.backends.signed_cookies",
+    ],
+)
+def test_migrate_from_another_session_engine_is_valid(value: str) -> None:
+    assert run({"MIGRATE_FROM": value}) == []
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("", "it is not a dotted module path"),
+        (1, "it is not a dotted module path"),
+        ("no.such.engine", "it cannot be imported: ModuleNotFoundError"),
+        ("django.contrib.sessions.models", "it has no SessionStore class"),
+        ("django_redis_sessions.backends.redis", "it is this engine itself"),
+    ],
+)
+def test_migrate_from_that_is_no_other_session_engine_is_e024(
+    value: Any, reason: str
+) -> None:
+    [error] = run({"MIGRATE_FROM": value})
+    assert error.id == "django_redis_sessions.E024"
+    assert reason in error.msg
+    assert "MIGRATE_FROM" in str(error.hint)

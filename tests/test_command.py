@@ -545,13 +545,13 @@ def test_a_subcommand_is_required() -> None:
         run()
 
     assert str(excinfo.value) == (
-        "Error: the following arguments are required: {count,clear,rehash,user}"
+        "Error: the following arguments are required: {count,clear,rehash,user,import}"
     )
 
 
 def test_an_unknown_subcommand_is_an_error() -> None:
     with pytest.raises(
-        CommandError, match=r"^Error: argument \{count,clear,rehash,user\}: "
+        CommandError, match=r"^Error: argument \{count,clear,rehash,user,import\}: "
     ):
         run("flush")
 

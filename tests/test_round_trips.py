@@ -13,6 +13,7 @@ from typing import Any
 import django
 import pytest
 import redis
+from django.contrib.sessions.backends.db import SessionStore as DatabaseStore
 from django.test import Client
 
 from django_redis_sessions.backends.redis import SessionStore
@@ -123,6 +124,50 @@ def test_a_login_is_two_round_trips_and_a_logout_two() -> None:
     assert SENT == ["GET", "EVALSHA"]
     SENT.clear()
     assert client.get("/logout/").content == b"out"
+    assert SENT == ["GET", "EVALSHA"]
+
+
+@pytest.fixture
+def window(db: None, settings: Any) -> None:
+    """MIGRATE_FROM open on Django's db engine, the client warmed up again."""
+    settings.SESSION_REDIS = {
+        **settings.SESSION_REDIS,
+        "MIGRATE_FROM": "django.contrib.sessions.backends.db",
+    }
+    warm = SessionStore()
+    warm.save()
+    SENT.clear()
+
+
+@pytest.mark.usefixtures("window")
+def test_a_load_that_hits_while_the_window_is_open_is_one_get_and_no_query(
+    django_assert_num_queries: Any,
+) -> None:
+    key = saved_session(a=1)
+    with django_assert_num_queries(0):
+        assert SessionStore(key).load() == {"a": 1}
+    assert SENT == ["GET"]
+
+
+@pytest.mark.usefixtures("window")
+def test_a_miss_while_the_window_is_open_costs_one_source_query(
+    django_assert_num_queries: Any,
+) -> None:
+    with django_assert_num_queries(1):
+        assert SessionStore("unknown" * 4).load() == {}
+    assert SENT == ["GET"]
+
+
+@pytest.mark.usefixtures("window")
+def test_a_session_the_window_moves_costs_a_create_and_a_delete_in_the_source(
+    django_assert_num_queries: Any,
+) -> None:
+    source = DatabaseStore()
+    source["a"] = 1
+    source.create()
+    SENT.clear()
+    with django_assert_num_queries(2):
+        assert SessionStore(source.session_key).load() == {"a": 1}
     assert SENT == ["GET", "EVALSHA"]
 
 

@@ -52,6 +52,11 @@ class PasswordChangeView(auth_views.PasswordChangeView):
         return response
 
 
+def whoami(request: HttpRequest) -> HttpResponse:
+    """The primary key of the logged-in user, or "anonymous"."""
+    return HttpResponse(str(request.user.pk or "anonymous"))
+
+
 urlpatterns = [
     path("logout-others/", log_out_others),
     path("password/", PasswordChangeView.as_view()),
@@ -60,6 +65,7 @@ urlpatterns = [
     path("write/", write),
     path("login/", log_in),
     path("logout/", log_out),
+    path("whoami/", whoami),
 ]
 
 
@@ -91,8 +97,14 @@ async def async_log_out_others(request: HttpRequest) -> HttpResponse:
     return HttpResponse(str(await alogout_other_sessions(request)))
 
 
+async def async_whoami(request: HttpRequest) -> HttpResponse:
+    user = await request.auser()  # Django 5.0 and later
+    return HttpResponse(str(user.pk or "anonymous"))
+
+
 urlpatterns += [
     path("async-logout-others/", async_log_out_others),
     path("async-login/", async_log_in),
     path("async-logout/", async_log_out),
+    path("async-whoami/", async_whoami),
 ]

@@ -2,7 +2,9 @@
 
 Serialization and expiry live here, Redis in ``redis_layer.py``. Round trips:
 load 1, create 1, save 1 (a TTL refresh when the session did not change),
-delete 1, cycle_key 1.
+delete 1, cycle_key 0 (its save 1). While ``MIGRATE_FROM`` is set (``migration.py``), a
+load that misses also asks that engine, and delete and cycle_key also delete
+the key there.
 """
 
 from __future__ import annotations
@@ -18,20 +20,17 @@ from django.contrib.sessions.backends.base import (
 )
 from django.utils.crypto import get_random_string
 
+from django_redis_sessions import migration
 from django_redis_sessions.conf import conf
 from django_redis_sessions.payloads import Payloads, get_payloads
-from django_redis_sessions.redis_layer import (
-    RedisLayer,
-    get_layer,
-    now_ms,
-    ttl_milliseconds,
-)
+from django_redis_sessions.redis_layer import RedisLayer, get_layer, ttl_milliseconds
 from django_redis_sessions.scripts import Outcome
 from django_redis_sessions.user_index import (
     INDEX_MARK,
     SLACK_MS,
     USER_ID_KEY,
     IndexWrite,
+    now_ms,
 )
 
 #: A new key is 32 random characters; colliding even once is unheard of, so
@@ -69,6 +68,9 @@ class SessionStore(SessionBase):
         self._old_key: str | None = None
         #: What ``SessionMetadataMiddleware`` collected for a new index entry.
         self.client_metadata: dict[str, str] = {}
+        # A cookie that is no key of this engine: while MIGRATE_FROM names
+        # signed_cookies, it may be a session to adopt (see _get_session()).
+        self._foreign_cookie = session_key if self.session_key is None else None
 
     @property
     def _layer(self) -> RedisLayer:
@@ -174,6 +176,17 @@ class SessionStore(SessionBase):
         else:
             self._stored = (key, payload)
 
+    def _accept_adopted(self, data: dict[str, Any] | None) -> dict[str, Any]:
+        """The data of a signed cookie adopted from MIGRATE_FROM, if any."""
+        if data is None:
+            return self._accept_loaded(None, None)
+        # The cookie is no key to store: the save at the end of the request
+        # creates a session with a fresh random key and sends its cookie.
+        self._session_key = None
+        self._stored = None
+        self.modified = True
+        return data
+
     def _only_needs_touch(self, key: str, payload: bytes) -> bool:
         # An explicit write is never dropped, even of the value that was
         # loaded: another request may have changed it since (last write wins).
@@ -206,9 +219,36 @@ class SessionStore(SessionBase):
             raise UpdateError
         return True  # EXPIRED: the old session ended, nothing was written
 
+    def _adopting(self, no_load: bool) -> str | None:
+        """The signed cookie to adopt on this first access, if there is one.
+
+        SessionBase loads nothing for a session without a key, and such a
+        cookie is the one session that has none yet. Once the session was
+        touched (a flush, a clear), there is nothing left to adopt.
+        """
+        cookie, self._foreign_cookie = self._foreign_cookie, None
+        if cookie is None or no_load or hasattr(self, "_session_cache"):
+            return None
+        return cookie
+
+    def _get_session(self, no_load: bool = False) -> dict[str, Any]:
+        if (cookie := self._adopting(no_load)) is not None:
+            data = migration.adopt_cookie(self._layer, cookie)
+            self._session_cache = self._accept_adopted(data)
+        return super()._get_session(no_load)  # type: ignore[misc,no-any-return]
+
+    # SessionBase's property names its own method, not this override.
+    _session = property(_get_session)
+
     def load(self) -> dict[str, Any]:
         key = self.session_key
-        return self._accept_loaded(key, None if key is None else self._layer.read(key))
+        if key is None:
+            return self._accept_loaded(None, None)
+        payload = self._layer.read(key)
+        if payload is None:
+            # Only a miss pays for the window: a hit stays one GET.
+            payload = migration.read_through(self._layer, key, self._payloads)
+        return self._accept_loaded(key, payload)
 
     def exists(self, session_key: str | None) -> bool:
         return bool(session_key) and self._layer.exists(session_key)  # type: ignore[arg-type]
@@ -230,7 +270,7 @@ class SessionStore(SessionBase):
         if self.session_key is None:
             return self.create()
         key = self.session_key
-        data = self._get_session(no_load=must_create)  # type: ignore[attr-defined]
+        data = self._get_session(no_load=must_create)
         ttl = self.get_expiry_age()
         payload, index = self._prepared(data, ttl)
         if must_create:
@@ -249,9 +289,11 @@ class SessionStore(SessionBase):
     def _save_new_key(self) -> None:
         """The save after ``cycle_key()``: one script writes the new key with
         the final data and ends the old session."""
-        data = self._get_session(no_load=True)  # type: ignore[attr-defined]
+        data = self._get_session(no_load=True)
         ttl = self.get_expiry_age()
         payload, index = self._prepared(data, ttl, moving=True)
+        if self._old_key is not None:
+            migration.forget(self._old_key)
         for _ in range(CREATE_ATTEMPTS):
             key = self._session_key
             assert key is not None
@@ -265,6 +307,7 @@ class SessionStore(SessionBase):
         user = self._forget_index() if session_key is None else None
         session_key = self._key_to_delete(session_key)
         if session_key is not None:
+            migration.forget(session_key)
             self._layer.destroy(session_key, user)
             self._forget_stored(session_key)
 
@@ -304,7 +347,7 @@ class SessionStore(SessionBase):
         written. A session ended elsewhere meanwhile fails that save with
         ``UpdateError`` (``SessionInterrupted`` from the middleware).
         """
-        self._session  # type: ignore[attr-defined]  # noqa: B018  # loaded first
+        self._session  # noqa: B018  # loaded first
         self._begin_cycle()
 
     def _begin_cycle(self) -> None:
@@ -325,10 +368,23 @@ class SessionStore(SessionBase):
         async def _aget_new_session_key(self) -> str:
             return self._get_new_session_key()
 
+        async def _aget_session(self, no_load: bool = False) -> dict[str, Any]:
+            """See _get_session()."""
+            if (cookie := self._adopting(no_load)) is not None:
+                data = await migration.aadopt_cookie(self._layer, cookie)
+                self._session_cache = self._accept_adopted(data)
+            return await super()._aget_session(no_load)  # type: ignore[misc,no-any-return]
+
         async def aload(self) -> dict[str, Any]:
             """See load()."""
             key = self.session_key
-            payload = None if key is None else await self._layer.aread(key)
+            if key is None:
+                return self._accept_loaded(None, None)
+            payload = await self._layer.aread(key)
+            if payload is None:
+                payload = await migration.aread_through(
+                    self._layer, key, self._payloads
+                )
             return self._accept_loaded(key, payload)
 
         async def aexists(self, session_key: str | None) -> bool:
@@ -354,7 +410,7 @@ class SessionStore(SessionBase):
             if self.session_key is None:
                 return await self.acreate()
             key = self.session_key
-            data = await self._aget_session(no_load=must_create)  # type: ignore[attr-defined]
+            data = await self._aget_session(no_load=must_create)
             ttl = await self.aget_expiry_age()
             payload, index = self._prepared(data, ttl)
             if must_create:
@@ -372,9 +428,11 @@ class SessionStore(SessionBase):
 
         async def _asave_new_key(self) -> None:
             """See _save_new_key()."""
-            data = await self._aget_session(no_load=True)  # type: ignore[attr-defined]
+            data = await self._aget_session(no_load=True)
             ttl = await self.aget_expiry_age()
             payload, index = self._prepared(data, ttl, moving=True)
+            if self._old_key is not None:
+                await migration.aforget(self._old_key)
             for _ in range(CREATE_ATTEMPTS):
                 key = self._session_key
                 assert key is not None
@@ -391,12 +449,13 @@ class SessionStore(SessionBase):
             user = self._forget_index() if session_key is None else None
             session_key = self._key_to_delete(session_key)
             if session_key is not None:
+                await migration.aforget(session_key)
                 await self._layer.adestroy(session_key, user)
                 self._forget_stored(session_key)
 
         async def acycle_key(self) -> None:
             """See cycle_key()."""
-            await self._aget_session()  # type: ignore[attr-defined]  # loaded first
+            await self._aget_session()  # loaded first
             self._begin_cycle()
 
 

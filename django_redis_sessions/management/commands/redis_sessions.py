@@ -1,18 +1,21 @@
-"""``manage.py redis_sessions count|clear|rehash|user``: sessions under a prefix.
+"""``manage.py redis_sessions count|clear|rehash|user|import``: sessions under a prefix.
 
-Both subcommands go through ``RedisLayer``, so they see exactly what the store
-sees: live sessions under the prefix, never tombstones, never keys of another
-prefix that merely starts with the same characters.
+Every subcommand goes through ``RedisLayer``, so it sees exactly what the
+store sees: live sessions under the prefix, never tombstones, never keys of
+another prefix that merely starts with the same characters. ``import`` moves
+the sessions of another session engine into Redis; the moving itself lives in
+``migration.py``, this module only parses options and reports.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from time import monotonic
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import (
     BaseCommand,
     CommandError,
@@ -23,6 +26,13 @@ from redis.exceptions import RedisError
 
 from django_redis_sessions.client import describe_target
 from django_redis_sessions.conf import conf
+from django_redis_sessions.migration import (
+    CannotList,
+    Importer,
+    Report,
+    SourceError,
+    source_for,
+)
 from django_redis_sessions.redis_layer import RedisLayer
 from django_redis_sessions.store import RedisSessionStore
 from django_redis_sessions.user_index import UserSession
@@ -34,7 +44,10 @@ PROGRESS_INTERVAL = 0.1
 
 
 class Command(BaseCommand):
-    help = "Count, delete or rehash the sessions stored in Redis under a key prefix."
+    help = (
+        "Count, delete or rehash the sessions stored in Redis under a key prefix, "
+        "or import the sessions of another session engine."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         # Django's CommandParser.add_subparsers() makes the subparsers
@@ -43,7 +56,7 @@ class Command(BaseCommand):
         subparsers = parser.add_subparsers(
             dest="subcommand",
             required=True,
-            metavar="{count,clear,rehash,user}",
+            metavar="{count,clear,rehash,user,import}",
             title="subcommands",
         )
         count = subparsers.add_parser(
@@ -117,6 +130,54 @@ class Command(BaseCommand):
             help="End the sessions without asking for confirmation.",
         )
 
+        import_ = subparsers.add_parser(
+            "import",
+            help="Move the sessions of another session engine into Redis.",
+            description=(
+                "Move every live session of another session engine (db, "
+                "cached_db, cache, file, or one that defines "
+                "SessionStore.list_session_keys) into Redis under the same key "
+                "and with its remaining lifetime, batch by batch: a session "
+                "already in Redis is kept, a logged-out one stays out, and each "
+                "one moved is deleted from the source. Safe to stop and run "
+                "again."
+            ),
+        )
+        import_.add_argument(
+            "--from",
+            dest="source",
+            metavar="ENGINE",
+            help=(
+                "The session engine to move from, e.g. "
+                "django.contrib.sessions.backends.db "
+                "(default: SESSION_REDIS['MIGRATE_FROM'])."
+            ),
+        )
+        import_.add_argument(
+            "--prefix",
+            help="The key prefix of the sessions (default: SESSION_REDIS['PREFIX']).",
+        )
+        import_.add_argument(
+            "--batch-size",
+            type=int,
+            default=1000,
+            metavar="N",
+            help="How many sessions to read and write at a time (default: 1000).",
+        )
+        import_.add_argument(
+            "--resume-after",
+            metavar="TOKEN",
+            help=(
+                "Start after the position an interrupted import printed, "
+                "instead of from the start (which is also correct)."
+            ),
+        )
+        import_.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="Read and decode the source, say what would move, write nothing.",
+        )
+
     def _add_common_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "--prefix",
@@ -133,6 +194,10 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if options["subcommand"] == "import":
+            layer = RedisLayer(prefix=self._prefix(options["prefix"]))
+            self._import(layer, **options)
+            return
         layer = RedisLayer(
             prefix=self._prefix(options["prefix"]),
             scan_count=self._scan_count(options["scan_count"]),
@@ -271,6 +336,60 @@ class Command(BaseCommand):
             ended = store.logout_user(user_id)
         self.stdout.write(f"Ended {_sessions(ended)} of user {user_id!r}.")
 
+    def _import(
+        self,
+        layer: RedisLayer,
+        *,
+        source: str | None,
+        batch_size: int,
+        resume_after: str | None,
+        dry_run: bool,
+        **options: Any,
+    ) -> None:
+        engine = source or conf.MIGRATE_FROM
+        if not engine:
+            raise CommandError(
+                "Name the session engine to import from, e.g. --from "
+                "django.contrib.sessions.backends.db, or set "
+                "SESSION_REDIS['MIGRATE_FROM']."
+            )
+        if batch_size < 1:
+            raise CommandError(f"--batch-size must be at least 1, not {batch_size}.")
+        try:
+            origin = source_for(engine)
+            after = origin.position(resume_after)
+        except (ImproperlyConfigured, ValueError) as error:
+            raise CommandError(str(error)) from error
+        if not dry_run and engine != conf.MIGRATE_FROM:
+            self.stderr.write(
+                f"SESSION_REDIS['MIGRATE_FROM'] is not {engine!r}, so a visitor "
+                "who comes back before this import reaches their session is "
+                "logged out."
+            )
+        importer = Importer(origin, layer, batch_size=batch_size, dry_run=dry_run)
+        try:
+            with (
+                Progress(self.stderr, "Read") as progress,
+                redis_errors(
+                    "Could not write sessions", lambda: _resume_hint(importer)
+                ),
+            ):
+                importer.run(after, on_batch=progress.add)
+        except CannotList as error:
+            raise CommandError(str(error)) from error
+        except SourceError as error:
+            raise CommandError(f"{error} {_resume_hint(importer)}") from error
+        except KeyboardInterrupt:
+            raise CommandError(f"Interrupted. {_resume_hint(importer)}") from None
+        self.stdout.write(_import_summary(engine, importer.report, dry_run=dry_run))
+        if importer.report.undecodable and not dry_run:
+            self.stdout.write(
+                "Undecodable sessions stay in the source: if SECRET_KEY or "
+                "SESSION_SERIALIZER changed, list the old key in "
+                "SECRET_KEY_FALLBACKS or restore the serializer, and run the "
+                "command again."
+            )
+
 
 def _session_table(sessions: list[UserSession]) -> str:
     """The sessions as an aligned table: ids, never keys."""
@@ -297,6 +416,35 @@ def _session_table(sessions: list[UserSession]) -> str:
 
 def _when(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _import_summary(engine: str, report: Report, *, dry_run: bool) -> str:
+    if dry_run:
+        return (
+            f"Would move {_sessions(report.created)} from {engine!r} "
+            f"({report.expired:,} expired, {report.undecodable:,} undecodable); "
+            "nothing was written."
+        )
+    return (
+        f"Read {_sessions(report.read)} from {engine!r}: {report.created:,} "
+        f"created, {report.present:,} already present, {report.tombstoned:,} "
+        f"tombstoned, {report.expired:,} expired, {report.undecodable:,} "
+        "undecodable."
+    )
+
+
+def _resume_hint(importer: Importer) -> str:
+    """What an interrupted import did and how to go on; never a session key."""
+    report = importer.report
+    done = (
+        f"It read {_sessions(report.read)} and moved every batch it read "
+        f"({report.created:,} created)"
+    )
+    if importer.dry_run:
+        done = f"It read {_sessions(report.read)} and wrote nothing"
+    token = importer.resume_token
+    resume = f", or with --resume-after {token} to skip what was read" if token else ""
+    return f"{done}. Run the command again to finish{resume}."
 
 
 class Progress:
@@ -359,12 +507,19 @@ def _plain(text: str) -> str:
 
 
 @contextmanager
-def redis_errors(failed: str, consequence: str = "") -> Iterator[None]:
-    """Turn a Redis error into one ``CommandError``: what failed, where, what now."""
+def redis_errors(
+    failed: str, consequence: str | Callable[[], str] = ""
+) -> Iterator[None]:
+    """Turn a Redis error into one ``CommandError``: what failed, where, what now.
+
+    ``consequence`` may be a callable, for what is known only at the failure.
+    """
     try:
         yield
     except RedisError as error:
         message = (
             f"{failed}: could not reach Redis {describe_target()}: {_sentence(error)}."
         )
+        if callable(consequence):
+            consequence = consequence()
         raise CommandError(f"{message} {consequence}".rstrip()) from error
