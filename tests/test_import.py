@@ -487,7 +487,7 @@ def test_import_run_again_changes_nothing(
     use(settings, THIS_ENGINE, migrate_from=DB)
     assert run_import() == summary(DB, 3, created=3)
 
-    def sessions() -> dict[str, bytes | None]:
+    def sessions() -> dict[str, Any]:
         # Data names end in "}"; the user's index, filled too, does not.
         return {name: raw_redis.get(name) for name in redis_keys() if name[-1] == "}"}
 
