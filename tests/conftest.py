@@ -19,13 +19,16 @@ import django
 import fakeredis
 import pytest
 import redis
+import redis.cluster
 import trustme
 
+from django_redis_sessions.client import clients
 from django_redis_sessions.keys import glob_escape
 from django_redis_sessions.redis_layer import RedisLayer
 from django_redis_sessions.store import RedisSessionStore
 from django_redis_sessions.testing import RedisServer, ServerNotFound, TLSFiles
 from tests.twins import AsyncTwins, no_sync_client
+from tests.utils import needs_async_backend
 
 # Django is set up here rather than from the pytest configuration: under tox the
 # checkout is only appended to sys.path (the package under test is the built
@@ -241,3 +244,34 @@ def tls_server(tls_files: TLSFiles) -> Iterator[RedisServer]:
         pytest.skip(str(error))
     with server:
         yield server
+
+
+@pytest.fixture
+def cluster(
+    cluster_url: str, settings: Any, prefix: str
+) -> Iterator[redis.cluster.RedisCluster]:
+    """``SESSION_REDIS`` on the cluster with this test's prefix, and a client on it.
+
+    The dict may be changed before the engine first uses it (``HASH_IDS``...).
+    """
+    settings.SESSION_REDIS = {"URL": cluster_url, "CLUSTER": True, "PREFIX": prefix}
+    client = redis.cluster.RedisCluster.from_url(cluster_url)
+    yield client
+    for name in client.scan_iter(match=glob_escape(prefix) + "*"):
+        client.unlink(name)
+    client.disconnect_connection_pools()
+    client.close()
+    clients.close()
+
+
+@pytest.fixture(params=["sync", pytest.param("async", marks=needs_async_backend)])
+def call(request: pytest.FixtureRequest) -> Callable[..., Any]:
+    """``call(session, "save")`` runs ``save()``, or ``asyncio.run(asave())``."""
+
+    def sync(target: Any, name: str, *args: Any, **kwargs: Any) -> Any:
+        return getattr(target, name)(*args, **kwargs)
+
+    def asynchronous(target: Any, name: str, *args: Any, **kwargs: Any) -> Any:
+        return asyncio.run(getattr(target, "a" + name)(*args, **kwargs))
+
+    return sync if request.param == "sync" else asynchronous

@@ -18,10 +18,7 @@ from django.test import AsyncClient
 from django_redis_sessions import client as client_module
 from django_redis_sessions.backends.redis import SessionStore
 from django_redis_sessions.store import RedisSessionStore, get_store
-
-needs_async_backend = pytest.mark.skipif(
-    django.VERSION < (5, 1), reason="SessionBase has asyncio methods from Django 5.1"
-)
+from tests.utils import needs_async_backend
 
 
 def public_methods(cls: type) -> set[str]:

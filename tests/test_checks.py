@@ -89,13 +89,13 @@ VALID_CONFIG: dict[str, Any] = {
 }
 
 
-def run(config: Any) -> list[checks.CheckMessage]:
+def check(config: Any) -> list[checks.CheckMessage]:
     with override_settings(SESSION_REDIS=config):
         return check_settings(None)
 
 
 def ids(config: Any) -> list[str | None]:
-    return [message.id for message in run(config)]
+    return [message.id for message in check(config)]
 
 
 def test_absent_setting_is_valid() -> None:
@@ -105,16 +105,16 @@ def test_absent_setting_is_valid() -> None:
 
 
 def test_empty_dict_is_valid() -> None:
-    assert run({}) == []
+    assert check({}) == []
 
 
 def test_defaults_spelled_out_are_valid() -> None:
-    assert run(dict(DEFAULTS)) == []
+    assert check(dict(DEFAULTS)) == []
 
 
 def test_config_with_every_key_is_valid() -> None:
     assert set(VALID_CONFIG) == set(DEFAULTS)
-    assert run(VALID_CONFIG) == []
+    assert check(VALID_CONFIG) == []
 
 
 @pytest.mark.parametrize(
@@ -133,12 +133,12 @@ def test_config_with_every_key_is_valid() -> None:
     ],
 )
 def test_valid_url_passes(url: str) -> None:
-    assert run({"URL": url}) == []
+    assert check({"URL": url}) == []
 
 
 def test_every_key_is_checked_and_every_error_has_a_hint() -> None:
     bad = {key: object() for key in DEFAULTS} | {"BOGUS": 1}
-    messages = run(bad)
+    messages = check(bad)
     assert len(messages) == len(bad)
     assert all(isinstance(message, checks.Error) for message in messages)
     assert all(message.hint for message in messages)
@@ -149,13 +149,13 @@ def test_not_a_dict_is_e001_alone() -> None:
 
 
 def test_none_is_e001() -> None:
-    messages = run(None)
+    messages = check(None)
     assert [m.id for m in messages] == ["django_redis_sessions.E001"]
     assert messages[0].msg == "SESSION_REDIS must be a dict, not None."
 
 
 def test_unknown_keys_are_one_e002_naming_them_sorted() -> None:
-    messages = run({"TTL": 5, "URL": "redis://localhost", "HOST": "x"})
+    messages = check({"TTL": 5, "URL": "redis://localhost", "HOST": "x"})
     assert [m.id for m in messages] == ["django_redis_sessions.E002"]
     assert messages[0].msg == "SESSION_REDIS has unknown keys: 'HOST', 'TTL'."
     assert messages[0].hint == (
@@ -198,7 +198,7 @@ def test_bad_url_is_e003(url: Any) -> None:
 
 
 def test_e003_says_why() -> None:
-    (message,) = run({"URL": "http://localhost"})
+    (message,) = check({"URL": "http://localhost"})
     assert message.msg == (
         "SESSION_REDIS['URL'] must be a redis://, rediss:// or unix:// URL, not "
         "'http://localhost' (the scheme must be redis, rediss or unix, not 'http')."
@@ -258,7 +258,7 @@ def test_bad_client_is_e008(client: Any) -> None:
 
 
 def test_e008_says_why() -> None:
-    (message,) = run({"CLIENT": "tests.test_checks.NOT_CALLABLE"})
+    (message,) = check({"CLIENT": "tests.test_checks.NOT_CALLABLE"})
     assert message.msg == (
         "SESSION_REDIS['CLIENT'] must be None or the dotted path of a callable, not "
         "'tests.test_checks.NOT_CALLABLE' (it imports 42, which is not callable)."
@@ -274,7 +274,7 @@ def test_bad_prefix_is_e009(bad_prefix: Any) -> None:
 
 @pytest.mark.parametrize("valid_prefix", ["app*:", "[a]", "?:", "s", "sessions:v2:"])
 def test_prefix_with_glob_characters_among_others_is_valid(valid_prefix: str) -> None:
-    assert run({"PREFIX": valid_prefix}) == []
+    assert check({"PREFIX": valid_prefix}) == []
 
 
 @pytest.mark.parametrize("scan_count", [None, 1.5, "100", True, -1])
@@ -283,7 +283,7 @@ def test_bad_scan_count_is_e010(scan_count: Any) -> None:
 
 
 def test_scan_count_zero_is_e010() -> None:
-    messages = run({"SCAN_COUNT": 0})
+    messages = check({"SCAN_COUNT": 0})
     assert [m.id for m in messages] == ["django_redis_sessions.E010"]
     assert messages[0].msg == (
         "SESSION_REDIS['SCAN_COUNT'] must be a positive integer, not 0."
@@ -297,7 +297,7 @@ def test_bad_ttl_seconds_is_e011(ttl: Any) -> None:
 
 @pytest.mark.parametrize("ttl", [0, False, 1, 86400])
 def test_ttl_seconds_zero_false_or_positive_is_valid(ttl: Any) -> None:
-    assert run({"TTL_SECONDS": ttl}) == []
+    assert check({"TTL_SECONDS": ttl}) == []
 
 
 @pytest.mark.parametrize("tombstone", [None, 0, -1, True, 1.5, "300"])
@@ -331,11 +331,11 @@ def test_cluster_with_sentinels_is_e015() -> None:
 
 
 def test_cluster_with_empty_sentinels_is_valid() -> None:
-    assert run({"CLUSTER": True, "SENTINELS": []}) == []
+    assert check({"CLUSTER": True, "SENTINELS": []}) == []
 
 
 def test_sentinels_without_cluster_is_valid() -> None:
-    assert run({"CLUSTER": False, "SENTINELS": [("sentinel", 26379)]}) == []
+    assert check({"CLUSTER": False, "SENTINELS": [("sentinel", 26379)]}) == []
 
 
 @pytest.mark.parametrize(
@@ -354,11 +354,11 @@ def test_cluster_with_database_other_than_0_is_e016(url: str) -> None:
     "url", ["redis://localhost:7000", "redis://localhost:7000/0", "redis://h/0?db=0"]
 )
 def test_cluster_with_database_0_is_valid(url: str) -> None:
-    assert run({"CLUSTER": True, "URL": url}) == []
+    assert check({"CLUSTER": True, "URL": url}) == []
 
 
 def test_database_other_than_0_without_cluster_is_valid() -> None:
-    assert run({"CLUSTER": False, "URL": "redis://localhost:6379/3"}) == []
+    assert check({"CLUSTER": False, "URL": "redis://localhost:6379/3"}) == []
 
 
 def test_cluster_with_both_conflicts_is_e015_and_e016() -> None:
@@ -448,16 +448,16 @@ def test_url_query_parameter_redis_py_does_not_accept_is_e017(
     ],
 )
 def test_url_query_parameters_redis_py_accepts_are_valid(url: str) -> None:
-    assert run({"URL": url}) == []
+    assert check({"URL": url}) == []
 
 
 def test_e017_names_the_parameter_and_never_the_password() -> None:
-    (message,) = run({"URL": "redis://user:s3cret@h/0?socket_timeout=abc"})
+    (message,) = check({"URL": "redis://user:s3cret@h/0?socket_timeout=abc"})
     assert message.msg == (
         "SESSION_REDIS['URL'] query parameter 'socket_timeout' must be a number, "
         "not 'abc'."
     )
-    (message,) = run({"URL": "redis://h/0?password=s3cret&socket_timout=1"})
+    (message,) = check({"URL": "redis://h/0?password=s3cret&socket_timout=1"})
     assert message.msg == (
         "SESSION_REDIS['URL'] has the query parameter 'socket_timout', which "
         "redis-py does not accept for a redis:// URL."
@@ -485,7 +485,7 @@ def test_option_redis_py_does_not_accept_is_e018(config: dict[str, Any]) -> None
 
 
 def test_e018_names_the_client_and_suggests_the_closest_name() -> None:
-    (message,) = run({"OPTIONS": {"ssl_cert_req": "none"}})
+    (message,) = check({"OPTIONS": {"ssl_cert_req": "none"}})
     assert message.msg == (
         "SESSION_REDIS['OPTIONS'] has the argument 'ssl_cert_req', which redis-py "
         "does not accept for a redis:// URL."
@@ -517,7 +517,7 @@ def test_e018_names_the_client_and_suggests_the_closest_name() -> None:
     ],
 )
 def test_options_redis_py_accepts_are_valid(config: dict[str, Any]) -> None:
-    assert run(config) == []
+    assert check(config) == []
 
 
 @pytest.mark.parametrize(
@@ -553,7 +553,7 @@ def test_option_of_the_wrong_type_is_e019(name: str, value: Any) -> None:
 
 
 def test_e019_says_what_the_option_must_be() -> None:
-    (message,) = run({"OPTIONS": {"socket_timeout": "5"}})
+    (message,) = check({"OPTIONS": {"socket_timeout": "5"}})
     assert message.msg == (
         "SESSION_REDIS['OPTIONS']['socket_timeout'] must be a number greater "
         "than 0, not '5'."
@@ -582,7 +582,7 @@ def test_the_longest_expiry_the_checks_allow_is_accepted_by_redis(
         "TOMBSTONE_SECONDS": MAX_EXPIRY_SECONDS,
         "SCAN_COUNT": 2**63 - 1,
     }
-    assert run(config) == []
+    assert check(config) == []
     settings.SESSION_REDIS = config
     assert survives_a_request()
 
@@ -609,7 +609,7 @@ def test_serializer_that_is_not_a_usable_class_is_e014(serializer: str) -> None:
 
 
 def test_e014_says_what_the_serializer_lacks() -> None:
-    (message,) = run({"SERIALIZER": "tests.test_checks.SerializerWithoutLoads"})
+    (message,) = check({"SERIALIZER": "tests.test_checks.SerializerWithoutLoads"})
     assert message.msg == (
         "SESSION_REDIS['SERIALIZER'] must be None or the dotted path of a "
         "serializer class, not 'tests.test_checks.SerializerWithoutLoads' (its "
@@ -619,7 +619,7 @@ def test_e014_says_what_the_serializer_lacks() -> None:
 
 def test_the_signed_serializer_is_valid() -> None:
     serializer = "django_redis_sessions.serializers.SignedJSONSerializer"
-    assert run({"SERIALIZER": serializer}) == []
+    assert check({"SERIALIZER": serializer}) == []
 
 
 # decode_responses (E020): sessions are bytes read back exactly.
@@ -644,7 +644,7 @@ def test_a_mapping_that_is_not_a_dict_is_a_valid_setting() -> None:
     config = MappingProxyType(
         {"URL": "redis://h/0", "OPTIONS": MappingProxyType({"socket_timeout": 1})}
     )
-    assert run(config) == []
+    assert check(config) == []
 
 
 def test_options_in_a_mapping_that_is_not_a_dict_are_checked() -> None:
@@ -678,7 +678,7 @@ def test_cluster_with_a_database_in_options_is_e016() -> None:
 
 def test_cluster_ignores_the_database_in_options_when_the_url_names_one() -> None:
     config = {"CLUSTER": True, "URL": "redis://h:7000/0", "OPTIONS": {"db": 1}}
-    assert run(config) == []
+    assert check(config) == []
 
 
 @pytest.mark.parametrize(
@@ -706,10 +706,11 @@ def test_keys_a_client_factory_would_ignore_are_not_checked_further() -> None:
 
 def test_client_with_the_keys_it_replaces_at_their_defaults_is_valid() -> None:
     client = "tests.test_checks.make_client"
-    assert run({**DEFAULTS, "CLIENT": client}) == []
+    assert check({**DEFAULTS, "CLIENT": client}) == []
     # Empty is unset, whatever the type.
     assert (
-        run({"CLIENT": client, "SENTINELS": (), "OPTIONS": MappingProxyType({})}) == []
+        check({"CLIENT": client, "SENTINELS": (), "OPTIONS": MappingProxyType({})})
+        == []
     )
 
 
@@ -727,7 +728,7 @@ def test_client_with_the_keys_it_replaces_at_their_defaults_is_valid() -> None:
     ],
 )
 def test_no_message_shows_a_password(config: Any) -> None:
-    messages = run(config)
+    messages = check(config)
     assert messages
     for message in messages:
         assert "s3cret" not in f"{message.msg} {message.hint}"
@@ -754,7 +755,7 @@ def survives_a_request() -> bool:
 def test_the_test_server_settings_survive_a_request(
     session_redis: dict[str, Any],
 ) -> None:
-    assert run(session_redis) == []
+    assert check(session_redis) == []
     assert survives_a_request()
 
 
@@ -802,7 +803,7 @@ def test_hash_ids_other_than_true_false_or_migrate_is_e023(value: Any) -> None:
     ],
 )
 def test_migrate_from_another_session_engine_is_valid(value: str) -> None:
-    assert run({"MIGRATE_FROM": value}) == []
+    assert check({"MIGRATE_FROM": value}) == []
 
 
 @pytest.mark.parametrize(
@@ -818,7 +819,7 @@ def test_migrate_from_another_session_engine_is_valid(value: str) -> None:
 def test_migrate_from_that_is_no_other_session_engine_is_e024(
     value: Any, reason: str
 ) -> None:
-    [error] = run({"MIGRATE_FROM": value})
+    [error] = check({"MIGRATE_FROM": value})
     assert error.id == "django_redis_sessions.E024"
     assert reason in error.msg
     assert "MIGRATE_FROM" in str(error.hint)

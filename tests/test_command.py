@@ -10,14 +10,13 @@ from typing import Any
 
 import pytest
 import redis
-from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from django_redis_sessions.conf import redact_url
 from django_redis_sessions.management.commands import redis_sessions as command
 from django_redis_sessions.redis_layer import RedisLayer
 from django_redis_sessions.store import RedisSessionStore
-from tests.utils import data_name, tombstone_name
+from tests.utils import data_name, redis_sessions, tombstone_name
 
 LIVE = ["alive-1", "alive-2", "alive-3"]
 DESTROYED = ["gone-1", "gone-2"]
@@ -29,19 +28,6 @@ class TTYStringIO(io.StringIO):
 
     def isatty(self) -> bool:
         return True
-
-
-def run(*args: str, stderr: io.StringIO | None = None, **options: Any) -> str:
-    """Run the command; its stdout."""
-    stdout = io.StringIO()
-    call_command(
-        "redis_sessions",
-        *args,
-        stdout=stdout,
-        stderr=io.StringIO() if stderr is None else stderr,
-        **options,
-    )
-    return stdout.getvalue()
 
 
 def create_sessions(prefix: str, keys: list[str]) -> None:
@@ -137,18 +123,18 @@ def unreachable(settings: Any, prefix: str) -> int:
 def test_count_prints_the_number_of_live_sessions_alone_on_its_line(
     arranged: set[str],
 ) -> None:
-    assert run("count") == "3\n"
+    assert redis_sessions("count") == "3\n"
 
 
 def test_count_ignores_tombstones_of_destroyed_sessions(prefix: str) -> None:
     create_sessions(prefix, ["a", "b"])
     RedisSessionStore(prefix=prefix).destroy("a")
 
-    assert run("count") == "1\n"
+    assert redis_sessions("count") == "1\n"
 
 
 def test_count_is_zero_when_there_are_no_sessions() -> None:
-    assert run("count") == "0\n"
+    assert redis_sessions("count") == "0\n"
 
 
 def test_count_leaves_every_key_alone(
@@ -159,7 +145,7 @@ def test_count_leaves_every_key_alone(
 ) -> None:
     before = redis_keys()
 
-    run("count")
+    redis_sessions("count")
 
     assert redis_keys() == before
     assert raw_redis.get(outside_key) == b"decoy"
@@ -168,18 +154,18 @@ def test_count_leaves_every_key_alone(
 def test_count_with_prefix_counts_the_other_prefix(
     arranged: set[str], other_prefix: str
 ) -> None:
-    assert run("count", "--prefix", other_prefix) == "2\n"
+    assert redis_sessions("count", "--prefix", other_prefix) == "2\n"
 
 
 def test_count_with_scan_count_one_gives_the_same_number(arranged: set[str]) -> None:
-    assert run("count", "--scan-count", "1") == "3\n"
+    assert redis_sessions("count", "--scan-count", "1") == "3\n"
 
 
 def test_a_prefix_with_glob_characters_is_taken_literally(
     arranged: set[str], prefix: str
 ) -> None:
-    assert run("count", "--prefix", prefix[:-1] + "*") == "0\n"
-    assert run("count", "--prefix", prefix[:-1] + "?") == "0\n"
+    assert redis_sessions("count", "--prefix", prefix[:-1] + "*") == "0\n"
+    assert redis_sessions("count", "--prefix", prefix[:-1] + "?") == "0\n"
 
 
 # clear
@@ -194,7 +180,7 @@ def test_clear_noinput_deletes_live_sessions_and_keeps_tombstones_and_decoys(
     no_input: None,
     flag: str,
 ) -> None:
-    assert run("clear", flag) == "Deleted 3 sessions.\n"
+    assert redis_sessions("clear", flag) == "Deleted 3 sessions.\n"
 
     assert redis_keys() == arranged
     assert raw_redis.get(outside_key) == b"decoy"
@@ -203,7 +189,7 @@ def test_clear_noinput_deletes_live_sessions_and_keeps_tombstones_and_decoys(
 def test_clear_accepts_interactive_false_from_call_command(
     arranged: set[str], redis_keys: Callable[[], set[str]], no_input: None
 ) -> None:
-    assert run("clear", interactive=False) == "Deleted 3 sessions.\n"
+    assert redis_sessions("clear", interactive=False) == "Deleted 3 sessions.\n"
     assert redis_keys() == arranged
 
 
@@ -212,7 +198,7 @@ def test_clear_says_session_in_the_singular_for_one(
 ) -> None:
     create_sessions(prefix, ["only"])
 
-    assert run("clear", "--noinput") == "Deleted 1 session.\n"
+    assert redis_sessions("clear", "--noinput") == "Deleted 1 session.\n"
     assert redis_keys() == set()
 
 
@@ -224,7 +210,7 @@ def test_clear_asks_first_and_deletes_after_yes(
 ) -> None:
     prompts = answers("y")
 
-    assert run("clear") == "Deleted 3 sessions.\n"
+    assert redis_sessions("clear") == "Deleted 3 sessions.\n"
 
     assert prompts == [
         f"This will delete 3 sessions under the prefix '{prefix}'. Are you sure? [y/N] "
@@ -241,7 +227,7 @@ def test_clear_accepts_yes_in_any_case(
 ) -> None:
     answers(answer)
 
-    assert run("clear") == "Deleted 3 sessions.\n"
+    assert redis_sessions("clear") == "Deleted 3 sessions.\n"
     assert redis_keys() == arranged
 
 
@@ -255,7 +241,7 @@ def test_clear_deletes_nothing_unless_the_answer_is_yes(
     before = redis_keys()
     prompts = answers(answer)
 
-    assert run("clear") == "Cancelled; nothing was deleted.\n"
+    assert redis_sessions("clear") == "Cancelled; nothing was deleted.\n"
 
     assert len(prompts) == 1
     assert redis_keys() == before
@@ -273,7 +259,7 @@ def test_clear_treats_a_closed_stdin_as_no(
 
     monkeypatch.setattr(builtins, "input", closed_stdin)
 
-    assert run("clear") == "Cancelled; nothing was deleted.\n"
+    assert redis_sessions("clear") == "Cancelled; nothing was deleted.\n"
     assert redis_keys() == before
 
 
@@ -283,7 +269,7 @@ def test_clear_does_not_ask_when_there_are_no_sessions(
     create_sessions(prefix, ["gone"])
     RedisSessionStore(prefix=prefix).destroy("gone")
 
-    assert run("clear") == "No sessions to delete.\n"
+    assert redis_sessions("clear") == "No sessions to delete.\n"
     assert redis_keys() == {tombstone_name(prefix, "gone")}
 
 
@@ -295,10 +281,10 @@ def test_clear_dry_run_reports_and_deletes_nothing(
 ) -> None:
     before = redis_keys()
 
-    assert run("clear", "--dry-run") == (
+    assert redis_sessions("clear", "--dry-run") == (
         f"Would delete 3 sessions under the prefix '{prefix}'.\n"
     )
-    assert run("clear", "--dry-run", "--noinput") == (
+    assert redis_sessions("clear", "--dry-run", "--noinput") == (
         f"Would delete 3 sessions under the prefix '{prefix}'.\n"
     )
     assert redis_keys() == before
@@ -315,27 +301,30 @@ def test_clear_with_prefix_deletes_only_the_other_prefix(
 ) -> None:
     before = redis_keys()
 
-    output = run("clear", "--prefix", other_prefix, "--noinput")
+    output = redis_sessions("clear", "--prefix", other_prefix, "--noinput")
 
     assert output == "Deleted 2 sessions.\n"
     assert redis_keys() == before - {data_name(other_prefix, key) for key in OTHER}
-    assert run("count") == "3\n"
+    assert redis_sessions("count") == "3\n"
     assert raw_redis.get(outside_key) == b"decoy"
 
 
 def test_clear_with_scan_count_one_gives_the_same_result(
     arranged: set[str], redis_keys: Callable[[], set[str]], no_input: None
 ) -> None:
-    assert run("clear", "--noinput", "--scan-count", "1") == "Deleted 3 sessions.\n"
+    assert (
+        redis_sessions("clear", "--noinput", "--scan-count", "1")
+        == "Deleted 3 sessions.\n"
+    )
     assert redis_keys() == arranged
 
 
 def test_clear_twice_deletes_nothing_the_second_time(
     arranged: set[str], redis_keys: Callable[[], set[str]], no_input: None
 ) -> None:
-    run("clear", "--noinput")
+    redis_sessions("clear", "--noinput")
 
-    assert run("clear", "--noinput") == "Deleted 0 sessions.\n"
+    assert redis_sessions("clear", "--noinput") == "Deleted 0 sessions.\n"
     assert redis_keys() == arranged
 
 
@@ -399,7 +388,7 @@ def test_clear_shows_progress_on_a_terminal_after_the_tenth_batch(
     fake_clock(monkeypatch, step=1.0)
     stderr = TTYStringIO()
 
-    output = run("clear", "--noinput", "--scan-count", "2", stderr=stderr)
+    output = redis_sessions("clear", "--noinput", "--scan-count", "2", stderr=stderr)
 
     assert output == "Deleted 200 sessions.\n"
     assert len(batches) > 10
@@ -415,7 +404,7 @@ def test_clear_shows_progress_at_most_ten_times_a_second(
     fake_clock(monkeypatch, step=0.03)
     stderr = TTYStringIO()
 
-    output = run("clear", "--noinput", "--scan-count", "2", stderr=stderr)
+    output = redis_sessions("clear", "--noinput", "--scan-count", "2", stderr=stderr)
 
     assert output == "Deleted 200 sessions.\n"
     assert len(batches) > 14
@@ -429,7 +418,7 @@ def test_clear_shows_no_progress_when_stderr_is_not_a_terminal(
     fake_clock(monkeypatch, step=1.0)
     stderr = io.StringIO()
 
-    output = run("clear", "--noinput", "--scan-count", "2", stderr=stderr)
+    output = redis_sessions("clear", "--noinput", "--scan-count", "2", stderr=stderr)
 
     assert output == "Deleted 200 sessions.\n"
     assert len(batches) > 10
@@ -442,7 +431,7 @@ def test_clear_shows_no_progress_for_a_store_of_ten_batches_or_fewer(
     fake_clock(monkeypatch, step=1.0)
     stderr = TTYStringIO()
 
-    output = run("clear", "--noinput", stderr=stderr)
+    output = redis_sessions("clear", "--noinput", stderr=stderr)
 
     assert output == "Deleted 3 sessions.\n"
     assert len(batches) <= 10
@@ -468,7 +457,7 @@ def test_progress_uses_thousands_separators_and_no_color() -> None:
 
 def test_scan_count_zero_is_an_error() -> None:
     with pytest.raises(CommandError) as excinfo:
-        run("count", "--scan-count", "0")
+        redis_sessions("count", "--scan-count", "0")
 
     assert str(excinfo.value) == "--scan-count must be at least 1, not 0."
 
@@ -479,7 +468,7 @@ def test_a_negative_scan_count_is_an_error_for_clear_too(
     before = redis_keys()
 
     with pytest.raises(CommandError) as excinfo:
-        run("clear", "--noinput", "--scan-count", "-5")
+        redis_sessions("clear", "--noinput", "--scan-count", "-5")
 
     assert str(excinfo.value) == "--scan-count must be at least 1, not -5."
     assert redis_keys() == before
@@ -491,7 +480,7 @@ def test_a_scan_count_of_zero_in_settings_is_an_error(
     session_redis["SCAN_COUNT"] = 0
 
     with pytest.raises(CommandError) as excinfo:
-        run("count")
+        redis_sessions("count")
 
     assert (
         str(excinfo.value) == "SESSION_REDIS['SCAN_COUNT'] must be at least 1, not 0."
@@ -500,7 +489,7 @@ def test_a_scan_count_of_zero_in_settings_is_an_error(
 
 def test_a_scan_count_that_is_not_a_number_is_an_error() -> None:
     with pytest.raises(CommandError) as excinfo:
-        run("count", "--scan-count", "many")
+        redis_sessions("count", "--scan-count", "many")
 
     assert str(excinfo.value) == (
         "Error: argument --scan-count: invalid int value: 'many'"
@@ -517,7 +506,7 @@ def test_an_empty_prefix_is_an_error(
     before = redis_keys()
 
     with pytest.raises(CommandError) as excinfo:
-        run(subcommand, "--prefix", "")
+        redis_sessions(subcommand, "--prefix", "")
 
     assert str(excinfo.value) == (
         "--prefix is empty, which would match the sessions of every app on this "
@@ -532,7 +521,7 @@ def test_an_empty_prefix_in_settings_is_an_error(
     session_redis["PREFIX"] = ""
 
     with pytest.raises(CommandError) as excinfo:
-        run("clear", "--noinput")
+        redis_sessions("clear", "--noinput")
 
     assert str(excinfo.value) == (
         "SESSION_REDIS['PREFIX'] is empty, which would match the sessions of every "
@@ -542,7 +531,7 @@ def test_an_empty_prefix_in_settings_is_an_error(
 
 def test_a_subcommand_is_required() -> None:
     with pytest.raises(CommandError) as excinfo:
-        run()
+        redis_sessions()
 
     assert str(excinfo.value) == (
         "Error: the following arguments are required: {count,clear,rehash,user,import}"
@@ -553,14 +542,14 @@ def test_an_unknown_subcommand_is_an_error() -> None:
     with pytest.raises(
         CommandError, match=r"^Error: argument \{count,clear,rehash,user,import\}: "
     ):
-        run("flush")
+        redis_sessions("flush")
 
 
 def test_count_does_not_take_clear_options() -> None:
     with pytest.raises(
         CommandError, match=r"^Error: unrecognized arguments: --noinput$"
     ):
-        run("count", "--noinput")
+        redis_sessions("count", "--noinput")
 
 
 # Redis unreachable
@@ -570,7 +559,7 @@ def test_count_fails_with_a_command_error_when_redis_is_unreachable(
     unreachable: int,
 ) -> None:
     with pytest.raises(CommandError) as excinfo:
-        run("count")
+        redis_sessions("count")
 
     message = str(excinfo.value)
     assert message.startswith(
@@ -586,7 +575,7 @@ def test_clear_fails_with_a_command_error_when_redis_is_unreachable(
     unreachable: int, no_input: None
 ) -> None:
     with pytest.raises(CommandError) as excinfo:
-        run("clear", "--noinput")
+        redis_sessions("clear", "--noinput")
 
     message = str(excinfo.value)
     assert message.startswith(
@@ -604,7 +593,7 @@ def test_clear_says_nothing_was_deleted_when_redis_is_unreachable_before_asking(
     unreachable: int, no_input: None
 ) -> None:
     with pytest.raises(CommandError) as excinfo:
-        run("clear")
+        redis_sessions("clear")
 
     message = str(excinfo.value)
     assert message.startswith(

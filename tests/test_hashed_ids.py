@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import io
 import json
 import tracemalloc
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,18 +14,22 @@ import redis
 import redis.cluster
 from django.contrib.auth import get_user_model
 from django.contrib.sessions.backends.base import UpdateError
-from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import AsyncClient, Client
 
 from django_redis_sessions.backends.redis import SessionStore
-from django_redis_sessions.client import clients
 from django_redis_sessions.keys import data_key, glob_escape, tombstone_key
 from django_redis_sessions.redis_layer import RedisLayer
 from django_redis_sessions.scripts import Outcome
 from django_redis_sessions.store import RedisSessionStore
 from django_redis_sessions.testing import CommandLog
-from tests.utils import Keys, Monitor, everything_in, needs_async_backend
+from tests.utils import (
+    Keys,
+    Monitor,
+    everything_in,
+    needs_async_backend,
+    redis_sessions,
+)
 
 KEY = "abcdefgh12345678abcdefgh12345678"
 
@@ -173,17 +175,6 @@ def plain_sessions(prefix: str, count: int, **data: Any) -> list[str]:
     return keys
 
 
-@pytest.fixture(params=["sync", pytest.param("async", marks=needs_async_backend)])
-def call(request: pytest.FixtureRequest) -> Any:
-    def sync(target: Any, name: str, *args: Any) -> Any:
-        return getattr(target, name)(*args)
-
-    def asynchronous(target: Any, name: str, *args: Any) -> Any:
-        return asyncio.run(getattr(target, "a" + name)(*args))
-
-    return sync if request.param == "sync" else asynchronous
-
-
 @pytest.fixture
 def migrating(session_redis: dict[str, Any]) -> dict[str, Any]:
     session_redis["HASH_IDS"] = "migrate"
@@ -262,12 +253,6 @@ def test_a_plain_session_logged_out_is_never_moved_back(
     assert not [name for name in redis_keys() if not name.endswith(":tombstone")]
 
 
-def run_command(*args: str) -> str:
-    out = io.StringIO()
-    call_command("redis_sessions", *args, stdout=out)
-    return out.getvalue()
-
-
 def fill_plain(raw: redis.Redis, prefix: str, count: int, start: int = 0) -> None:
     pipe = raw.pipeline(transaction=False)
     for number in range(start, start + count):
@@ -284,11 +269,11 @@ def test_rehash_moves_every_plain_session_exactly_once(
     hashed_key = "hashed00000000000000000000000000"
     RedisSessionStore().create(hashed_key, {"n": 2}, ttl=3600)
 
-    assert run_command("rehash", "--dry-run") == (
+    assert redis_sessions("rehash", "--dry-run") == (
         f"Would move {count:,} sessions to their ids.\n"
     )
-    assert run_command("rehash") == f"Moved {count:,} sessions to their ids.\n"
-    assert run_command("rehash") == "Moved 0 sessions to their ids.\n"
+    assert redis_sessions("rehash") == f"Moved {count:,} sessions to their ids.\n"
+    assert redis_sessions("rehash") == "Moved 0 sessions to their ids.\n"
     store = RedisSessionStore()
     assert store.count() == count + 1
     assert store.get(f"plain{1:027d}") == {"n": 1}
@@ -305,7 +290,7 @@ def test_rehash_memory_does_not_grow_with_the_store(
         fill_plain(raw_redis, prefix, count, start=len(peaks) * 100_000)
         tracemalloc.start()
         try:
-            run_command("rehash")
+            redis_sessions("rehash")
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
@@ -320,29 +305,18 @@ def test_rehash_refuses_when_ids_are_not_hashed(
 ) -> None:
     session_redis["HASH_IDS"] = False
     with pytest.raises(CommandError, match=r"HASH_IDS'\] is False"):
-        run_command("rehash")
+        redis_sessions("rehash")
 
 
 # --- Redis Cluster ------------------------------------------------------------
 
 
 @pytest.fixture
-def cluster(
-    cluster_url: str, settings: Any, prefix: str
-) -> Iterator[redis.cluster.RedisCluster]:
-    settings.SESSION_REDIS = {
-        "URL": cluster_url,
-        "CLUSTER": True,
-        "PREFIX": prefix,
-        "HASH_IDS": "migrate",
-    }
-    client = redis.cluster.RedisCluster.from_url(cluster_url)
-    yield client
-    for name in client.scan_iter(match=glob_escape(prefix) + "*"):
-        client.unlink(name)
-    client.disconnect_connection_pools()
-    client.close()
-    clients.close()
+def migrating_cluster(
+    cluster: redis.cluster.RedisCluster, settings: Any
+) -> redis.cluster.RedisCluster:
+    settings.SESSION_REDIS["HASH_IDS"] = "migrate"
+    return cluster
 
 
 def cluster_names(client: redis.cluster.RedisCluster, prefix: str) -> set[str]:
@@ -351,15 +325,16 @@ def cluster_names(client: redis.cluster.RedisCluster, prefix: str) -> set[str]:
 
 
 def test_migrate_on_cluster_moves_on_load_and_rehash_moves_the_rest(
-    cluster: redis.cluster.RedisCluster, prefix: str, call: Any
+    migrating_cluster: redis.cluster.RedisCluster, prefix: str, call: Any
 ) -> None:
+    cluster = migrating_cluster
     keys = plain_sessions(prefix, 30)
     session = SessionStore(keys[0])
     assert call(session, "load") == {"n": keys[0]}
     assert data_key(prefix, expected_id(keys[0])) in cluster_names(cluster, prefix)
     assert data_key(prefix, keys[0]) not in cluster_names(cluster, prefix)
-    assert run_command("rehash") == "Moved 29 sessions to their ids.\n"
-    assert run_command("rehash") == "Moved 0 sessions to their ids.\n"
+    assert redis_sessions("rehash") == "Moved 29 sessions to their ids.\n"
+    assert redis_sessions("rehash") == "Moved 0 sessions to their ids.\n"
     layer = RedisLayer()
     assert {name for name in cluster_names(cluster, prefix) if name.endswith("}")} == {
         layer.data_name(key) for key in keys

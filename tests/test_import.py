@@ -32,7 +32,6 @@ from django.contrib.sessions.backends.db import SessionStore as DatabaseStore
 from django.contrib.sessions.backends.file import SessionStore as FileStore
 from django.contrib.sessions.models import Session
 from django.core.cache import caches
-from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import AsyncClient, Client
 from django.utils import timezone
@@ -40,7 +39,6 @@ from django.utils.crypto import get_random_string
 
 from django_redis_sessions import migration
 from django_redis_sessions.backends.redis import SessionStore
-from django_redis_sessions.client import clients
 from django_redis_sessions.keys import glob_escape, hashed_id, user_index_key
 from django_redis_sessions.redis_layer import RedisLayer, get_layer
 from django_redis_sessions.scripts import Outcome
@@ -48,7 +46,13 @@ from django_redis_sessions.store import RedisSessionStore
 from django_redis_sessions.user_index import IndexWrite
 from tests import listed_engine
 from tests.twins import no_sync_client
-from tests.utils import Keys, data_name, needs_async_backend, tombstone_name
+from tests.utils import (
+    Keys,
+    data_name,
+    needs_async_backend,
+    redis_sessions,
+    tombstone_name,
+)
 
 ENGINES = {
     "db": "django.contrib.sessions.backends.db",
@@ -190,15 +194,7 @@ def assert_logged_in(
 
 
 def run_import(*args: str, stderr: io.StringIO | None = None) -> str:
-    stdout = io.StringIO()
-    call_command(
-        "redis_sessions",
-        "import",
-        *args,
-        stdout=stdout,
-        stderr=io.StringIO() if stderr is None else stderr,
-    )
-    return stdout.getvalue()
+    return redis_sessions("import", *args, stderr=stderr)
 
 
 def summary(engine: str, read: int, **counts: int) -> str:
@@ -811,27 +807,14 @@ def test_import_memory_stays_flat_as_the_source_grows(db: None, settings: Any) -
     assert large < small * 1.25
 
 
-@pytest.fixture
-def cluster_prefix(
-    cluster_url: str, settings: Any, prefix: str
-) -> Iterator[redis.cluster.RedisCluster]:
-    settings.SESSION_REDIS = {"URL": cluster_url, "CLUSTER": True, "PREFIX": prefix}
-    client = redis.cluster.RedisCluster.from_url(cluster_url)
-    yield client
-    for name in client.scan_iter(match=glob_escape(prefix) + "*"):
-        client.unlink(name)
-    client.close()
-    clients.close()
-
-
 def test_import_into_a_cluster_pipelines_each_session_to_its_slot(
-    db: None, settings: Any, prefix: str, cluster_prefix: redis.cluster.RedisCluster
+    db: None, settings: Any, prefix: str, cluster: redis.cluster.RedisCluster
 ) -> None:
     keys = add_rows(60)
     use(settings, THIS_ENGINE, migrate_from=DB)
     assert run_import() == summary(DB, 60, created=60)
     names = [data_name(prefix, key) for key in keys]
-    owners = {cluster_prefix.get_node_from_key(name).name for name in names}
+    owners = {cluster.get_node_from_key(name).name for name in names}
     assert len(owners) == 3
     store = RedisSessionStore()
     assert store.count() == 60
@@ -843,12 +826,12 @@ def test_import_into_a_cluster_pipelines_each_session_to_its_slot(
 
 
 def test_the_window_on_a_cluster_moves_a_session(
-    db: None, settings: Any, prefix: str, cluster_prefix: redis.cluster.RedisCluster
+    db: None, settings: Any, prefix: str, cluster: redis.cluster.RedisCluster
 ) -> None:
     [key] = add_rows(1)
     use(settings, THIS_ENGINE, migrate_from=DB)
     assert SessionStore(key).load() == {"n": 1}
-    assert cluster_prefix.exists(data_name(prefix, key)) == 1
+    assert cluster.exists(data_name(prefix, key)) == 1
     assert not Session.objects.exists()
 
 

@@ -8,7 +8,6 @@ a second live session behind (one the user's logout would not end).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,7 +20,6 @@ from tests.utils import (
     Keys,
     ReplyDroppingProxy,
     data_name,
-    needs_async_backend,
     tombstone_name,
 )
 
@@ -36,19 +34,6 @@ def proxy(
     with ReplyDroppingProxy(parts.hostname, parts.port) as proxy:
         session_redis["URL"] = proxy.url
         yield proxy
-
-
-@pytest.fixture(params=["sync", pytest.param("async", marks=needs_async_backend)])
-def call(request: pytest.FixtureRequest) -> Any:
-    """``call(session, "save")`` runs ``save()`` or ``asyncio.run(asave())``."""
-
-    def sync(target: Any, name: str, *args: Any) -> Any:
-        return getattr(target, name)(*args)
-
-    def asynchronous(target: Any, name: str, *args: Any) -> Any:
-        return asyncio.run(getattr(target, "a" + name)(*args))
-
-    return sync if request.param == "sync" else asynchronous
 
 
 def warm_up(call: Any, redis_keys: Keys) -> Keys:

@@ -13,7 +13,7 @@ from django_redis_sessions import client as client_module
 from django_redis_sessions.backends.redis import SessionStore
 from django_redis_sessions.store import RedisSessionStore
 from django_redis_sessions.testing import RedisSentinelServers
-from tests.utils import data_name
+from tests.utils import data_name, saved_session
 
 
 @pytest.fixture
@@ -40,9 +40,7 @@ def replicate(servers: RedisSentinelServers) -> None:
 def test_sessions_are_read_and_written_on_the_primary(
     sentinel_setup: RedisSentinelServers, prefix: str
 ) -> None:
-    session = SessionStore()
-    session["user"] = 1
-    session.save()
+    session = saved_session(user=1)
     with redis.Redis(port=sentinel_setup.primary.port) as primary:
         assert primary.exists(data_name(prefix, str(session.session_key)))
     assert SessionStore(session.session_key)["user"] == 1
@@ -54,9 +52,7 @@ def test_sessions_are_read_and_written_on_the_primary(
 def test_a_failover_is_survived_without_a_restart(
     sentinel_setup: RedisSentinelServers,
 ) -> None:
-    session = SessionStore()
-    session["user"] = 1
-    session.save()
+    session = saved_session(user=1)
     key = str(session.session_key)
     assert SessionStore(key)["user"] == 1  # the cached client is connected
     replicate(sentinel_setup)
@@ -77,11 +73,9 @@ def test_a_failover_is_survived_without_a_restart(
     assert asyncio.run(RedisSessionStore().aget(key)) == {"user": 2}
 
 
-def saved_session(servers: RedisSentinelServers) -> str:
+def replicated_session(servers: RedisSentinelServers) -> str:
     """The key of a session holding ``{"user": 1}``, replicated to the replica."""
-    session = SessionStore()
-    session["user"] = 1
-    session.save()
+    session = saved_session(user=1)
     replicate(servers)
     return str(session.session_key)
 
@@ -93,7 +87,7 @@ async def current_async_client() -> Any:
 def test_the_first_asyncio_request_after_a_failover_reads_the_session(
     sentinel_setup: RedisSentinelServers,
 ) -> None:
-    key = saved_session(sentinel_setup)
+    key = replicated_session(sentinel_setup)
     store = RedisSessionStore()
     # One loop across the failover, as an ASGI worker has: its cached client
     # holds a pooled connection to the old primary.
@@ -114,7 +108,7 @@ def test_the_first_asyncio_request_after_a_failover_reads_the_session(
 def test_the_first_sync_request_after_a_failover_reads_the_session(
     sentinel_setup: RedisSentinelServers,
 ) -> None:
-    key = saved_session(sentinel_setup)
+    key = replicated_session(sentinel_setup)
     store = RedisSessionStore()
     assert store.get(key) == {"user": 1}
     client = client_module.clients.get()
@@ -128,7 +122,7 @@ def test_the_first_sync_request_after_a_failover_reads_the_session(
 def test_a_sync_request_whose_primary_dies_mid_command_is_retried_on_the_new_primary(
     sentinel_setup: RedisSentinelServers, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    key = saved_session(sentinel_setup)
+    key = replicated_session(sentinel_setup)
     store = RedisSessionStore()
     assert store.get(key) == {"user": 1}
     pool = client_module.clients.get().connection_pool

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,9 +23,7 @@ from django_redis_sessions.store import RedisSessionStore
 from django_redis_sessions.testing import RedisServer, TLSFiles
 from tests.conftest import PLAIN
 from tests.twins import AsyncTwins, no_sync_client
-from tests.utils import data_name, tombstone_name
-
-Keys = Callable[[], set[str]]
+from tests.utils import Keys, data_name, saved_session, tombstone_name
 
 
 @pytest.fixture
@@ -54,9 +52,7 @@ def unrelated_ca_file(tmp_path_factory: pytest.TempPathFactory) -> str:
 def test_the_session_backend_saves_loads_cycles_and_deletes_over_tls(
     tls_keys: Keys, prefix: str
 ) -> None:
-    session = SessionStore()
-    session["user"] = 1
-    session.save()
+    session = saved_session(user=1)
     old_key = str(session.session_key)
     assert SessionStore(old_key).load() == {"user": 1}
 

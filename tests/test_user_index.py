@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,7 +17,6 @@ import django_redis_sessions.backends.redis as backend_module
 import django_redis_sessions.redis_layer as layer_module
 import django_redis_sessions.user_index as user_index_module
 from django_redis_sessions.backends.redis import SessionStore
-from django_redis_sessions.client import clients
 from django_redis_sessions.keys import glob_escape, user_index_key
 from django_redis_sessions.redis_layer import RedisLayer
 from django_redis_sessions.store import RedisSessionStore
@@ -329,20 +327,6 @@ def test_the_backend_never_shows_the_mark_in_the_session(
 # --- Redis Cluster ------------------------------------------------------------
 
 
-@pytest.fixture
-def cluster(
-    cluster_url: str, settings: Any, prefix: str
-) -> Iterator[redis.cluster.RedisCluster]:
-    settings.SESSION_REDIS = {"URL": cluster_url, "CLUSTER": True, "PREFIX": prefix}
-    client = redis.cluster.RedisCluster.from_url(cluster_url)
-    yield client
-    for name in client.scan_iter(match=glob_escape(prefix) + "*"):
-        client.unlink(name)
-    client.disconnect_connection_pools()
-    client.close()
-    clients.close()
-
-
 @pytest.mark.parametrize(
     "mode", ["sync", pytest.param("async", marks=needs_async_backend)]
 )
@@ -354,14 +338,14 @@ def test_the_index_on_cluster(
 ) -> None:
     store = RedisSessionStore()
 
-    def run(name: str, *args: Any, **kwargs: Any) -> Any:
+    def call_store(name: str, *args: Any, **kwargs: Any) -> Any:
         if mode == "sync":
             return getattr(store, name)(*args, **kwargs)
         return asyncio.run(getattr(store, "a" + name)(*args, **kwargs))
 
     first, second = logged_in(user), logged_in(user)
     ids = {store.session_id(cookie(first)), store.session_id(cookie(second))}
-    assert {s.id for s in run("user_sessions", user.pk)} == ids
+    assert {s.id for s in call_store("user_sessions", user.pk)} == ids
     # The index lives on the user's slot, apart from the sessions.
     index = index_name(prefix, user.pk)
     assert cluster.exists(index) == 1
@@ -370,8 +354,8 @@ def test_the_index_on_cluster(
     login.cycle_key()  # a password change: the entry moves to the new id
     login.save()
     ids = {store.session_id(str(login.session_key)), store.session_id(cookie(second))}
-    assert {s.id for s in run("user_sessions", user.pk)} == ids
-    assert run("logout_user", user.pk, keep=cookie(second)) == 1
-    assert [s.id for s in run("user_sessions", user.pk)] == [
+    assert {s.id for s in call_store("user_sessions", user.pk)} == ids
+    assert call_store("logout_user", user.pk, keep=cookie(second)) == 1
+    assert [s.id for s in call_store("user_sessions", user.pk)] == [
         store.session_id(cookie(second))
     ]

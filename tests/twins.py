@@ -22,7 +22,7 @@ async def _collect(iterator: AsyncIterator[Any]) -> list[Any]:
     return [item async for item in iterator]
 
 
-def run(value: Any) -> Any:
+def run_on_fresh_loop(value: Any) -> Any:
     """Await a coroutine, or collect an async iterator, on a fresh loop."""
     if hasattr(value, "__aiter__"):
         value = _collect(value)
@@ -40,6 +40,6 @@ class AsyncTwins:
         twin: Callable[..., Any] = getattr(self._target, "a" + name)
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            return run(twin(*args, **kwargs))
+            return run_on_fresh_loop(twin(*args, **kwargs))
 
         return call

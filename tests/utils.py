@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import socket
 import threading
 from collections.abc import Callable
@@ -12,6 +13,7 @@ import django
 import pytest
 import redis
 import redis.asyncio
+from django.core.management import call_command
 
 from django_redis_sessions import scripts
 from django_redis_sessions.redis_layer import RedisLayer
@@ -183,6 +185,31 @@ class ReplyDroppingProxy:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def redis_sessions(
+    *args: str, stderr: io.StringIO | None = None, **options: Any
+) -> str:
+    """Run ``manage.py redis_sessions`` with ``args``; what it printed on stdout."""
+    stdout = io.StringIO()
+    call_command(
+        "redis_sessions",
+        *args,
+        stdout=stdout,
+        stderr=io.StringIO() if stderr is None else stderr,
+        **options,
+    )
+    return stdout.getvalue()
+
+
+def saved_session(**data: Any) -> Any:
+    """A new session holding ``data``, saved through the engine."""
+    from django_redis_sessions.backends.redis import SessionStore
+
+    session = SessionStore()
+    session.update(data)
+    session.save()
+    return session
 
 
 def load_scripts(client: redis.Redis) -> None:
