@@ -615,6 +615,9 @@ class RedisSessionStore:
         client = self._async_client()
         if isinstance(client, redis.asyncio.cluster.RedisCluster):
             await client.initialize()  # it learns its nodes lazily
+            # A no-op once it has, which may have been before a failover: see
+            # scan_nodes().
+            await client.nodes_manager.initialize()
         recent = RecentKeys(remember)
         pattern = scan_pattern(self.prefix)
         for node in scan_nodes(client):
@@ -652,8 +655,19 @@ def is_cluster(client: Any) -> bool:
 
 
 def scan_nodes(client: Any) -> list[Any]:
-    """What to SCAN: the client itself, or each primary of a Redis Cluster."""
+    """What to SCAN: the client itself, or each primary of a Redis Cluster.
+
+    An asyncio cluster client must have refreshed its topology before.
+    """
     if isinstance(client, redis.cluster.RedisCluster):
+        # A cluster client learns of a failover only when a command it routes
+        # by key fails or is MOVED. SCAN goes to each primary directly, past
+        # that routing: after a primary died and its replica took over, a
+        # stale list still names the dead node, and count() would fail until
+        # some keyed request happened to refresh it; after a graceful
+        # failover it names the demoted one, now a replica. So one CLUSTER
+        # SLOTS per bulk operation.
+        client.nodes_manager.initialize()
         primaries = client.get_primaries()  # type: ignore[no-untyped-call]
         return [client.get_redis_connection(node) for node in primaries]
     if isinstance(client, redis.asyncio.cluster.RedisCluster):
