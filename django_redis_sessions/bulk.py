@@ -74,8 +74,18 @@ class RecentKeys:
 
 
 def scan_nodes(client: Any) -> list[Any]:
-    """What to SCAN: the client itself, or each primary of a Redis Cluster."""
+    """What to SCAN: the client itself, or each primary of a Redis Cluster.
+
+    An asyncio cluster client must have refreshed its topology before.
+    """
     if isinstance(client, redis.cluster.RedisCluster):
+        # A cluster client learns of a failover only when a command it routes
+        # by key fails or is MOVED. SCAN goes to each primary directly, past
+        # that routing: after a primary died and its replica took over, a
+        # stale list still names the dead node, and count() would fail until
+        # some keyed request refreshed it; after a graceful failover it names
+        # the demoted one, now a replica. So one CLUSTER SLOTS per walk.
+        client.nodes_manager.initialize()
         primaries = client.get_primaries()  # type: ignore[no-untyped-call]
         return [client.get_redis_connection(node) for node in primaries]
     if isinstance(client, redis.asyncio.cluster.RedisCluster):

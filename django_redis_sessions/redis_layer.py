@@ -931,6 +931,9 @@ class RedisLayer:
 async def _ascan_nodes(client: Any) -> list[Any]:
     if isinstance(client, redis.asyncio.cluster.RedisCluster):
         await client.initialize()  # it learns its nodes lazily
+        # A no-op once it has, which may have been before a failover: see
+        # scan_nodes().
+        await client.nodes_manager.initialize()
     return scan_nodes(client)
 
 

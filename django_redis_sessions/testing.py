@@ -2,8 +2,9 @@
 
 ``RedisServer`` runs a disposable ``redis-server`` (or ``valkey-server``) on a
 free port of 127.0.0.1 with persistence off and a fresh temporary directory,
-removed again by ``stop()``. ``RedisClusterServers`` joins three of them into a
-minimal Redis Cluster. Both are context managers::
+removed again by ``stop()``. ``RedisClusterServers`` joins six of them into a
+Redis Cluster of three primaries with a replica each. All of them are context
+managers::
 
     with RedisServer() as server:
         client = redis.Redis.from_url(server.url)
@@ -23,6 +24,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -37,6 +39,7 @@ __all__ = [
     "RedisSentinelServers",
     "RedisServer",
     "ServerNotFound",
+    "SlotMigration",
     "TLSFiles",
     "find_server_binary",
 ]
@@ -125,7 +128,9 @@ def _free_port() -> int:
         return port
 
 
-def _client(port: int, *, tls: bool = False) -> redis.Redis:
+def _client(
+    port: int, *, tls: bool = False, decode: bool = True, timeout: float = 1.0
+) -> redis.Redis:
     # redis-py retries with backoff by default; callers here poll themselves.
     # Over TLS this only probes readiness; verifying the certificate is the
     # job of the tests that use the server.
@@ -137,10 +142,10 @@ def _client(port: int, *, tls: bool = False) -> redis.Redis:
     return redis.Redis(
         host=_HOST,
         port=port,
-        socket_timeout=1.0,
+        socket_timeout=timeout,
         socket_connect_timeout=0.5,
         retry=Retry(NoBackoff(), 0),
-        decode_responses=True,
+        decode_responses=decode,
         **options,
     )
 
@@ -358,8 +363,18 @@ class RedisServer:
         return self._version
 
 
+#: The slot ranges of the three shards, as ``redis-cli --cluster create`` splits them.
+_SHARD_SLOTS = [(0, 5460), (5461, 10921), (10922, 16383)]
+_SLOTS = 16384
+
+
 class RedisClusterServers:
-    """A Redis Cluster of three primaries (no replicas) on ``RedisServer`` nodes.
+    """A Redis Cluster of three primaries, each with one replica.
+
+    ``nodes`` are the primaries in slot order and ``replicas[i]`` replicates
+    ``nodes[i]``. ``fail_over()`` and ``migrate_slot()`` change the topology
+    the way an operator does and return once every running node agrees, so a
+    test can check what clients see before, during and after.
 
     Needs Redis or Valkey 7.0 or later (``CLUSTER ADDSLOTSRANGE``, ``cluster-port``).
     """
@@ -369,60 +384,232 @@ class RedisClusterServers:
     ) -> None:
         self._binary = binary
         self._startup_timeout = startup_timeout
-        self._nodes: list[RedisServer] = []
+        self._primaries: list[RedisServer] = []
+        self._replicas: list[RedisServer] = []
+        self._ids: dict[RedisServer, str] = {}
+        # The shard (index into _primaries) serving each slot.
+        self._shard_of_slot: list[int] = []
 
     def start(self) -> RedisClusterServers:
-        """Start the nodes, assign all slots, and wait for ``cluster_state:ok``."""
-        if self._nodes:
+        """Start six nodes, join them, and wait until the cluster is ready.
+
+        Ready means: every node reports ``cluster_state:ok`` and six known
+        nodes, agrees on who serves which slot and who replicates whom, and
+        every replica's link to its primary is up.
+        """
+        if self._primaries:
             return self
         binary = self._binary or find_server_binary()
         deadline = time.monotonic() + self._startup_timeout
         args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
         args += ["--cluster-node-timeout", "5000"]
+        # Replicas move only when a test moves them.
+        args += ["--cluster-allow-replica-migration", "no"]
+        # The default waits five seconds for more replicas before a full sync.
+        args += ["--repl-diskless-sync-delay", "0"]
+        servers = [RedisServer(binary, extra_args=args) for _ in range(6)]
+        self._primaries, self._replicas = servers[:3], servers[3:]
         try:
-            for low, high in [(0, 5460), (5461, 10921), (10922, 16383)]:
-                node = RedisServer(binary, extra_args=args)
-                self._nodes.append(node)
-                with _client(node.start().port) as client:
+            # In parallel: each start() waits for its own process to answer.
+            with ThreadPoolExecutor(len(servers)) as pool:
+                for started in [pool.submit(server.start) for server in servers]:
+                    started.result()
+            self._join(servers, deadline)
+            self._shard_of_slot = [0] * _SLOTS
+            for shard, (low, high) in enumerate(_SHARD_SLOTS):
+                self._shard_of_slot[low : high + 1] = [shard] * (high - low + 1)
+                with _client(self._primaries[shard].port) as client:
                     client.execute_command("CLUSTER ADDSLOTSRANGE", low, high)
-                    bus = client.config_get("cluster-port")["cluster-port"]
-                if node is not self._nodes[0]:
-                    # The bus port is not port+10000 here (see _launch): pass it.
-                    with _client(self._nodes[0].port) as first:
-                        first.execute_command("CLUSTER MEET", _HOST, node.port, bus)
-            self._wait_until_ok(deadline)
+            for primary, replica in zip(self._primaries, self._replicas, strict=True):
+                self._replicate(replica, primary, deadline)
+            self._wait_until_settled(deadline, "the cluster to form")
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _wait_until_ok(self, deadline: float) -> None:
-        # cluster_size counts the primaries that serve slots.
-        expected = {
-            "cluster_state": "ok",
-            "cluster_known_nodes": "3",
-            "cluster_size": "3",
+    def _join(self, servers: list[RedisServer], deadline: float) -> None:
+        buses: dict[RedisServer, int] = {}
+        for server in servers:
+            with _client(server.port) as client:
+                self._ids[server] = client.execute_command("CLUSTER MYID")
+                buses[server] = int(client.config_get("cluster-port")["cluster-port"])
+        # Every node meets every other one itself: waiting for gossip to
+        # introduce them takes seconds. The bus port is not port+10000 here
+        # (see RedisServer._launch), so it is passed.
+        for server in servers:
+            with _client(server.port) as client:
+                for other in servers:
+                    if other is not server:
+                        client.execute_command(
+                            "CLUSTER MEET", _HOST, other.port, buses[other]
+                        )
+
+    def _replicate(
+        self, replica: RedisServer, primary: RedisServer, deadline: float
+    ) -> None:
+        def replicated() -> bool:
+            with _client(replica.port) as client:
+                try:
+                    client.execute_command("CLUSTER REPLICATE", self._ids[primary])
+                except redis.ResponseError as error:
+                    if "Unknown node" in str(error):
+                        return False  # the handshake is still under way
+                    raise
+            return True
+
+        _wait(deadline, "a replica to know its primary", replicated)
+
+    def _wait_until_settled(self, deadline: float, what: str) -> None:
+        expected = self._expected_view()
+        running = [node for node in self.nodes + self.replicas if _runs(node)]
+        last: list[Any] = []
+
+        def settled() -> bool:
+            last[:] = [self._view(node) for node in running]
+            if any(view != expected for view in last):
+                return False
+            return all(self._linked(replica) for replica in self.replicas)
+
+        try:
+            _wait(deadline, what, settled)
+        except RuntimeError as error:
+            raise RuntimeError(
+                f"{error} Expected every running node to see {expected}; "
+                f"they saw {last}."
+            ) from None
+
+    def _expected_view(self) -> tuple[Any, ...]:
+        ids = [self._ids[node] for node in self._primaries]
+        replicas_of = {
+            self._ids[replica]: self._ids[primary]
+            for primary, replica in zip(self._primaries, self._replicas, strict=True)
+            if _runs(replica)
         }
-        while True:
-            # Gossip takes a moment to spread, so check every node's own view.
-            infos: list[dict[str, str]] = []
-            for node in self._nodes:
-                with _client(node.port) as client:
-                    infos.append(client.execute_command("CLUSTER INFO"))
-            if all(expected.items() <= info.items() for info in infos):
-                return
-            if time.monotonic() >= deadline:
-                raise RuntimeError(
-                    f"Redis Cluster not ready within {self._startup_timeout} s; "
-                    f"last CLUSTER INFO per node: {infos}"
+        owners = _ranges([ids[shard] for shard in self._shard_of_slot])
+        return ("ok", "6", owners, replicas_of)
+
+    def _view(self, node: RedisServer) -> tuple[Any, ...]:
+        """What ``node`` believes: state, known nodes, slot owners, and the
+        primary of each running replica."""
+        running = {self._ids[n] for n in self.nodes + self.replicas if _runs(n)}
+        with _client(node.port) as client:
+            info = client.execute_command("CLUSTER INFO")
+            # Split, so that no reply parser applies: the raw text is parsed here.
+            lines = client.execute_command("CLUSTER", "NODES").splitlines()
+        owners = [""] * _SLOTS
+        replicas_of: dict[str, str] = {}
+        for line in lines:
+            # id address flags primary ping pong epoch link [slot ...]
+            node_id, _, flags, primary_id, *fields = line.split()
+            if "slave" in flags.split(",") and node_id in running:
+                replicas_of[node_id] = primary_id
+            for entry in fields[4:]:
+                if entry.startswith("["):
+                    continue  # an IMPORTING or MIGRATING mark, not ownership
+                low, _, high = entry.partition("-")
+                for slot in range(int(low), int(high or low) + 1):
+                    owners[slot] = node_id
+        known = info.get("cluster_known_nodes")
+        return (info.get("cluster_state"), known, _ranges(owners), replicas_of)
+
+    def _linked(self, replica: RedisServer) -> bool:
+        if not _runs(replica):
+            return True
+        with _client(replica.port) as client:
+            return bool(client.info("replication").get("master_link_status") == "up")
+
+    def fail_over(self, primary: RedisServer, *, timeout: float = 30.0) -> None:
+        """Promote the replica of ``primary``; return once every running node agrees.
+
+        ``CLUSTER FAILOVER`` while ``primary`` runs: the replica catches up
+        and takes over without losing an acknowledged write, and ``primary``
+        becomes its replica. Once ``primary`` has been stopped or killed,
+        ``CLUSTER FAILOVER TAKEOVER``: writes it had not yet replicated are
+        lost (see ``wait_for_replication()``). Afterwards the promoted node
+        takes ``primary``'s place in ``nodes`` and ``primary`` its place in
+        ``replicas``.
+        """
+        shard = self._primaries.index(primary)
+        replica = self._replicas[shard]
+        with _client(replica.port) as client:
+            if _runs(primary):
+                client.execute_command("CLUSTER FAILOVER")
+            else:
+                client.execute_command("CLUSTER FAILOVER TAKEOVER")
+        self._primaries[shard], self._replicas[shard] = replica, primary
+        self._wait_until_settled(time.monotonic() + timeout, "the failover")
+
+    def wait_for_replication(self, timeout: float = 30.0) -> None:
+        """Wait until every running replica has every write of its primary."""
+        # WAIT only covers the writes of the connection that sends it, so the
+        # replication offsets are compared instead.
+        pairs = [
+            (primary, replica)
+            for primary, replica in zip(self._primaries, self._replicas, strict=True)
+            if _runs(primary) and _runs(replica)
+        ]
+        for primary, replica in pairs:
+            with _client(primary.port) as client:
+                offset = int(client.info("replication")["master_repl_offset"])
+
+            def caught_up(replica: RedisServer = replica, offset: int = offset) -> bool:
+                with _client(replica.port) as client:
+                    info = client.info("replication")
+                return int(info.get("slave_repl_offset", -1)) >= offset
+
+            _wait(time.monotonic() + timeout, "a replica to catch up", caught_up)
+
+    def begin_slot_migration(self, slot: int, target: RedisServer) -> SlotMigration:
+        """Mark ``slot`` IMPORTING on ``target`` and MIGRATING on its primary.
+
+        No key has moved yet; the returned ``SlotMigration`` moves them and
+        finishes, so a test can act in between (clients must follow ASK
+        redirects there).
+        """
+        shard = self._shard_of_slot[slot]
+        source = self._primaries[shard]
+        if target not in self._primaries or target is source:
+            raise ValueError(
+                f"Slot {slot} can only move to another primary of the cluster."
+            )
+        with _client(target.port) as client:
+            client.execute_command(
+                "CLUSTER SETSLOT", slot, "IMPORTING", self._ids[source]
+            )
+        with _client(source.port) as client:
+            client.execute_command(
+                "CLUSTER SETSLOT", slot, "MIGRATING", self._ids[target]
+            )
+        return SlotMigration(self, slot, source, target)
+
+    def migrate_slot(self, slot: int, target: RedisServer) -> None:
+        """Move ``slot`` and its keys to the primary ``target``, all steps at once."""
+        migration = self.begin_slot_migration(slot, target)
+        migration.move_keys()
+        migration.finish()
+
+    def _assign(self, migration: SlotMigration, timeout: float) -> None:
+        # The target first, then the source, so that no moment has both
+        # refusing the slot; the other primaries would learn it by gossip,
+        # but are told, which is quicker.
+        source, target = migration.source, migration.target
+        others = [node for node in self._primaries if node not in (source, target)]
+        for node in [target, source, *others]:
+            with _client(node.port) as client:
+                client.execute_command(
+                    "CLUSTER SETSLOT", migration.slot, "NODE", self._ids[target]
                 )
-            time.sleep(0.05)  # poll interval; readiness is the check above
+        self._shard_of_slot[migration.slot] = self._primaries.index(target)
+        self._wait_until_settled(time.monotonic() + timeout, "the slot migration")
 
     def stop(self) -> None:
         """Stop every node; safe to call twice."""
-        for node in self._nodes:
-            node.stop()
-        self._nodes = []
+        nodes = self._primaries + self._replicas
+        if nodes:
+            with ThreadPoolExecutor(len(nodes)) as pool:
+                list(pool.map(RedisServer.stop, nodes))
+        self._primaries, self._replicas = [], []
 
     def __enter__(self) -> RedisClusterServers:
         return self.start()
@@ -433,14 +620,87 @@ class RedisClusterServers:
     @property
     def nodes(self) -> list[RedisServer]:
         """The three primaries, in slot order."""
-        return list(self._nodes)
+        return list(self._primaries)
+
+    @property
+    def replicas(self) -> list[RedisServer]:
+        """The three replicas: ``replicas[i]`` replicates ``nodes[i]``."""
+        return list(self._replicas)
+
+    def primary_for(self, slot: int) -> RedisServer:
+        """The primary serving ``slot``."""
+        return self._primaries[self._shard_of_slot[slot]]
 
     @property
     def url(self) -> str:
-        """URL of the first node, for ``RedisCluster.from_url``."""
-        if not self._nodes:
+        """URL of the first primary, for ``RedisCluster.from_url``."""
+        if not self._primaries:
             raise RuntimeError("RedisClusterServers has not been started")
-        return self._nodes[0].url
+        return self._primaries[0].url
+
+
+class SlotMigration:
+    """One slot on its way between two primaries; see ``begin_slot_migration()``."""
+
+    def __init__(
+        self,
+        cluster: RedisClusterServers,
+        slot: int,
+        source: RedisServer,
+        target: RedisServer,
+    ) -> None:
+        self.slot = slot
+        self.source = source
+        self.target = target
+        self._cluster = cluster
+
+    def move_keys(self, batch: int = 100) -> int:
+        """``MIGRATE`` every key of the slot to the target; how many moved.
+
+        Until ``finish()``, the source answers ASK for each key it no longer
+        holds, and the target serves it to clients that send ``ASKING``.
+        """
+        moved = 0
+        with _client(self.source.port, decode=False, timeout=10.0) as client:
+            while keys := client.execute_command(
+                "CLUSTER GETKEYSINSLOT", self.slot, batch
+            ):
+                client.execute_command(
+                    "MIGRATE", _HOST, self.target.port, "", 0, 5000, "KEYS", *keys
+                )
+                moved += len(keys)
+        return moved
+
+    def finish(self, timeout: float = 30.0) -> None:
+        """Give the slot to the target; return once every running node agrees."""
+        self._cluster._assign(self, timeout)
+
+
+def _runs(server: RedisServer) -> bool:
+    return server.process.poll() is None
+
+
+def _ranges(owners: list[str]) -> list[tuple[int, int, str]]:
+    """Runs of consecutive slots with the same owner, as (first, last, owner)."""
+    ranges: list[tuple[int, int, str]] = []
+    for slot, owner in enumerate(owners):
+        if ranges and ranges[-1][2] == owner and ranges[-1][1] == slot - 1:
+            ranges[-1] = (ranges[-1][0], slot, owner)
+        else:
+            ranges.append((slot, slot, owner))
+    return ranges
+
+
+def _wait(deadline: float, what: str, ready: Callable[[], bool]) -> None:
+    while True:
+        try:
+            if ready():
+                return
+        except (redis.ConnectionError, redis.TimeoutError):
+            pass
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"Timed out waiting for {what}.")
+        time.sleep(0.05)  # polling interval, not a readiness substitute
 
 
 class RedisSentinelServers:
@@ -482,7 +742,7 @@ class RedisSentinelServers:
                 ),
             ).start()
             deadline = time.monotonic() + self._startup_timeout
-            self._wait(deadline, "the replica to sync", self._replica_ready)
+            _wait(deadline, "the replica to sync", self._replica_ready)
         except BaseException:
             self.stop()
             raise
@@ -525,19 +785,7 @@ class RedisSentinelServers:
             state = self.primary_state()
             return state.get("port") == replica_port and state.get("flags") == "master"
 
-        self._wait(time.monotonic() + timeout, "Sentinel to fail over", promoted)
-
-    @staticmethod
-    def _wait(deadline: float, what: str, ready: Callable[[], bool]) -> None:
-        while True:
-            try:
-                if ready():
-                    return
-            except (redis.ConnectionError, redis.TimeoutError):
-                pass
-            if time.monotonic() >= deadline:
-                raise RuntimeError(f"Timed out waiting for {what}.")
-            time.sleep(0.05)  # polling interval, not a readiness substitute
+        _wait(time.monotonic() + timeout, "Sentinel to fail over", promoted)
 
     @property
     def sentinels(self) -> list[tuple[str, int]]:

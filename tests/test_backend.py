@@ -26,7 +26,7 @@ from django.utils import timezone
 from django_redis_sessions.backends.redis import SessionStore
 from django_redis_sessions.redis_layer import get_layer
 from django_redis_sessions.store import RedisSessionStore
-from tests.twins import AsyncTwins, no_sync_client, run_on_fresh_loop
+from tests.twins import AsyncTwins, no_sync_client, run_async
 from tests.utils import Keys, data_name, needs_async_backend, tombstone_name
 
 #: Backend attributes that stay sync in an asyncio test: no I/O behind them.
@@ -55,16 +55,16 @@ class AsyncSession(AsyncTwins):
     """
 
     def __getitem__(self, key: str) -> Any:
-        value = run_on_fresh_loop(self._target.aget(key, KeyError))
+        value = run_async(self._target.aget(key, KeyError))
         if value is KeyError:
             raise KeyError(key)
         return value
 
     def __setitem__(self, key: str, value: Any) -> None:
-        run_on_fresh_loop(self._target.aset(key, value))
+        run_async(self._target.aset(key, value))
 
     def __contains__(self, key: str) -> bool:
-        return bool(run_on_fresh_loop(self._target.ahas_key(key)))
+        return bool(run_async(self._target.ahas_key(key)))
 
 
 @pytest.fixture(params=["sync", pytest.param("async", marks=needs_async_backend)])

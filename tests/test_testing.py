@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import redis
 from redis.cluster import RedisCluster
+from redis.crc import key_slot
+from redis.exceptions import AskError, MovedError
 
 from django_redis_sessions import testing
 from django_redis_sessions.testing import (
@@ -201,9 +203,10 @@ def test_a_tls_server_names_the_binaries_built_without_tls(
     assert server.data_dir is None
 
 
-def test_cluster_serves_keys_on_all_nodes() -> None:
+def test_cluster_has_a_replica_per_primary_and_serves_keys_on_all_nodes() -> None:
     with RedisClusterServers() as cluster:
         assert len(cluster.nodes) == 3
+        assert len(cluster.replicas) == 3
         assert cluster.url == cluster.nodes[0].url
         client = RedisCluster.from_url(cluster.url, decode_responses=True)
         try:
@@ -216,9 +219,136 @@ def test_cluster_serves_keys_on_all_nodes() -> None:
             # leaves open (redis-py 8.1), so disconnect the pools explicitly.
             client.disconnect_connection_pools()
             client.close()
-        # The three hash tags map to slots of three different primaries.
-        for node in cluster.nodes:
-            with redis.Redis.from_url(node.url) as node_client:
-                assert node_client.dbsize() == 1
-        processes = [node.process for node in cluster.nodes]
+        cluster.wait_for_replication()
+        # The three hash tags map to slots of three different primaries, and
+        # each primary's replica holds what it holds.
+        for primary, replica in zip(cluster.nodes, cluster.replicas, strict=True):
+            with redis.Redis.from_url(replica.url) as replica_client:
+                role, host, port, *_ = replica_client.role()
+                assert (role, host, port) == (b"slave", b"127.0.0.1", primary.port)
+                assert replica_client.dbsize() == 1
+            with redis.Redis.from_url(primary.url) as primary_client:
+                assert primary_client.dbsize() == 1
+        processes = [node.process for node in cluster.nodes + cluster.replicas]
     assert all(proc.returncode is not None for proc in processes)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisClusterServers]:
+    """Shared by the tests below: each picks a shard that suits it."""
+    with RedisClusterServers() as servers:
+        yield servers
+
+
+def owners_seen(cluster: RedisClusterServers, slot: int) -> set[int]:
+    """The port each running node names as the primary serving ``slot``."""
+    seen = set()
+    for node in cluster.nodes + cluster.replicas:
+        if node.process.poll() is None:
+            with redis.Redis(port=node.port) as client:
+                for low, high, primary, *_ in client.execute_command("CLUSTER SLOTS"):
+                    if low <= slot <= high:
+                        seen.add(int(primary[1]))
+    return seen
+
+
+def shard_with_a_replica(cluster: RedisClusterServers) -> int:
+    pairs = zip(cluster.nodes, cluster.replicas, strict=True)
+    return next(
+        shard
+        for shard, (primary, replica) in enumerate(pairs)
+        if primary.process.poll() is None and replica.process.poll() is None
+    )
+
+
+def key_on(cluster: RedisClusterServers, primary: RedisServer) -> tuple[str, int]:
+    """A key the primary serves, and its slot."""
+    for n in range(1000):
+        key = f"key{n}"
+        if cluster.primary_for(key_slot(key.encode())) is primary:
+            return key, key_slot(key.encode())
+    raise AssertionError("No key found for the primary.")
+
+
+def test_fail_over_promotes_the_replica_and_every_node_agrees(
+    cluster: RedisClusterServers,
+) -> None:
+    shard = shard_with_a_replica(cluster)
+    primary, replica = cluster.nodes[shard], cluster.replicas[shard]
+    key, slot = key_on(cluster, primary)
+    with redis.Redis(port=primary.port) as client:
+        client.set(key, "kept")
+
+    cluster.fail_over(primary)
+
+    assert (cluster.nodes[shard], cluster.replicas[shard]) == (replica, primary)
+    assert cluster.primary_for(slot) is replica
+    assert owners_seen(cluster, slot) == {replica.port}
+    with redis.Redis(port=replica.port) as client:
+        assert client.get(key) == b"kept"  # served, not MOVED
+    with redis.Redis(port=primary.port) as client:
+        role, _, port, *_ = client.role()
+        assert (role, port) == (b"slave", replica.port)
+
+
+def test_fail_over_of_a_killed_primary_is_a_takeover(
+    cluster: RedisClusterServers,
+) -> None:
+    shard = shard_with_a_replica(cluster)
+    primary, replica = cluster.nodes[shard], cluster.replicas[shard]
+    key, slot = key_on(cluster, primary)
+    with redis.Redis(port=primary.port) as client:
+        client.set(key, "replicated")
+    cluster.wait_for_replication()
+    primary.process.kill()
+    primary.process.wait()
+
+    cluster.fail_over(primary)
+
+    assert (cluster.nodes[shard], cluster.replicas[shard]) == (replica, primary)
+    assert owners_seen(cluster, slot) == {replica.port}
+    with redis.Redis(port=replica.port) as client:
+        assert client.role()[0] == b"master"
+        assert client.get(key) == b"replicated"
+
+
+def test_migrate_slot_moves_the_keys_then_the_slot(
+    cluster: RedisClusterServers,
+) -> None:
+    slot = key_slot(b"{moving}")
+    source = cluster.primary_for(slot)
+    target = next(node for node in cluster.nodes if node is not source)
+    with redis.Redis(port=source.port) as client:
+        client.set("{moving}1", "one")
+        client.set("{moving}2", "two")
+
+    migration = cluster.begin_slot_migration(slot, target)
+    with redis.Redis(port=source.port) as client:
+        assert client.get("{moving}1") == b"one"
+        with pytest.raises(AskError) as asked:
+            client.get("{moving}missing")
+    assert (asked.value.slot_id, asked.value.port) == (slot, target.port)
+    assert migration.move_keys() == 2
+    with redis.Redis(port=source.port) as client, pytest.raises(AskError):
+        client.get("{moving}1")
+    # The target serves the slot only after ASKING until finish().
+    with redis.Redis(port=target.port) as client, pytest.raises(MovedError):
+        client.get("{moving}1")
+    assert owners_seen(cluster, slot) == {source.port}
+    migration.finish()
+
+    assert cluster.primary_for(slot) is target
+    assert owners_seen(cluster, slot) == {target.port}
+    with redis.Redis(port=target.port) as client:
+        assert client.mget("{moving}1", "{moving}2") == [b"one", b"two"]
+
+
+def test_a_slot_moves_only_to_another_primary(cluster: RedisClusterServers) -> None:
+    slot = key_slot(b"{staying}")
+    source = cluster.primary_for(slot)
+    with pytest.raises(ValueError, match="another primary"):
+        cluster.begin_slot_migration(slot, source)
+    replica = cluster.replicas[cluster.nodes.index(source)]
+    with pytest.raises(ValueError, match="another primary"):
+        cluster.begin_slot_migration(slot, replica)
+    assert owners_seen(cluster, slot) == {source.port}
