@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis.asyncio.cluster
 import redis.cluster
@@ -26,12 +26,13 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 from redis.exceptions import ResponseError
 
-from django_redis_sessions import scripts
+from django_redis_sessions import metrics, scripts
 from django_redis_sessions.client import clients
 from django_redis_sessions.conf import SETTING_NAME, conf
 from django_redis_sessions.keys import (
     check_key,
     data_key,
+    glob_escape,
     hashed_id,
     is_hashed_id,
     is_valid_key,
@@ -48,6 +49,40 @@ from django_redis_sessions.scripts import Outcome
 #: keys come from the buckets visited just before, so a window of recent
 #: batches catches them while memory stays flat however many sessions exist.
 DEDUPE_BATCHES = 10
+
+
+class Measured(NamedTuple):
+    """One SCAN batch of ``RedisLayer.measure()``: its sessions and figures."""
+
+    #: "host:port" of the Cluster primary the batch comes from; "" on one server.
+    node: str
+    #: The data names of the batch, each once in the whole scan.
+    names: list[bytes]
+    tombstones: int
+    #: Bucket numbers (see ``scripts.MEASURE``), aligned with ``names``.
+    sizes: list[bytes]
+    #: Bucket numbers of the TTL in seconds, b"-1" for a name without one.
+    ttls: list[bytes]
+    #: The largest payload of the batch, in bytes.
+    largest: int
+    #: The longest TTL of the batch, in milliseconds.
+    longest: int
+    #: ``MEMORY USAGE`` of the batch's first names while the sample lasts;
+    #: None once the server refused it (an old server, a proxy, an ACL).
+    memory: list[int] | None
+
+
+class Inspected(NamedTuple):
+    """What Redis holds for one session, read without changing anything."""
+
+    id: str
+    payload: bytes | None
+    #: Seconds the session has left, None if there is none.
+    ttl: float | None
+    #: Seconds the tombstone has left, None if there is none.
+    tombstone_ttl: float | None
+    #: A name that holds something other than a string (no session).
+    foreign: bool
 
 
 def ttl_milliseconds(seconds: float) -> int:
@@ -160,7 +195,7 @@ class RedisLayer:
 
     # --- Reading ------------------------------------------------------------
 
-    def read(self, key: str) -> bytes | None:
+    def _read(self, key: str) -> bytes | None:
         """The stored bytes of the session, or None (also for a key no session has).
 
         In "migrate" mode a session still under its plain key is moved to its
@@ -193,10 +228,10 @@ class RedisLayer:
         # The second half of a move on Cluster. The plain form is gone already,
         # so a failure here logs the user out; the other order could leave the
         # session under both names.
-        created = self.create(key, payload, int(ttl_ms) / 1000)
+        created = self._create(key, payload, int(ttl_ms) / 1000)
         return payload if created is Outcome.WRITTEN else None
 
-    async def aread(self, key: str) -> bytes | None:
+    async def _aread(self, key: str) -> bytes | None:
         """See read()."""
         if not is_valid_key(key):
             return None
@@ -224,8 +259,11 @@ class RedisLayer:
         if not taken:
             return None
         payload, ttl_ms = taken
-        created = await self.acreate(key, payload, int(ttl_ms) / 1000)
+        created = await self._acreate(key, payload, int(ttl_ms) / 1000)
         return payload if created is Outcome.WRITTEN else None
+
+    read = metrics.recorded("read", _read)
+    aread = metrics.recorded("read", _aread)
 
     def exists(self, key: str) -> bool:
         """Whether a live session holds ``key`` (a tombstone is not one)."""
@@ -272,7 +310,7 @@ class RedisLayer:
 
     # --- Writing ------------------------------------------------------------
 
-    def create(self, key: str, payload: bytes, ttl: float) -> Outcome:
+    def _create(self, key: str, payload: bytes, ttl: float) -> Outcome:
         """Write only if neither a live session nor a tombstone holds ``key``.
 
         A TTL that is not positive writes nothing (EXPIRED): there is nothing
@@ -287,7 +325,7 @@ class RedisLayer:
         )
         return Outcome(reply)
 
-    async def acreate(self, key: str, payload: bytes, ttl: float) -> Outcome:
+    async def _acreate(self, key: str, payload: bytes, ttl: float) -> Outcome:
         """See create()."""
         check_key(key)
         ttl_ms = ttl_milliseconds(ttl)
@@ -298,12 +336,15 @@ class RedisLayer:
         )
         return Outcome(reply)
 
-    def set(self, key: str, payload: bytes, ttl: float) -> Outcome:
+    create = metrics.recorded("create", _create, payload_at=1)
+    acreate = metrics.recorded("create", _acreate, payload_at=1)
+
+    def _set(self, key: str, payload: bytes, ttl: float) -> Outcome:
         """Write unless a tombstone blocks ``key`` (TOMBSTONED)."""
         check_key(key)
         ttl_ms = ttl_milliseconds(ttl)
         if not ttl_ms:
-            self.destroy(key)
+            self._destroy(key)
             return Outcome.EXPIRED
         reply = scripts.run(
             self._client(),
@@ -313,12 +354,12 @@ class RedisLayer:
         )
         return Outcome(reply)
 
-    async def aset(self, key: str, payload: bytes, ttl: float) -> Outcome:
+    async def _aset(self, key: str, payload: bytes, ttl: float) -> Outcome:
         """See set()."""
         check_key(key)
         ttl_ms = ttl_milliseconds(ttl)
         if not ttl_ms:
-            await self.adestroy(key)
+            await self._adestroy(key)
             return Outcome.EXPIRED
         reply = await scripts.arun(
             self._async_client(),
@@ -328,7 +369,10 @@ class RedisLayer:
         )
         return Outcome(reply)
 
-    def update(self, key: str, payload: bytes, ttl: float) -> Outcome:
+    set = metrics.recorded("set", _set, payload_at=1)
+    aset = metrics.recorded("set", _aset, payload_at=1)
+
+    def _update(self, key: str, payload: bytes, ttl: float) -> Outcome:
         """Write only over a live session (else MISSING); never creates.
 
         ``SET XX`` alone is atomic: a destroyed session has no data name (its
@@ -337,19 +381,19 @@ class RedisLayer:
         check_key(key)
         ttl_ms = ttl_milliseconds(ttl)
         if not ttl_ms:
-            self.destroy(key)
+            self._destroy(key)
             return Outcome.EXPIRED
         name = self.data_name(key)
         return _written(
             self._client().execute_command("SET", name, payload, "PX", ttl_ms, "XX")
         )
 
-    async def aupdate(self, key: str, payload: bytes, ttl: float) -> Outcome:
+    async def _aupdate(self, key: str, payload: bytes, ttl: float) -> Outcome:
         """See update()."""
         check_key(key)
         ttl_ms = ttl_milliseconds(ttl)
         if not ttl_ms:
-            await self.adestroy(key)
+            await self._adestroy(key)
             return Outcome.EXPIRED
         name = self.data_name(key)
         return _written(
@@ -358,7 +402,10 @@ class RedisLayer:
             )
         )
 
-    def touch(self, key: str, ttl: float) -> Outcome:
+    update = metrics.recorded("update", _update, payload_at=1)
+    aupdate = metrics.recorded("update", _aupdate, payload_at=1)
+
+    def _touch(self, key: str, ttl: float) -> Outcome:
         """Reset the TTL of a live session (else MISSING).
 
         ``PEXPIRE`` never creates a name, and a tombstone is another name: a
@@ -368,24 +415,27 @@ class RedisLayer:
             return Outcome.MISSING
         ttl_ms = ttl_milliseconds(ttl)
         if not ttl_ms:
-            self.destroy(key)
+            self._destroy(key)
             return Outcome.EXPIRED
         name = self.data_name(key)
         return _written(self._client().execute_command("PEXPIRE", name, ttl_ms))
 
-    async def atouch(self, key: str, ttl: float) -> Outcome:
+    async def _atouch(self, key: str, ttl: float) -> Outcome:
         """See touch()."""
         if not is_valid_key(key):
             return Outcome.MISSING
         ttl_ms = ttl_milliseconds(ttl)
         if not ttl_ms:
-            await self.adestroy(key)
+            await self._adestroy(key)
             return Outcome.EXPIRED
         name = self.data_name(key)
         reply = await self._async_client().execute_command("PEXPIRE", name, ttl_ms)
         return _written(reply)
 
-    def destroy(self, key: str) -> bool:
+    touch = metrics.recorded("touch", _touch)
+    atouch = metrics.recorded("touch", _atouch)
+
+    def _destroy(self, key: str) -> bool:
         """Delete the session and leave a tombstone; True if it was live.
 
         In "migrate" mode both forms end; on Cluster, where they live on
@@ -400,7 +450,7 @@ class RedisLayer:
             removed += scripts.run(client, scripts.DESTROY, names, args)
         return bool(removed)
 
-    async def adestroy(self, key: str) -> bool:
+    async def _adestroy(self, key: str) -> bool:
         """See destroy()."""
         if not is_valid_key(key):
             return False
@@ -411,6 +461,9 @@ class RedisLayer:
             removed += await scripts.arun(client, scripts.DESTROY, names, args)
         return bool(removed)
 
+    destroy = metrics.recorded("destroy", _destroy)
+    adestroy = metrics.recorded("destroy", _adestroy)
+
     def _destroy_batches(self, client: Any, key: str) -> list[tuple[str, ...]]:
         """The KEYS of each DESTROY: every form at once, or one per slot."""
         forms = self._forms(key)
@@ -418,7 +471,7 @@ class RedisLayer:
             return list(forms)
         return [tuple(name for names in forms for name in names)]
 
-    def cycle(
+    def _cycle(
         self, old_key: str | None, new_key: str, payload: bytes, ttl: float
     ) -> Outcome:
         """Move a session to ``new_key`` and destroy ``old_key``: the login path.
@@ -432,10 +485,10 @@ class RedisLayer:
         a create.
         """
         if old_key is None:
-            return self.create(new_key, payload, ttl)
+            return self._create(new_key, payload, ttl)
         plan = self._cycle_plan(old_key, new_key, ttl)
         if plan is Outcome.EXPIRED:
-            self.destroy(old_key)
+            self._destroy(old_key)
         if plan is not None:
             return plan
         client = self._client()
@@ -446,28 +499,31 @@ class RedisLayer:
         # script may not touch. The old one ends first and the new one is
         # created only if the old was live: a failure in between logs the user
         # out, where the other order could leave two live sessions.
-        if not self.destroy(old_key):
+        if not self._destroy(old_key):
             return Outcome.MISSING
-        return self.create(new_key, payload, ttl)
+        return self._create(new_key, payload, ttl)
 
-    async def acycle(
+    async def _acycle(
         self, old_key: str | None, new_key: str, payload: bytes, ttl: float
     ) -> Outcome:
         """See cycle()."""
         if old_key is None:
-            return await self.acreate(new_key, payload, ttl)
+            return await self._acreate(new_key, payload, ttl)
         plan = self._cycle_plan(old_key, new_key, ttl)
         if plan is Outcome.EXPIRED:
-            await self.adestroy(old_key)
+            await self._adestroy(old_key)
         if plan is not None:
             return plan
         client = self._async_client()
         if not is_cluster(client):
             keys, args = self._cycle_script_args(old_key, new_key, payload, ttl)
             return Outcome(await scripts.arun(client, scripts.CYCLE, keys, args))
-        if not await self.adestroy(old_key):
+        if not await self._adestroy(old_key):
             return Outcome.MISSING
-        return await self.acreate(new_key, payload, ttl)
+        return await self._acreate(new_key, payload, ttl)
+
+    cycle = metrics.recorded("cycle", _cycle, payload_at=2)
+    acycle = metrics.recorded("cycle", _acycle, payload_at=2)
 
     @staticmethod
     def _cycle_plan(old_key: str, new_key: str, ttl: float) -> Outcome | None:
@@ -535,6 +591,67 @@ class RedisLayer:
                 if not int(cursor):
                     break
 
+    def measure(self, *, sample: int = 0) -> Iterator[Measured]:
+        """Every session under the prefix with its size and TTL, a batch at a time.
+
+        One script per SCAN batch (``scripts.MEASURE``) on each primary: the
+        tombstones come in the same scan, which costs less than a second one
+        (SCAN walks the whole keyspace, whatever it matches). Names SCAN
+        repeats are dropped as in ``scan``. The first ``sample`` sessions
+        are also sized with ``MEMORY USAGE``, one pipeline per batch.
+        """
+        recent = RecentKeys(DEDUPE_BATCHES)
+        pattern = glob_escape(self.prefix) + "{*"
+        left = sample  # names still to size; 0 also once the server refused
+        client = self._client()
+        cluster = is_cluster(client)
+        for node in scan_nodes(client):
+            name = node_name(node) if cluster else ""
+            cursor: Any = 0
+            while True:
+                reply = scripts.run(
+                    node, scripts.MEASURE, (), (cursor, pattern, self.scan_count)
+                )
+                cursor, names, sizes, ttls, largest, longest = reply
+                batch = _measured(name, recent, names, sizes, ttls)
+                if batch is not None:
+                    memory = None
+                    if left > 0:
+                        asked = batch.names[:left]
+                        memory = memory_usage(node, asked)
+                        left = 0 if memory is None else left - len(asked)
+                    yield batch._replace(
+                        largest=int(largest), longest=int(longest), memory=memory
+                    )
+                if not int(cursor):
+                    break
+
+    def inspect(self, key: str) -> Inspected:
+        """The session of ``key`` (a session key or an id) as Redis holds it.
+
+        Read only: unlike ``read``, a session still under its plain key in
+        "migrate" mode is not moved. One round trip per form.
+        """
+        client = self._client()
+        found = Inspected(self.session_id(key), None, None, None, False)
+        for data, tombstone in self._forms(key):
+            pipeline = client.pipeline(transaction=False)
+            pipeline.execute_command("TYPE", data)
+            pipeline.execute_command("PTTL", data)
+            pipeline.execute_command("PTTL", tombstone)
+            pipeline.execute_command("GET", data)
+            kind, ttl, tombstone_ttl, payload = pipeline.execute(raise_on_error=False)
+            if kind in (b"none", "none") and _seconds(tombstone_ttl) is None:
+                continue
+            is_string = kind in (b"string", "string")
+            return found._replace(
+                payload=payload if is_string else None,
+                ttl=_seconds(ttl) if is_string else None,
+                tombstone_ttl=_seconds(tombstone_ttl),
+                foreign=kind not in (b"string", "string", b"none", "none"),
+            )
+        return found
+
     def plain_names(self, names: list[bytes]) -> list[bytes]:
         """The data names in ``names`` that are not under an id: what rehash moves."""
         return [
@@ -560,7 +677,7 @@ class RedisLayer:
                 taken = scripts.run(client, scripts.TAKE, plain, args)
                 if taken:
                     payload, ttl_ms = taken
-                    created = self.create(key, payload, int(ttl_ms) / 1000)
+                    created = self._create(key, payload, int(ttl_ms) / 1000)
                     moved += created is Outcome.WRITTEN
             return moved
         scripts.load(client, scripts.MOVE)
@@ -635,6 +752,51 @@ class RecentKeys:
                 self._previous, self._current = current, set()
                 self._current_batches = 0
         return fresh
+
+
+def _measured(
+    node: str, recent: RecentKeys, names: list[bytes], sizes: bytes, ttls: bytes
+) -> Measured | None:
+    """A batch of ``MEASURE``'s reply without repeats, non-UTF-8 names, tombstones."""
+    fresh = session_names(recent.fresh(names))
+    data = [name for name in names if name.endswith(b"}")]
+    size_list = sizes.split(b",") if sizes else []
+    ttl_list = ttls.split(b",") if ttls else []
+    tombstones = sum(1 for name in fresh if not name.endswith(b"}"))
+    if len(fresh) != len(names):
+        # SCAN repeated a name, or one is not UTF-8 (rare): keep the
+        # figures aligned with the names that remain.
+        keep = {name for name in fresh if name.endswith(b"}")}
+        kept = []
+        for index, name in enumerate(data):
+            if name in keep:
+                keep.discard(name)  # a name twice in one batch counts once
+                kept.append(index)
+        data = [data[i] for i in kept]
+        size_list = [size_list[i] for i in kept]
+        ttl_list = [ttl_list[i] for i in kept]
+    if not data and not tombstones:
+        return None
+    return Measured(node, data, tombstones, size_list, ttl_list, 0, 0, None)
+
+
+def memory_usage(node: Any, names: list[bytes]) -> list[int] | None:
+    """``MEMORY USAGE`` of each name in one pipeline; None if the server refuses it."""
+    pipeline = node.pipeline(transaction=False)
+    for name in names:
+        pipeline.execute_command("MEMORY USAGE", name)
+    try:
+        replies = pipeline.execute()
+    except ResponseError:
+        return None
+    # A name that expired since the scan answers nil.
+    return [int(reply) for reply in replies if reply is not None]
+
+
+def node_name(node: Any) -> str:
+    """ "host:port" of the client of one Cluster primary."""
+    kwargs = node.connection_pool.connection_kwargs
+    return f"{kwargs.get('host')}:{kwargs.get('port')}"
 
 
 def scan_nodes(client: Any) -> list[Any]:

@@ -13,10 +13,12 @@ from typing import Any
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
+from django_redis_sessions import signals
 from django_redis_sessions.client import clients
 from django_redis_sessions.conf import SETTING_NAME, conf
+from django_redis_sessions.keys import session_names
 from django_redis_sessions.payloads import Payloads, SessionData, expiry_seconds
-from django_redis_sessions.redis_layer import RedisLayer
+from django_redis_sessions.redis_layer import DEDUPE_BATCHES, RedisLayer
 from django_redis_sessions.scripts import Outcome
 
 
@@ -90,12 +92,16 @@ class RedisSessionStore:
         """Write ``data`` under ``key`` unless a tombstone blocks it (then False)."""
         payload = self._payloads.dumps(data)
         outcome = self._layer.set(key, payload, self._ttl(data, ttl))
+        if signals.listening():
+            self._send("set", outcome, key)
         return outcome is Outcome.WRITTEN
 
     async def aset(self, key: str, data: SessionData, ttl: float | None = None) -> bool:
         """See set()."""
         payload = self._payloads.dumps(data)
         outcome = await self._layer.aset(key, payload, self._ttl(data, ttl))
+        if signals.listening():
+            await self._asend("set", outcome, key)
         return outcome is Outcome.WRITTEN
 
     def create(self, key: str, data: SessionData, ttl: float | None = None) -> bool:
@@ -106,6 +112,8 @@ class RedisSessionStore:
         """
         payload = self._payloads.dumps(data)
         outcome = self._layer.create(key, payload, self._ttl(data, ttl))
+        if signals.listening():
+            self._send("create", outcome, key)
         return outcome is Outcome.WRITTEN
 
     async def acreate(
@@ -114,12 +122,16 @@ class RedisSessionStore:
         """See create()."""
         payload = self._payloads.dumps(data)
         outcome = await self._layer.acreate(key, payload, self._ttl(data, ttl))
+        if signals.listening():
+            await self._asend("create", outcome, key)
         return outcome is Outcome.WRITTEN
 
     def update(self, key: str, data: SessionData, ttl: float | None = None) -> bool:
         """Write only if a live session holds ``key``; never creates, never revives."""
         payload = self._payloads.dumps(data)
         outcome = self._layer.update(key, payload, self._ttl(data, ttl))
+        if signals.listening():
+            self._send("update", outcome, key)
         return outcome is Outcome.WRITTEN
 
     async def aupdate(
@@ -128,6 +140,8 @@ class RedisSessionStore:
         """See update()."""
         payload = self._payloads.dumps(data)
         outcome = await self._layer.aupdate(key, payload, self._ttl(data, ttl))
+        if signals.listening():
+            await self._asend("update", outcome, key)
         return outcome is Outcome.WRITTEN
 
     def touch(self, key: str, ttl: float | None = None) -> bool:
@@ -137,19 +151,33 @@ class RedisSessionStore:
         creates a key and never extends a tombstone; False if no live session
         holds ``key``.
         """
-        return self._layer.touch(key, self._ttl({}, ttl)) is Outcome.WRITTEN
+        outcome = self._layer.touch(key, self._ttl({}, ttl))
+        if signals.listening():
+            self._send("touch", outcome, key)
+        return outcome is Outcome.WRITTEN
 
     async def atouch(self, key: str, ttl: float | None = None) -> bool:
         """See touch()."""
-        return await self._layer.atouch(key, self._ttl({}, ttl)) is Outcome.WRITTEN
+        outcome = await self._layer.atouch(key, self._ttl({}, ttl))
+        if signals.listening():
+            await self._asend("touch", outcome, key)
+        return outcome is Outcome.WRITTEN
 
     def destroy(self, key: str) -> bool:
         """Delete the session and leave a tombstone; True if a live one was removed."""
-        return self._layer.destroy(key)
+        ended = self._layer.destroy(key)
+        if ended and signals.listening():
+            events = signals.ended(key, "destroy")
+            signals.send(type(self), events, self._layer.session_id)
+        return ended
 
     async def adestroy(self, key: str) -> bool:
         """See destroy()."""
-        return await self._layer.adestroy(key)
+        ended = await self._layer.adestroy(key)
+        if ended and signals.listening():
+            events = signals.ended(key, "destroy")
+            await signals.asend(type(self), events, self._layer.session_id)
+        return ended
 
     def exists(self, key: str) -> bool:
         """Whether a live session holds ``key`` (a tombstone is not a session)."""
@@ -194,15 +222,19 @@ class RedisSessionStore:
         Tombstones are not touched (not re-armed, not removed). If it fails
         half-way, running it again finishes the job.
         """
-        # UNLINK counts only names that existed, so SCAN's repeats need no
-        # filtering here: the total is exact and memory stays at one batch.
-        scan = self._layer.scan(remember=0, sessions_only=False)
-        return sum(self._layer.unlink(names) for names in scan)
+        return sum(cleared(self._layer, type(self)))
 
     async def aclear(self) -> int:
         """See clear()."""
-        scan = self._layer.ascan(remember=0, sessions_only=False)
-        return sum([await self._layer.aunlink(names) async for names in scan])
+        return sum([deleted async for deleted in acleared(self._layer, type(self))])
+
+    def _send(self, operation: str, outcome: Outcome, key: str) -> None:
+        events = signals.after_write(operation, outcome, key)
+        signals.send(type(self), events, self._layer.session_id)
+
+    async def _asend(self, operation: str, outcome: Outcome, key: str) -> None:
+        events = signals.after_write(operation, outcome, key)
+        await signals.asend(type(self), events, self._layer.session_id)
 
     def _sessions(
         self, names: list[bytes], values: list[bytes | None]
@@ -213,6 +245,37 @@ class RedisSessionStore:
             data = self._payloads.loads(payload)
             if data is not None:
                 yield self._layer.id_of_name(name), data
+
+
+def cleared(layer: RedisLayer, sender: type) -> Iterator[int]:
+    """What ``clear()`` deletes, batch by batch: how many names each UNLINK deleted.
+
+    Shared with the management command, which shows progress. With a
+    receiver of ``session_ended``, one signal per session the batch held
+    (by the ids of its names, as SCAN found them just before the UNLINK).
+    """
+    listened = bool(signals.session_ended.receivers)
+    # UNLINK counts only names that existed, so SCAN's repeats need no
+    # filtering for the total; the signals need each id once.
+    scan = layer.scan(remember=DEDUPE_BATCHES if listened else 0, sessions_only=False)
+    for names in scan:
+        deleted = layer.unlink(names)
+        if listened:
+            ids = [layer.id_of_name(name) for name in session_names(names)]
+            signals.send_ended_ids(sender, ids, "clear")
+        yield deleted
+
+
+async def acleared(layer: RedisLayer, sender: type) -> AsyncIterator[int]:
+    """See cleared()."""
+    listened = bool(signals.session_ended.receivers)
+    scan = layer.ascan(remember=DEDUPE_BATCHES if listened else 0, sessions_only=False)
+    async for names in scan:
+        deleted = await layer.aunlink(names)
+        if listened:
+            ids = [layer.id_of_name(name) for name in session_names(names)]
+            await signals.asend_ended_ids(sender, ids, "clear")
+        yield deleted
 
 
 _store: RedisSessionStore | None = None

@@ -545,13 +545,13 @@ def test_a_subcommand_is_required() -> None:
         run()
 
     assert str(excinfo.value) == (
-        "Error: the following arguments are required: {count,clear,rehash}"
+        "Error: the following arguments are required: {count,clear,rehash,stats,show}"
     )
 
 
 def test_an_unknown_subcommand_is_an_error() -> None:
     with pytest.raises(
-        CommandError, match=r"^Error: argument \{count,clear,rehash\}: "
+        CommandError, match=r"^Error: argument \{count,clear,rehash,stats,show\}: "
     ):
         run("flush")
 

@@ -18,6 +18,7 @@ from django.contrib.sessions.backends.base import (
 )
 from django.utils.crypto import get_random_string
 
+from django_redis_sessions import signals
 from django_redis_sessions.conf import conf
 from django_redis_sessions.payloads import Payloads, get_payloads
 from django_redis_sessions.redis_layer import RedisLayer, get_layer
@@ -126,6 +127,14 @@ class SessionStore(SessionBase):
         self.modified = True
         return True
 
+    @staticmethod
+    def _cycle_events(
+        outcome: Outcome, new_key: str, old_key: str | None
+    ) -> list[signals.Event]:
+        return signals.after_write(
+            "cycle", outcome, new_key, old_key=old_key, refused_if_missing=True
+        )
+
     def load(self) -> dict[str, Any]:
         key = self.session_key
         return self._accept_loaded(key, None if key is None else self._layer.read(key))
@@ -152,13 +161,18 @@ class SessionStore(SessionBase):
         payload = self._payloads.dumps(data)
         ttl = self.get_expiry_age()
         if must_create:
-            outcome = self._layer.create(key, payload, ttl)
+            operation, outcome = "create", self._layer.create(key, payload, ttl)
         elif self._only_needs_touch(key, payload):
             if conf.DISABLE_TOUCH:
                 return None
-            outcome = self._layer.touch(key, ttl)
+            operation, outcome = "touch", self._layer.touch(key, ttl)
         else:
-            outcome = self._layer.update(key, payload, ttl)
+            operation, outcome = "update", self._layer.update(key, payload, ttl)
+        if signals.listening():
+            events = signals.after_write(
+                operation, outcome, key, refused_if_missing=True
+            )
+            signals.send(type(self), events, self._layer.session_id)
         self._accept_saved(outcome, key, payload, must_create=must_create)
         return None
 
@@ -167,8 +181,11 @@ class SessionStore(SessionBase):
             if self.session_key is None:
                 return
             session_key = self.session_key
-        self._layer.destroy(session_key)
+        ended = self._layer.destroy(session_key)
         self._forget_stored(session_key)
+        if ended and signals.listening():
+            events = signals.ended(session_key, "logout")
+            signals.send(type(self), events, self._layer.session_id)
 
     def cycle_key(self) -> None:
         data = self._session  # type: ignore[attr-defined]
@@ -178,6 +195,9 @@ class SessionStore(SessionBase):
         for _ in range(CREATE_ATTEMPTS):
             new_key = self._get_new_session_key()
             outcome = self._layer.cycle(old_key, new_key, payload, ttl)
+            if signals.listening():
+                events = self._cycle_events(outcome, new_key, old_key)
+                signals.send(type(self), events, self._layer.session_id)
             if self._accept_cycled(outcome, data, new_key, payload):
                 return
         raise RuntimeError(_create_failed_message())
@@ -223,14 +243,20 @@ class SessionStore(SessionBase):
             data = await self._aget_session(no_load=must_create)  # type: ignore[attr-defined]
             payload = self._payloads.dumps(data)
             ttl = await self.aget_expiry_age()
+            layer = self._layer
             if must_create:
-                outcome = await self._layer.acreate(key, payload, ttl)
+                operation, outcome = "create", await layer.acreate(key, payload, ttl)
             elif self._only_needs_touch(key, payload):
                 if conf.DISABLE_TOUCH:
                     return None
-                outcome = await self._layer.atouch(key, ttl)
+                operation, outcome = "touch", await layer.atouch(key, ttl)
             else:
-                outcome = await self._layer.aupdate(key, payload, ttl)
+                operation, outcome = "update", await layer.aupdate(key, payload, ttl)
+            if signals.listening():
+                events = signals.after_write(
+                    operation, outcome, key, refused_if_missing=True
+                )
+                await signals.asend(type(self), events, layer.session_id)
             self._accept_saved(outcome, key, payload, must_create=must_create)
             return None
 
@@ -240,8 +266,11 @@ class SessionStore(SessionBase):
                 if self.session_key is None:
                     return
                 session_key = self.session_key
-            await self._layer.adestroy(session_key)
+            ended = await self._layer.adestroy(session_key)
             self._forget_stored(session_key)
+            if ended and signals.listening():
+                events = signals.ended(session_key, "logout")
+                await signals.asend(type(self), events, self._layer.session_id)
 
         async def acycle_key(self) -> None:
             """See cycle_key()."""
@@ -252,6 +281,9 @@ class SessionStore(SessionBase):
             for _ in range(CREATE_ATTEMPTS):
                 new_key = await self._aget_new_session_key()
                 outcome = await self._layer.acycle(old_key, new_key, payload, ttl)
+                if signals.listening():
+                    events = self._cycle_events(outcome, new_key, old_key)
+                    await signals.asend(type(self), events, self._layer.session_id)
                 if self._accept_cycled(outcome, data, new_key, payload):
                     return
             raise RuntimeError(_create_failed_message())
