@@ -51,6 +51,10 @@ class Instruments:
             description="Size of the session payloads read and written.",
             explicit_bucket_boundaries_advisory=SIZE_BUCKETS,
         )
+        # One dict per attribute set, built once: the SDK keys its series
+        # by their contents, and the instruments only read them.
+        self._counted: dict[tuple[str, str], dict[str, str]] = {}
+        self._sized: dict[str, dict[str, str]] = {}
 
     def record(self, operation: str, result: Any, payload: bytes | None) -> None:
         if isinstance(result, Outcome):
@@ -62,9 +66,14 @@ class Instruments:
         else:  # read: the payload or None
             outcome = "missing" if result is None else "found"
             size = None if result is None else len(result)
-        self.operations.add(1, {"operation": operation, "outcome": outcome})
+        counted = self._counted.get((operation, outcome))
+        if counted is None:
+            counted = {"operation": operation, "outcome": outcome}
+            self._counted[operation, outcome] = counted
+        self.operations.add(1, counted)
         if size is not None:
-            self.payload_size.record(size, {"operation": operation})
+            sized = self._sized.setdefault(operation, {"operation": operation})
+            self.payload_size.record(size, sized)
 
     def failed(self, operation: str, error: BaseException) -> None:
         attributes = {

@@ -30,6 +30,7 @@ from django_redis_sessions import metrics, scripts
 from django_redis_sessions.client import clients
 from django_redis_sessions.conf import SETTING_NAME, conf
 from django_redis_sessions.keys import (
+    TOMBSTONE_SUFFIX,
     check_key,
     data_key,
     glob_escape,
@@ -56,20 +57,18 @@ class Measured(NamedTuple):
 
     #: "host:port" of the Cluster primary the batch comes from; "" on one server.
     node: str
-    #: The data names of the batch, each once in the whole scan.
-    names: list[bytes]
-    tombstones: int
-    #: Bucket numbers (see ``scripts.MEASURE``), aligned with ``names``.
+    #: Bucket numbers (see ``scripts.MEASURE``) of each session's size...
     sizes: list[bytes]
-    #: Bucket numbers of the TTL in seconds, b"-1" for a name without one.
+    #: ...and of its TTL in seconds, b"-1" for a name without one.
     ttls: list[bytes]
+    tombstones: int
     #: The largest payload of the batch, in bytes.
     largest: int
     #: The longest TTL of the batch, in milliseconds.
     longest: int
-    #: ``MEMORY USAGE`` of the batch's first names while the sample lasts;
+    #: ``MEMORY USAGE`` of the batch's first sessions while the sample lasts;
     #: None once the server refused it (an old server, a proxy, an ACL).
-    memory: list[int] | None
+    memory: list[int] | None = None
 
 
 class Inspected(NamedTuple):
@@ -602,7 +601,7 @@ class RedisLayer:
         """
         recent = RecentKeys(DEDUPE_BATCHES)
         pattern = glob_escape(self.prefix) + "{*"
-        left = sample  # names still to size; 0 also once the server refused
+        left = sample  # sessions still to size; 0 also once the server refused
         client = self._client()
         cluster = is_cluster(client)
         for node in scan_nodes(client):
@@ -612,17 +611,25 @@ class RedisLayer:
                 reply = scripts.run(
                     node, scripts.MEASURE, (), (cursor, pattern, self.scan_count)
                 )
-                cursor, names, sizes, ttls, largest, longest = reply
-                batch = _measured(name, recent, names, sizes, ttls)
-                if batch is not None:
-                    memory = None
-                    if left > 0:
-                        asked = batch.names[:left]
-                        memory = memory_usage(node, asked)
-                        left = 0 if memory is None else left - len(asked)
-                    yield batch._replace(
-                        largest=int(largest), longest=int(longest), memory=memory
-                    )
+                cursor, names, sizes, ttls, largest, longest, tombstones = reply
+                batch = Measured(
+                    name,
+                    sizes.split(b",") if sizes else [],
+                    ttls.split(b",") if ttls else [],
+                    int(tombstones),
+                    int(largest),
+                    int(longest),
+                )
+                fresh = session_names(recent.fresh(names))
+                if len(fresh) != len(names):
+                    batch = _without_repeats(batch, names, fresh)
+                if left > 0:
+                    asked = [name for name in fresh if name.endswith(b"}")][:left]
+                    memory = memory_usage(node, asked)
+                    left = 0 if memory is None else left - len(asked)
+                    batch = batch._replace(memory=memory)
+                if batch.sizes or batch.tombstones:
+                    yield batch
                 if not int(cursor):
                     break
 
@@ -754,30 +761,30 @@ class RecentKeys:
         return fresh
 
 
-def _measured(
-    node: str, recent: RecentKeys, names: list[bytes], sizes: bytes, ttls: bytes
-) -> Measured | None:
-    """A batch of ``MEASURE``'s reply without repeats, non-UTF-8 names, tombstones."""
-    fresh = session_names(recent.fresh(names))
+#: How a tombstone's name ends; a data name ends in "}" alone.
+TOMBSTONE_END = ("}" + TOMBSTONE_SUFFIX).encode()
+
+
+def _without_repeats(
+    batch: Measured, names: list[bytes], fresh: list[bytes]
+) -> Measured:
+    """``batch`` without the figures of names SCAN repeated or that are not UTF-8.
+
+    Rare (SCAN repeats names only while the keyspace is being rehashed), so
+    done name by name; the largest figures keep whatever was dropped.
+    """
+    keep = set(fresh)
+    kept = []
     data = [name for name in names if name.endswith(b"}")]
-    size_list = sizes.split(b",") if sizes else []
-    ttl_list = ttls.split(b",") if ttls else []
-    tombstones = sum(1 for name in fresh if not name.endswith(b"}"))
-    if len(fresh) != len(names):
-        # SCAN repeated a name, or one is not UTF-8 (rare): keep the
-        # figures aligned with the names that remain.
-        keep = {name for name in fresh if name.endswith(b"}")}
-        kept = []
-        for index, name in enumerate(data):
-            if name in keep:
-                keep.discard(name)  # a name twice in one batch counts once
-                kept.append(index)
-        data = [data[i] for i in kept]
-        size_list = [size_list[i] for i in kept]
-        ttl_list = [ttl_list[i] for i in kept]
-    if not data and not tombstones:
-        return None
-    return Measured(node, data, tombstones, size_list, ttl_list, 0, 0, None)
+    for index, name in enumerate(data):
+        if name in keep:
+            keep.discard(name)  # a name twice in one batch counts once
+            kept.append(index)
+    return batch._replace(
+        sizes=[batch.sizes[index] for index in kept],
+        ttls=[batch.ttls[index] for index in kept],
+        tombstones=sum(1 for name in fresh if name.endswith(TOMBSTONE_END)),
+    )
 
 
 def memory_usage(node: Any, names: list[bytes]) -> list[int] | None:

@@ -166,20 +166,24 @@ return {payload, ttl}
 # which on Cluster is the primary that owns them, so no name is ever
 # another node's (a script without declared keys runs where it is sent).
 # ARGV[1] SCAN cursor, ARGV[2] MATCH pattern, ARGV[3] COUNT
-# returns {next cursor, every name found (sessions and tombstones), size
-# buckets and TTL buckets of the session names (ending in "}") in order,
-# comma-separated (TTL in whole seconds rounded up; -1: no TTL), the largest
-# size in bytes, the longest TTL in milliseconds}
+# returns {next cursor, every name found (sessions, tombstones, others), the
+# size buckets and the TTL buckets of the session names (those ending in "}")
+# in order, comma-separated (TTL in whole seconds rounded up; -1: no TTL), the
+# largest size in bytes, the longest TTL in milliseconds, the number of
+# tombstones}
 MEASURE = """
 local page = redis.call(
   'SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[3], 'TYPE', 'string')
-local sizes, ttls, n, largest, longest = {}, {}, 0, 0, 0
+local call, byte, sub = redis.call, string.byte, string.sub
 local log, floor, ceil = math.log, math.floor, math.ceil
+local sizes, ttls, n, largest, longest, tombstones = {}, {}, 0, 0, 0, 0
 for _, name in ipairs(page[2]) do
-  if string.byte(name, -1) == 125 then
+  if byte(name, -1) ~= 125 then
+    if sub(name, -11) == '}:tombstone' then tombstones = tombstones + 1 end
+  else
     n = n + 1
-    local size = redis.call('STRLEN', name)
-    local ttl = redis.call('PTTL', name)
+    local size = call('STRLEN', name)
+    local ttl = call('PTTL', name)
     sizes[n] = floor(100 * log(size + 1))
     if size > largest then largest = size end
     if ttl < 0 then
@@ -192,7 +196,7 @@ for _, name in ipairs(page[2]) do
 end
 return {
   page[1], page[2], table.concat(sizes, ','), table.concat(ttls, ','),
-  largest, longest}
+  largest, longest, tombstones}
 """
 
 ALL = (CREATE, SET_UNLESS_TOMBSTONED, DESTROY, CYCLE, READ_OR_MOVE, MOVE, TAKE, MEASURE)

@@ -256,7 +256,7 @@ def collect(
     totals = _Totals(memory=[] if sample > 0 else None)
     cluster = False
     for batch in layer.measure(sample=sample):
-        live = len(batch.names)
+        live = len(batch.sizes)
         totals.live += live
         totals.tombstones += batch.tombstones
         totals.sizes.add(batch.sizes, batch.largest)

@@ -108,7 +108,7 @@ class Command(BaseCommand):
             help="Print live sessions, tombstones, sizes, lifetimes and memory.",
             description=(
                 "Read every session under the prefix once (one script per SCAN "
-                "batch, which holds the server for about a millisecond per "
+                "batch, which holds the server for about two milliseconds per "
                 "1,000 keys) and print live sessions, tombstones, the "
                 "distributions of payload size and remaining lifetime, and "
                 "Redis memory per session measured on a sample."
