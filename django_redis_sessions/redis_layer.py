@@ -261,6 +261,9 @@ class RedisLayer:
         created = await self._acreate(key, payload, int(ttl_ms) / 1000)
         return payload if created is Outcome.WRITTEN else None
 
+    # The public names record metrics (``metrics.py``) when the OpenTelemetry
+    # API is installed, and are these very functions when it is not. Calls
+    # from inside the layer use the private ones: one operation, one count.
     read = metrics.recorded("read", _read)
     aread = metrics.recorded("read", _aread)
 

@@ -6,6 +6,7 @@ import io
 import json
 import math
 import tracemalloc
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +16,7 @@ import redis.cluster
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from django_redis_sessions import stats
+from django_redis_sessions import scripts, stats
 from django_redis_sessions.client import clients
 from django_redis_sessions.keys import glob_escape
 from django_redis_sessions.redis_layer import Measured, RedisLayer
@@ -482,3 +483,87 @@ def test_stats_memory_does_not_grow_with_the_store(
     # One SCAN batch and fixed histograms: four times the sessions, about the
     # same peak (keeping every figure would grow fourfold).
     assert peaks[1] < peaks[0] * 1.5, peaks
+
+
+def test_stats_counts_a_name_scan_repeats_once(
+    known: RedisLayer, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pages: list[Any] = []
+    run_script = scripts.run
+
+    def repeating(client: Any, script: str, keys: Any, args: Any) -> Any:
+        reply = run_script(client, script, keys, args)
+        if script is scripts.MEASURE and reply[1]:
+            pages.append(reply)
+            if len(pages) == 2:
+                # The second page repeats the first, as SCAN may while the
+                # keyspace is being rehashed.
+                first = pages[0]
+                return [
+                    reply[0],
+                    first[1] + reply[1],
+                    b",".join(filter(None, [first[2], reply[2]])),
+                    b",".join(filter(None, [first[3], reply[3]])),
+                    max(first[4], reply[4]),
+                    max(first[5], reply[5]),
+                    first[6] + reply[6],
+                ]
+        return reply
+
+    monkeypatch.setattr(scripts, "run", repeating)
+
+    document = json.loads(run("stats", "--json", "--sample", "0", "--scan-count", "4"))
+
+    assert len(pages) > 2
+    lifetime_max = document["lifetime_seconds"]["max"]
+    assert document == expected_document(prefix, lifetime_max)
+
+
+def test_stats_skips_names_that_are_not_utf8(
+    prefix: str, raw_redis: redis.Redis
+) -> None:
+    write(RedisLayer(prefix=prefix), [(10, 600), (20, 600)])
+    raw_redis.set(prefix.encode() + b"{\xff\xfe}", b"x" * 5000, ex=60)
+
+    document = json.loads(run("stats", "--json", "--sample", "0"))
+
+    assert document["live_sessions"] == 2
+    assert document["payload_bytes"]["histogram"][0]["count"] == 2
+
+
+def test_stats_leaves_memory_out_where_memory_usage_is_refused(
+    known: RedisLayer,
+    raw_redis: redis.Redis,
+    redis_url: str,
+    session_redis: dict[str, Any],
+) -> None:
+    user = f"stats-{uuid.uuid4().hex[:8]}"
+    raw_redis.execute_command(
+        "ACL", "SETUSER", user, "on", ">pw", "~*", "&*", "+@all", "-memory"
+    )
+    try:
+        host_port = redis_url.split("://", 1)[1]
+        session_redis["URL"] = f"redis://{user}:pw@{host_port}"
+        clients.close()  # the next command connects as the new user
+
+        document = json.loads(run("stats", "--json", "--sample", "5"))
+        text = run("stats", "--sample", "5")
+    finally:
+        raw_redis.execute_command("ACL", "DELUSER", user)
+        clients.close()
+
+    assert document["memory_bytes"] is None
+    assert document["live_sessions"] == 20
+    assert "MEMORY USAGE" not in text
+
+
+def test_show_in_migrate_mode_does_not_move_a_plain_session(
+    session_redis: dict[str, Any], prefix: str, raw_redis: redis.Redis
+) -> None:
+    session_redis["HASH_IDS"] = "migrate"
+    RedisSessionStore(hash_ids=False).create(KEY, {"n": 1}, ttl=60)
+
+    output = run("show", KEY)
+
+    assert output.splitlines()[1] == "state:       live"
+    assert raw_redis.exists(f"{prefix}{{{KEY}}}") == 1
