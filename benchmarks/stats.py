@@ -38,6 +38,8 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
+from typing import Any
 
 import django
 import redis
@@ -98,11 +100,11 @@ def tombstone_scan(client: redis.Redis, prefix: str) -> int:
     )
 
 
-def scan(client: redis.Redis, pattern: str) -> Iterator[list[bytes]]:
+def scan(client: redis.Redis, pattern: str) -> Iterator[list[Any]]:
     cursor = 0
     while True:
         cursor, names = client.scan(cursor, match=pattern, count=1000, _type="string")
-        yield names
+        yield list(names)
         if not cursor:
             return
 
@@ -124,8 +126,8 @@ def main() -> None:
             subjects: dict[str, Callable[[], object]] = {
                 "count": RedisSessionStore().count,
                 "stats": lambda: stats.collect(RedisLayer(), sample=1000),
-                "pipeline": lambda prefix=prefix: pipelined(client, prefix),
-                "tombstone scan": lambda prefix=prefix: tombstone_scan(client, prefix),
+                "pipeline": partial(pipelined, client, prefix),
+                "tombstone scan": partial(tombstone_scan, client, prefix),
             }
             seconds: dict[str, list[float]] = {name: [] for name in subjects}
             for round_number in range(options.rounds):

@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from django_redis_sessions import metrics
 from django_redis_sessions.backends.redis import SessionStore
@@ -232,7 +234,9 @@ def test_a_failed_operation_is_counted_with_its_error_type(
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    client = redis.Redis(port=port, socket_connect_timeout=0.2, retry=None)
+    client = redis.Redis(
+        port=port, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)
+    )
     layer = RedisLayer(prefix=prefix, client=lambda: client)
 
     with pytest.raises(redis.ConnectionError):

@@ -383,7 +383,7 @@ def test_the_backends_asyncio_logout_sends_session_ended(
     session = SessionStore()
     session["n"] = 1
     session.save()
-    key = session.session_key
+    key = str(session.session_key)
     received.clear()
 
     asyncio.run(SessionStore(key).adelete())
