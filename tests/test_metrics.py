@@ -21,6 +21,7 @@ from redis.retry import Retry
 from django_redis_sessions import metrics
 from django_redis_sessions.backends.redis import SessionStore
 from django_redis_sessions.redis_layer import RedisLayer
+from django_redis_sessions.scripts import Outcome
 
 
 def importable(module: str) -> bool:
@@ -264,3 +265,93 @@ def test_no_key_id_or_user_id_is_ever_an_attribute(store: Any, take: Any) -> Non
 
     values = {str(value) for _, attributes in take() for _, value in attributes}
     assert values == {"create", "read", "destroy", "written", "found", "destroyed"}
+
+
+# --- The wrapper, with any meter ----------------------------------------------
+
+
+class Instrument:
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, dict[str, str]]] = []
+
+    def add(self, amount: int, attributes: dict[str, str]) -> None:
+        self.calls.append((amount, attributes))
+
+    record = add
+
+
+class Meter:
+    def create_counter(self, name: str, **kwargs: Any) -> Instrument:
+        return Instrument()
+
+    create_histogram = create_counter
+
+
+@pytest.fixture
+def instruments(monkeypatch: pytest.MonkeyPatch) -> metrics.Instruments:
+    """``recorded`` wrapping with instruments of a meter that keeps the calls."""
+    recording = metrics.Instruments(Meter())
+    monkeypatch.setattr(metrics, "instruments", recording)
+    return recording
+
+
+def test_the_wrapper_records_what_each_kind_of_operation_returned(
+    instruments: metrics.Instruments,
+) -> None:
+    def read(self: Any, key: str) -> bytes | None:
+        return b"abc" if key == "found" else None
+
+    def update(self: Any, key: str, payload: bytes, ttl: float) -> Outcome:
+        return Outcome.WRITTEN if key == "live" else Outcome.MISSING
+
+    def destroy(self: Any, key: str) -> bool:
+        return key == "live"
+
+    recorded_read = metrics.recorded("read", read)
+    recorded_update = metrics.recorded("update", update, payload_at=1)
+    recorded_destroy = metrics.recorded("destroy", destroy)
+    assert recorded_read.__doc__ == read.__doc__
+    assert recorded_read(None, "found") == b"abc"
+    assert recorded_read(None, "gone") is None
+    assert recorded_update(None, "live", b"12345", 60) is Outcome.WRITTEN
+    assert recorded_update(None, "gone", b"12345", 60) is Outcome.MISSING
+    assert recorded_destroy(None, "live") is True
+
+    assert instruments.operations.calls == [
+        (1, {"operation": "read", "outcome": "found"}),
+        (1, {"operation": "read", "outcome": "missing"}),
+        (1, {"operation": "update", "outcome": "written"}),
+        (1, {"operation": "update", "outcome": "missing"}),
+        (1, {"operation": "destroy", "outcome": "destroyed"}),
+    ]
+    assert instruments.payload_size.calls == [
+        (3, {"operation": "read"}),
+        (5, {"operation": "update"}),
+    ]
+
+
+def test_the_asyncio_wrapper_records_outcomes_and_errors(
+    instruments: metrics.Instruments,
+) -> None:
+    async def create(self: Any, key: str, payload: bytes, ttl: float) -> Outcome:
+        if key == "down":
+            raise redis.ConnectionError("Redis is down.")
+        return Outcome.TOMBSTONED
+
+    recorded_create = metrics.recorded("create", create, payload_at=1)
+    assert asyncio.run(recorded_create(None, "k", b"x", 60)) is Outcome.TOMBSTONED
+    with pytest.raises(redis.ConnectionError):
+        asyncio.run(recorded_create(None, "down", b"x", 60))
+
+    assert instruments.operations.calls == [
+        (1, {"operation": "create", "outcome": "tombstoned"}),
+        (
+            1,
+            {
+                "operation": "create",
+                "outcome": "error",
+                "error.type": "ConnectionError",
+            },
+        ),
+    ]
+    assert instruments.payload_size.calls == []
