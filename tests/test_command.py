@@ -766,3 +766,27 @@ def test_ctrl_c_from_the_shell_prints_one_line_and_exits_130(
         f"CommandError: Interrupted: deleted {sum(done)} sessions so far. Run the "
         "command again to delete the rest.\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "failed", "consequence"),
+    [
+        (["stats"], "Could not measure sessions", " Nothing was changed."),
+        (["show", "abcdefgh12345678"], "Could not read the session", ""),
+    ],
+)
+def test_stats_and_show_fail_with_one_line_when_redis_is_unreachable(
+    unreachable: int, args: list[str], failed: str, consequence: str
+) -> None:
+    with pytest.raises(CommandError) as excinfo:
+        run(*args)
+
+    message = str(excinfo.value)
+    assert message.startswith(
+        f"{failed}: could not reach Redis at "
+        f"redis://user@127.0.0.1:{unreachable}/0?db=0: "
+    )
+    assert message.endswith("." + consequence)
+    assert "\n" not in message
+    assert "s3cret" not in message
+    assert "abcdefgh12345678" not in message
