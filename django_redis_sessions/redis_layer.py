@@ -19,7 +19,7 @@ import math
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis.asyncio.cluster
 import redis.cluster
@@ -27,9 +27,10 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 from redis.exceptions import ResponseError
 
-from django_redis_sessions import scripts
+from django_redis_sessions import metrics, scripts
 from django_redis_sessions.bulk import (
     DEDUPE_BATCHES,
+    RecentKeys,
     amerged,
     anode_batches,
     aunlink_on,
@@ -41,8 +42,10 @@ from django_redis_sessions.bulk import (
 from django_redis_sessions.client import clients
 from django_redis_sessions.conf import SETTING_NAME, conf
 from django_redis_sessions.keys import (
+    TOMBSTONE_SUFFIX,
     check_key,
     data_key,
+    glob_escape,
     hashed_id,
     is_hashed_id,
     is_valid_key,
@@ -55,6 +58,38 @@ from django_redis_sessions.keys import (
 from django_redis_sessions.payloads import log_corrupt
 from django_redis_sessions.scripts import Outcome
 from django_redis_sessions.user_index import IndexWrite, now_ms
+
+
+class Measured(NamedTuple):
+    """One SCAN batch of ``RedisLayer.measure()``: its sessions and figures."""
+
+    #: "host:port" of the Cluster primary the batch comes from; "" on one server.
+    node: str
+    #: Bucket numbers (see ``scripts.MEASURE``) of each session's size...
+    sizes: list[bytes]
+    #: ...and of its TTL in seconds, b"-1" for a name without one.
+    ttls: list[bytes]
+    tombstones: int
+    #: The largest payload of the batch, in bytes.
+    largest: int
+    #: The longest TTL of the batch, in milliseconds.
+    longest: int
+    #: ``MEMORY USAGE`` of the batch's first sessions while the sample lasts;
+    #: None once the server refused it (an old server, a proxy, an ACL).
+    memory: list[int] | None = None
+
+
+class Inspected(NamedTuple):
+    """What Redis holds for one session, read without changing anything."""
+
+    id: str
+    payload: bytes | None
+    #: Seconds the session has left, None if there is none.
+    ttl: float | None
+    #: Seconds the tombstone has left, None if there is none.
+    tombstone_ttl: float | None
+    #: A name that holds something other than a string (no session).
+    foreign: bool
 
 
 def ttl_milliseconds(seconds: float) -> int:
@@ -759,6 +794,11 @@ class RedisLayer:
             _ids(await scripts.arun(client, *self._index_call(key, index)))
         )
 
+    def index_entry(self, user_id: str, key: str) -> str | None:
+        """The entry of ``key``'s session in ``user_id``'s index, if it has one."""
+        entry = self._client().hget(self._index_name(user_id), self.session_id(key))
+        return None if entry is None else _decoded_hash({b"": entry})[""]
+
     def unindex(self, user_id: str, key: str) -> None:
         """Drop ``key``'s session from ``user_id``'s index."""
         self._client().hdel(self._index_name(user_id), self.session_id(key))
@@ -846,36 +886,109 @@ class RedisLayer:
         async for batch in amerged(sources):
             yield session_names(batch) if sessions_only else batch
 
-    def clear_batches(self) -> Iterator[int]:
+    def clear_batches(self, *, remember: int = 0) -> Iterator[tuple[int, list[bytes]]]:
         """Delete every name of the session pattern, batch by batch.
 
-        Yields how many each batch deleted (``UNLINK`` counts only names that
-        existed, so SCAN's repeats need no filtering and the total is exact).
-        Tombstones are not touched. On Cluster every primary is cleared at
-        once, each batch on its own node, one ``UNLINK`` per slot.
+        Yields how many each batch deleted, and its names (``UNLINK`` counts
+        only names that existed, so SCAN's repeats need no filtering for the
+        total; ``remember`` drops them from the names). Tombstones are not
+        touched. On Cluster every primary is cleared at once, each batch on
+        its own node, one ``UNLINK`` per slot.
         """
         pattern = scan_pattern(self.prefix)
         nodes = scan_nodes(self._client())
         per_slot = len(nodes) > 1
 
-        def clear(node: Any) -> Iterator[int]:
-            for names in node_batches(node, pattern, self.scan_count, None, 0):
-                yield unlink_on(node, names, per_slot=per_slot)
+        def clear(node: Any) -> Iterator[tuple[int, list[bytes]]]:
+            for names in node_batches(node, pattern, self.scan_count, None, remember):
+                yield unlink_on(node, names, per_slot=per_slot), names
 
         yield from merged([partial(clear, node) for node in nodes])
 
-    async def aclear_batches(self) -> AsyncIterator[int]:
+    async def aclear_batches(
+        self, *, remember: int = 0
+    ) -> AsyncIterator[tuple[int, list[bytes]]]:
         """See clear_batches()."""
         pattern = scan_pattern(self.prefix)
         nodes = await _ascan_nodes(self._async_client())
         per_slot = len(nodes) > 1
 
-        async def clear(node: Any) -> AsyncIterator[int]:
-            async for names in anode_batches(node, pattern, self.scan_count, None, 0):
-                yield await aunlink_on(node, names, per_slot=per_slot)
+        async def clear(node: Any) -> AsyncIterator[tuple[int, list[bytes]]]:
+            batches = anode_batches(node, pattern, self.scan_count, None, remember)
+            async for names in batches:
+                yield await aunlink_on(node, names, per_slot=per_slot), names
 
         async for deleted in amerged([partial(clear, node) for node in nodes]):
             yield deleted
+
+    def measure(self, *, sample: int = 0) -> Iterator[Measured]:
+        """Every session under the prefix with its size and TTL, a batch at a time.
+
+        One script per SCAN batch (``scripts.MEASURE``) on each primary: the
+        tombstones come in the same scan, which costs less than a second one
+        (SCAN walks the whole keyspace, whatever it matches). Names SCAN
+        repeats are dropped as in ``scan``. The first ``sample`` sessions
+        are also sized with ``MEMORY USAGE``, one pipeline per batch.
+        """
+        recent = RecentKeys(DEDUPE_BATCHES)
+        pattern = glob_escape(self.prefix) + "{*"
+        left = sample  # sessions still to size; 0 also once the server refused
+        client = self._client()
+        cluster = is_cluster(client)
+        for node in scan_nodes(client):
+            name = node_name(node) if cluster else ""
+            cursor: Any = 0
+            while True:
+                reply = scripts.run(
+                    node, scripts.MEASURE, (), (cursor, pattern, self.scan_count)
+                )
+                cursor, names, sizes, ttls, largest, longest, tombstones = reply
+                batch = Measured(
+                    name,
+                    sizes.split(b",") if sizes else [],
+                    ttls.split(b",") if ttls else [],
+                    int(tombstones),
+                    int(largest),
+                    int(longest),
+                )
+                fresh = session_names(recent.fresh(names))
+                if len(fresh) != len(names):
+                    batch = _without_repeats(batch, names, fresh)
+                if left > 0:
+                    asked = [name for name in fresh if name.endswith(b"}")][:left]
+                    memory = memory_usage(node, asked)
+                    left = 0 if memory is None else left - len(asked)
+                    batch = batch._replace(memory=memory)
+                if batch.sizes or batch.tombstones:
+                    yield batch
+                if not int(cursor):
+                    break
+
+    def inspect(self, key: str) -> Inspected:
+        """The session of ``key`` (a session key or an id) as Redis holds it.
+
+        Read only: unlike ``read``, a session still under its plain key in
+        "migrate" mode is not moved. One round trip per form.
+        """
+        client = self._client()
+        found = Inspected(self.session_id(key), None, None, None, False)
+        for data, tombstone in self._forms(key):
+            pipeline = client.pipeline(transaction=False)
+            pipeline.execute_command("TYPE", data)
+            pipeline.execute_command("PTTL", data)
+            pipeline.execute_command("PTTL", tombstone)
+            pipeline.execute_command("GET", data)
+            kind, ttl, tombstone_ttl, payload = pipeline.execute(raise_on_error=False)
+            if kind in (b"none", "none") and _seconds(tombstone_ttl) is None:
+                continue
+            is_string = kind in (b"string", "string")
+            return found._replace(
+                payload=payload if is_string else None,
+                ttl=_seconds(ttl) if is_string else None,
+                tombstone_ttl=_seconds(tombstone_ttl),
+                foreign=kind not in (b"string", "string", b"none", "none"),
+            )
+        return found
 
     def plain_names(self, names: list[bytes]) -> list[bytes]:
         """The data names in ``names`` that are not under an id: what rehash moves."""
@@ -928,6 +1041,51 @@ class RedisLayer:
         return list(await client.mget(names))
 
 
+#: How a tombstone's name ends; a data name ends in "}" alone.
+TOMBSTONE_END = ("}" + TOMBSTONE_SUFFIX).encode()
+
+
+def _without_repeats(
+    batch: Measured, names: list[bytes], fresh: list[bytes]
+) -> Measured:
+    """``batch`` without the figures of names SCAN repeated or that are not UTF-8.
+
+    Rare (SCAN repeats names only while the keyspace is being rehashed), so
+    done name by name; the largest figures keep whatever was dropped.
+    """
+    keep = set(fresh)
+    kept = []
+    data = [name for name in names if name.endswith(b"}")]
+    for index, name in enumerate(data):
+        if name in keep:
+            keep.discard(name)  # a name twice in one batch counts once
+            kept.append(index)
+    return batch._replace(
+        sizes=[batch.sizes[index] for index in kept],
+        ttls=[batch.ttls[index] for index in kept],
+        tombstones=sum(1 for name in fresh if name.endswith(TOMBSTONE_END)),
+    )
+
+
+def memory_usage(node: Any, names: list[bytes]) -> list[int] | None:
+    """``MEMORY USAGE`` of each name in one pipeline; None if the server refuses it."""
+    pipeline = node.pipeline(transaction=False)
+    for name in names:
+        pipeline.execute_command("MEMORY USAGE", name)
+    try:
+        replies = pipeline.execute()
+    except ResponseError:
+        return None
+    # A name that expired since the scan answers nil.
+    return [int(reply) for reply in replies if reply is not None]
+
+
+def node_name(node: Any) -> str:
+    """ "host:port" of the client of one Cluster primary."""
+    kwargs = node.connection_pool.connection_kwargs
+    return f"{kwargs.get('host')}:{kwargs.get('port')}"
+
+
 async def _ascan_nodes(client: Any) -> list[Any]:
     if isinstance(client, redis.asyncio.cluster.RedisCluster):
         await client.initialize()  # it learns its nodes lazily
@@ -935,6 +1093,26 @@ async def _ascan_nodes(client: Any) -> list[Any]:
         # scan_nodes().
         await client.nodes_manager.initialize()
     return scan_nodes(client)
+
+
+# The single-session operations record metrics (``metrics.py``) when the
+# OpenTelemetry API is installed; without it they stay these very functions.
+for _operation, _payload_at in (
+    ("read", None),
+    ("create", 1),
+    ("set", 1),
+    ("update", 1),
+    ("touch", None),
+    ("destroy", None),
+    ("cycle", 2),
+):
+    for _name in (_operation, "a" + _operation):
+        _method = getattr(RedisLayer, _name)
+        setattr(
+            RedisLayer,
+            _name,
+            metrics.recorded(_operation, _method, payload_at=_payload_at),
+        )
 
 
 _layer: RedisLayer | None = None

@@ -13,9 +13,11 @@ from typing import Any
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
-from django_redis_sessions import migration
+from django_redis_sessions import migration, signals
+from django_redis_sessions.bulk import DEDUPE_BATCHES
 from django_redis_sessions.client import clients
 from django_redis_sessions.conf import SETTING_NAME, conf
+from django_redis_sessions.keys import session_names
 from django_redis_sessions.payloads import Payloads, SessionData, expiry_seconds
 from django_redis_sessions.redis_layer import RedisLayer
 from django_redis_sessions.scripts import Outcome
@@ -112,6 +114,8 @@ class RedisSessionStore:
         if index is not None:
             self._layer.index(key, index)
         outcome = self._layer.set(key, payload, seconds)
+        if signals.listening():
+            self._send("set", outcome, key)
         return outcome is Outcome.WRITTEN
 
     async def aset(self, key: str, data: SessionData, ttl: float | None = None) -> bool:
@@ -120,6 +124,8 @@ class RedisSessionStore:
         if index is not None:
             await self._layer.aindex(key, index)
         outcome = await self._layer.aset(key, payload, seconds)
+        if signals.listening():
+            await self._asend("set", outcome, key)
         return outcome is Outcome.WRITTEN
 
     def create(self, key: str, data: SessionData, ttl: float | None = None) -> bool:
@@ -130,6 +136,8 @@ class RedisSessionStore:
         """
         payload, seconds, index = self._prepared(data, self._ttl(data, ttl))
         outcome = self._layer.create(key, payload, seconds, index)
+        if signals.listening():
+            self._send("create", outcome, key)
         return outcome is Outcome.WRITTEN
 
     async def acreate(
@@ -138,12 +146,16 @@ class RedisSessionStore:
         """See create()."""
         payload, seconds, index = self._prepared(data, self._ttl(data, ttl))
         outcome = await self._layer.acreate(key, payload, seconds, index)
+        if signals.listening():
+            await self._asend("create", outcome, key)
         return outcome is Outcome.WRITTEN
 
     def update(self, key: str, data: SessionData, ttl: float | None = None) -> bool:
         """Write only if a live session holds ``key``; never creates, never revives."""
         payload, seconds, index = self._prepared(data, self._ttl(data, ttl))
         outcome = self._layer.update(key, payload, seconds, index)
+        if signals.listening():
+            self._send("update", outcome, key)
         return outcome is Outcome.WRITTEN
 
     async def aupdate(
@@ -152,6 +164,8 @@ class RedisSessionStore:
         """See update()."""
         payload, seconds, index = self._prepared(data, self._ttl(data, ttl))
         outcome = await self._layer.aupdate(key, payload, seconds, index)
+        if signals.listening():
+            await self._asend("update", outcome, key)
         return outcome is Outcome.WRITTEN
 
     def touch(self, key: str, ttl: float | None = None) -> bool:
@@ -161,11 +175,17 @@ class RedisSessionStore:
         creates a key and never extends a tombstone; False if no live session
         holds ``key``.
         """
-        return self._layer.touch(key, self._ttl({}, ttl)) is Outcome.WRITTEN
+        outcome = self._layer.touch(key, self._ttl({}, ttl))
+        if signals.listening():
+            self._send("touch", outcome, key)
+        return outcome is Outcome.WRITTEN
 
     async def atouch(self, key: str, ttl: float | None = None) -> bool:
         """See touch()."""
-        return await self._layer.atouch(key, self._ttl({}, ttl)) is Outcome.WRITTEN
+        outcome = await self._layer.atouch(key, self._ttl({}, ttl))
+        if signals.listening():
+            await self._asend("touch", outcome, key)
+        return outcome is Outcome.WRITTEN
 
     def destroy(self, key: str) -> bool:
         """Delete the session and leave a tombstone; True if a live one was removed.
@@ -174,12 +194,19 @@ class RedisSessionStore:
         from that engine too.
         """
         migration.forget(key)
-        return self._layer.destroy(key)
+        ended = self._layer.destroy(key)
+        if ended and signals.listening():
+            signals.send(type(self), signals.ended(key, "destroy"), self.session_id)
+        return ended
 
     async def adestroy(self, key: str) -> bool:
         """See destroy()."""
         await migration.aforget(key)
-        return await self._layer.adestroy(key)
+        ended = await self._layer.adestroy(key)
+        if ended and signals.listening():
+            events = signals.ended(key, "destroy")
+            await signals.asend(type(self), events, self.session_id)
+        return ended
 
     def exists(self, key: str) -> bool:
         """Whether a live session holds ``key`` (a tombstone is not a session)."""
@@ -265,11 +292,19 @@ class RedisSessionStore:
         Tombstones are not touched (not re-armed, not removed). If it fails
         half-way, running it again finishes the job.
         """
-        return sum(self._layer.clear_batches())
+        return sum(cleared(self._layer, type(self)))
 
     async def aclear(self) -> int:
         """See clear()."""
-        return sum([deleted async for deleted in self._layer.aclear_batches()])
+        return sum([deleted async for deleted in acleared(self._layer, type(self))])
+
+    def _send(self, operation: str, outcome: Outcome, key: str) -> None:
+        events = signals.after_write(operation, outcome, key)
+        signals.send(type(self), events, self.session_id)
+
+    async def _asend(self, operation: str, outcome: Outcome, key: str) -> None:
+        events = signals.after_write(operation, outcome, key)
+        await signals.asend(type(self), events, self.session_id)
 
     def _sessions(
         self, names: list[bytes], values: list[bytes | None]
@@ -280,6 +315,34 @@ class RedisSessionStore:
             data = _public(self._payloads.loads(payload))
             if data is not None:
                 yield self._layer.id_of_name(name), data
+
+
+def cleared(layer: RedisLayer, sender: type) -> Iterator[int]:
+    """What ``clear()`` deletes, batch by batch: how many names each deleted.
+
+    Shared with the management command, which shows progress. With a
+    receiver of ``session_ended``, one signal per session the batch held (by
+    the ids of its names, as SCAN found them just before the UNLINK).
+    """
+    listened = bool(signals.session_ended.receivers)
+    for deleted, names in layer.clear_batches(
+        remember=DEDUPE_BATCHES if listened else 0
+    ):
+        if listened:
+            ids = [layer.id_of_name(name) for name in session_names(names)]
+            signals.send_ended_ids(sender, ids, "clear")
+        yield deleted
+
+
+async def acleared(layer: RedisLayer, sender: type) -> AsyncIterator[int]:
+    """See cleared()."""
+    listened = bool(signals.session_ended.receivers)
+    remember = DEDUPE_BATCHES if listened else 0
+    async for deleted, names in layer.aclear_batches(remember=remember):
+        if listened:
+            ids = [layer.id_of_name(name) for name in session_names(names)]
+            await signals.asend_ended_ids(sender, ids, "clear")
+        yield deleted
 
 
 def _newest_first(entries: list[tuple[str, str, int | None]]) -> list[UserSession]:

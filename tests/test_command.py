@@ -12,6 +12,7 @@ import pytest
 import redis
 from django.core.management.base import CommandError
 
+import django_redis_sessions.redis_layer as layer_module
 from django_redis_sessions.conf import redact_url
 from django_redis_sessions.management.commands import redis_sessions as command
 from django_redis_sessions.redis_layer import RedisLayer
@@ -347,10 +348,12 @@ def batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     deleted: list[int] = []
     clear_batches = RedisLayer.clear_batches
 
-    def recording(layer: RedisLayer) -> Iterator[int]:
-        for count in clear_batches(layer):
+    def recording(
+        layer: RedisLayer, **options: Any
+    ) -> Iterator[tuple[int, list[bytes]]]:
+        for count, names in clear_batches(layer, **options):
             deleted.append(count)
-            yield count
+            yield count, names
 
     monkeypatch.setattr(RedisLayer, "clear_batches", recording)
     return deleted
@@ -534,13 +537,15 @@ def test_a_subcommand_is_required() -> None:
         redis_sessions()
 
     assert str(excinfo.value) == (
-        "Error: the following arguments are required: {count,clear,rehash,user,import}"
+        "Error: the following arguments are required: "
+        "{count,clear,rehash,user,import,stats,show}"
     )
 
 
 def test_an_unknown_subcommand_is_an_error() -> None:
     with pytest.raises(
-        CommandError, match=r"^Error: argument \{count,clear,rehash,user,import\}: "
+        CommandError,
+        match=r"^Error: argument \{count,clear,rehash,user,import,stats,show\}: ",
     ):
         redis_sessions("flush")
 
@@ -622,3 +627,166 @@ def test_clear_says_nothing_was_deleted_when_redis_is_unreachable_before_asking(
 )
 def test_urls_are_shown_without_passwords(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+@pytest.fixture
+def interrupt_after(monkeypatch: pytest.MonkeyPatch) -> Callable[[str, int], list[int]]:
+    """Make ``RedisLayer.<method>`` (or a batch's UNLINK) raise KeyboardInterrupt
+    on its next+n-th call.
+
+    Returns what each completed call returned: the batches done before Ctrl-C.
+    """
+
+    def arm(method: str, calls: int) -> list[int]:
+        done: list[int] = []
+        # "unlink": each batch's UNLINK, which clear sends through bulk.py.
+        owner: Any = layer_module if method == "unlink" else RedisLayer
+        name = "unlink_on" if method == "unlink" else method
+        original = getattr(owner, name)
+
+        def interrupted(*args: Any, **kwargs: Any) -> int:
+            if len(done) == calls:
+                raise KeyboardInterrupt
+            result: int = original(*args, **kwargs)
+            done.append(result)
+            return result
+
+        monkeypatch.setattr(owner, name, interrupted)
+        return done
+
+    return arm
+
+
+def test_ctrl_c_during_clear_says_how_far_it_got_and_a_rerun_finishes(
+    many_sessions: int,
+    redis_keys: Callable[[], set[str]],
+    interrupt_after: Callable[[str, int], list[int]],
+    monkeypatch: pytest.MonkeyPatch,
+    no_input: None,
+) -> None:
+    done = interrupt_after("unlink", 2)
+
+    with pytest.raises(CommandError) as excinfo:
+        redis_sessions("clear", "--noinput", "--scan-count", "2")
+
+    assert str(excinfo.value) == (
+        f"Interrupted: deleted {sum(done)} sessions so far. Run the command "
+        "again to delete the rest."
+    )
+    assert excinfo.value.returncode == 130
+    assert redis_sessions("count") == f"{MANY - sum(done)}\n"
+    monkeypatch.undo()
+    assert (
+        redis_sessions("clear", "--noinput")
+        == f"Deleted {MANY - sum(done)} sessions.\n"
+    )
+    assert redis_keys() == set()
+
+
+def test_ctrl_c_during_rehash_says_how_far_it_got_and_a_rerun_finishes(
+    session_redis: dict[str, Any],
+    prefix: str,
+    interrupt_after: Callable[[str, int], list[int]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    session_redis["HASH_IDS"] = "migrate"
+    plain = RedisSessionStore(prefix=prefix, hash_ids=False)
+    for number in range(40):
+        assert plain.create(f"plain{number:027d}", {"n": number}, ttl=60)
+    done = interrupt_after("move_to_ids", 2)
+
+    with pytest.raises(CommandError) as excinfo:
+        redis_sessions("rehash", "--scan-count", "2")
+
+    assert str(excinfo.value) == (
+        f"Interrupted: moved {sum(done)} sessions so far. Run the command again "
+        "to move the rest."
+    )
+    monkeypatch.undo()
+    assert (
+        redis_sessions("rehash") == f"Moved {40 - sum(done)} sessions to their ids.\n"
+    )
+    assert RedisSessionStore().get(f"plain{39:027d}") == {"n": 39}
+
+
+def test_ctrl_c_while_counting_before_the_question_deletes_nothing(
+    arranged: set[str],
+    redis_keys: Callable[[], set[str]],
+    monkeypatch: pytest.MonkeyPatch,
+    no_input: None,
+) -> None:
+    before = redis_keys()
+
+    def interrupted(*args: Any, **kwargs: Any) -> Iterator[list[bytes]]:
+        raise KeyboardInterrupt
+        yield []
+
+    monkeypatch.setattr(RedisLayer, "scan", interrupted)
+
+    with pytest.raises(CommandError) as excinfo:
+        redis_sessions("clear")
+
+    assert str(excinfo.value) == (
+        "Interrupted: counted 0 sessions so far. Nothing was deleted."
+    )
+    assert redis_keys() == before
+
+
+def test_ctrl_c_at_the_question_cancels(
+    arranged: set[str],
+    redis_keys: Callable[[], set[str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    before = redis_keys()
+
+    def ctrl_c(prompt: str = "") -> str:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(builtins, "input", ctrl_c)
+
+    assert redis_sessions("clear") == "Cancelled; nothing was deleted.\n"
+    assert redis_keys() == before
+
+
+def test_ctrl_c_from_the_shell_prints_one_line_and_exits_130(
+    many_sessions: int,
+    interrupt_after: Callable[[str, int], list[int]],
+) -> None:
+    done = interrupt_after("unlink", 1)
+    stderr = io.StringIO()
+    cmd = command.Command(stdout=io.StringIO(), stderr=stderr)
+
+    with pytest.raises(SystemExit) as excinfo:
+        cmd.run_from_argv(
+            ["manage.py", "redis_sessions", "clear", "--noinput", "--scan-count", "2"]
+        )
+
+    assert excinfo.value.code == 130
+    assert stderr.getvalue() == (
+        f"CommandError: Interrupted: deleted {sum(done)} sessions so far. Run the "
+        "command again to delete the rest.\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "failed", "consequence"),
+    [
+        (["stats"], "Could not measure sessions", " Nothing was changed."),
+        (["show", "abcdefgh12345678"], "Could not read the session", ""),
+    ],
+)
+def test_stats_and_show_fail_with_one_line_when_redis_is_unreachable(
+    unreachable: int, args: list[str], failed: str, consequence: str
+) -> None:
+    with pytest.raises(CommandError) as excinfo:
+        redis_sessions(*args)
+
+    message = str(excinfo.value)
+    assert message.startswith(
+        f"{failed}: could not reach Redis at "
+        f"redis://user@127.0.0.1:{unreachable}/0?db=0: "
+    )
+    assert message.endswith("." + consequence)
+    assert "\n" not in message
+    assert "s3cret" not in message
+    assert "abcdefgh12345678" not in message

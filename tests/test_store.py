@@ -504,7 +504,7 @@ def test_the_layer_clears_batch_by_batch(
     batches = list(layer.scan(remember=0, sessions_only=False))
     assert sum(len(names) for names in batches) == 25
     assert len(batches) >= 2
-    deleted = list(layer.clear_batches())
+    deleted = [count for count, _ in layer.clear_batches()]
     assert sum(deleted) == 25
     assert len(deleted) >= 2
     assert store.count() == 0

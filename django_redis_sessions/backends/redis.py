@@ -20,7 +20,7 @@ from django.contrib.sessions.backends.base import (
 )
 from django.utils.crypto import get_random_string
 
-from django_redis_sessions import migration
+from django_redis_sessions import migration, signals
 from django_redis_sessions.conf import conf
 from django_redis_sessions.payloads import Payloads, get_payloads
 from django_redis_sessions.redis_layer import RedisLayer, get_layer, ttl_milliseconds
@@ -274,13 +274,18 @@ class SessionStore(SessionBase):
         ttl = self.get_expiry_age()
         payload, index = self._prepared(data, ttl)
         if must_create:
-            outcome = self._layer.create(key, payload, ttl, index)
+            operation, outcome = "create", self._layer.create(key, payload, ttl, index)
         elif index is None and self._only_needs_touch(key, payload):
             if conf.DISABLE_TOUCH:
                 return None
-            outcome = self._layer.touch(key, ttl)
+            operation, outcome = "touch", self._layer.touch(key, ttl)
         else:
-            outcome = self._layer.update(key, payload, ttl, index)
+            operation, outcome = "update", self._layer.update(key, payload, ttl, index)
+        if signals.listening():
+            events = signals.after_write(
+                operation, outcome, key, refused_if_missing=True
+            )
+            signals.send(type(self), events, self._layer.session_id)
         self._accept_saved(outcome, key, payload, must_create=must_create)
         if outcome is Outcome.WRITTEN and (user := self._record_index(index, data)):
             self._layer.unindex(user, key)
@@ -297,7 +302,13 @@ class SessionStore(SessionBase):
         for _ in range(CREATE_ATTEMPTS):
             key = self._session_key
             assert key is not None
-            outcome = self._layer.cycle(self._old_key, key, payload, ttl, index)
+            old_key = self._old_key
+            outcome = self._layer.cycle(old_key, key, payload, ttl, index)
+            if signals.listening():
+                events = signals.after_write(
+                    "cycle", outcome, key, old_key=old_key, refused_if_missing=True
+                )
+                signals.send(type(self), events, self._layer.session_id)
             if self._accept_cycled(outcome, key, payload, index):
                 return
             self._session_key = self._get_new_session_key()
@@ -308,8 +319,11 @@ class SessionStore(SessionBase):
         session_key = self._key_to_delete(session_key)
         if session_key is not None:
             migration.forget(session_key)
-            self._layer.destroy(session_key, user)
+            ended = self._layer.destroy(session_key, user)
             self._forget_stored(session_key)
+            if ended and signals.listening():
+                events = signals.ended(session_key, "logout")
+                signals.send(type(self), events, self._layer.session_id)
 
     def _key_to_delete(self, session_key: str | None) -> str | None:
         """The key ``delete(session_key)`` ends: after ``cycle_key()`` the
@@ -413,14 +427,22 @@ class SessionStore(SessionBase):
             data = await self._aget_session(no_load=must_create)
             ttl = await self.aget_expiry_age()
             payload, index = self._prepared(data, ttl)
+            layer = self._layer
             if must_create:
-                outcome = await self._layer.acreate(key, payload, ttl, index)
+                operation = "create"
+                outcome = await layer.acreate(key, payload, ttl, index)
             elif index is None and self._only_needs_touch(key, payload):
                 if conf.DISABLE_TOUCH:
                     return None
-                outcome = await self._layer.atouch(key, ttl)
+                operation, outcome = "touch", await layer.atouch(key, ttl)
             else:
-                outcome = await self._layer.aupdate(key, payload, ttl, index)
+                operation = "update"
+                outcome = await layer.aupdate(key, payload, ttl, index)
+            if signals.listening():
+                events = signals.after_write(
+                    operation, outcome, key, refused_if_missing=True
+                )
+                await signals.asend(type(self), events, layer.session_id)
             self._accept_saved(outcome, key, payload, must_create=must_create)
             if outcome is Outcome.WRITTEN and (user := self._record_index(index, data)):
                 await self._layer.aunindex(user, key)
@@ -436,9 +458,13 @@ class SessionStore(SessionBase):
             for _ in range(CREATE_ATTEMPTS):
                 key = self._session_key
                 assert key is not None
-                outcome = await self._layer.acycle(
-                    self._old_key, key, payload, ttl, index
-                )
+                old_key = self._old_key
+                outcome = await self._layer.acycle(old_key, key, payload, ttl, index)
+                if signals.listening():
+                    events = signals.after_write(
+                        "cycle", outcome, key, old_key=old_key, refused_if_missing=True
+                    )
+                    await signals.asend(type(self), events, self._layer.session_id)
                 if self._accept_cycled(outcome, key, payload, index):
                     return
                 self._session_key = await self._aget_new_session_key()
@@ -450,8 +476,11 @@ class SessionStore(SessionBase):
             session_key = self._key_to_delete(session_key)
             if session_key is not None:
                 await migration.aforget(session_key)
-                await self._layer.adestroy(session_key, user)
+                ended = await self._layer.adestroy(session_key, user)
                 self._forget_stored(session_key)
+                if ended and signals.listening():
+                    events = signals.ended(session_key, "logout")
+                    await signals.asend(type(self), events, self._layer.session_id)
 
         async def acycle_key(self) -> None:
             """See cycle_key()."""

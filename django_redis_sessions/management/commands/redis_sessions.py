@@ -1,4 +1,4 @@
-"""``manage.py redis_sessions count|clear|rehash|user|import``: sessions under a prefix.
+"""``manage.py redis_sessions``: count, clear, rehash, user, import, stats, show.
 
 Every subcommand goes through ``RedisLayer``, so it sees exactly what the
 store sees: live sessions under the prefix, never tombstones, never keys of
@@ -9,6 +9,7 @@ the sessions of another session engine into Redis; the moving itself lives in
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -24,8 +25,10 @@ from django.core.management.base import (
 )
 from redis.exceptions import RedisError
 
+from django_redis_sessions import stats
 from django_redis_sessions.client import describe_target
 from django_redis_sessions.conf import conf
+from django_redis_sessions.keys import is_hashed_id, is_valid_key
 from django_redis_sessions.migration import (
     CannotList,
     Importer,
@@ -33,9 +36,13 @@ from django_redis_sessions.migration import (
     SourceError,
     source_for,
 )
+from django_redis_sessions.payloads import get_payloads
 from django_redis_sessions.redis_layer import RedisLayer
-from django_redis_sessions.store import RedisSessionStore
+from django_redis_sessions.store import RedisSessionStore, cleared
 from django_redis_sessions.user_index import UserSession
+
+#: The sessions ``stats`` sizes with ``MEMORY USAGE`` unless told otherwise.
+DEFAULT_SAMPLE = 1000
 
 #: Progress is shown only for stores larger than this many SCAN batches...
 PROGRESS_AFTER_BATCHES = 10
@@ -45,8 +52,9 @@ PROGRESS_INTERVAL = 0.1
 
 class Command(BaseCommand):
     help = (
-        "Count, delete or rehash the sessions stored in Redis under a key prefix, "
-        "or import the sessions of another session engine."
+        "Count, delete, rehash, measure or show the sessions stored in Redis "
+        "under a key prefix, list or end a user's, or import the sessions of "
+        "another session engine."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -56,7 +64,7 @@ class Command(BaseCommand):
         subparsers = parser.add_subparsers(
             dest="subcommand",
             required=True,
-            metavar="{count,clear,rehash,user,import}",
+            metavar="{count,clear,rehash,user,import,stats,show}",
             title="subcommands",
         )
         count = subparsers.add_parser(
@@ -178,6 +186,54 @@ class Command(BaseCommand):
             help="Read and decode the source, say what would move, write nothing.",
         )
 
+        stats_parser = subparsers.add_parser(
+            "stats",
+            help="Print live sessions, tombstones, sizes, lifetimes and memory.",
+            description=(
+                "Read every session under the prefix once (one script per SCAN "
+                "batch, which holds the server for about two milliseconds per "
+                "1,000 keys) and print live sessions, tombstones, the "
+                "distributions of payload size and remaining lifetime, and "
+                "Redis memory per session measured on a sample."
+            ),
+        )
+        self._add_common_arguments(stats_parser)
+        stats_parser.add_argument(
+            "--sample",
+            type=int,
+            default=DEFAULT_SAMPLE,
+            metavar="N",
+            help=(
+                "How many sessions to size with MEMORY USAGE "
+                f"(default: {DEFAULT_SAMPLE:,}; 0: none)."
+            ),
+        )
+        stats_parser.add_argument(
+            "--json",
+            action="store_true",
+            help="Print the figures as one JSON document instead.",
+        )
+
+        show = subparsers.add_parser(
+            "show",
+            help="Print what Redis holds for one session.",
+            description=(
+                "Print the id, remaining lifetime, size, tombstone and user of "
+                "one session, given by its id or its session key (hashed "
+                "here, never printed). Changes nothing."
+            ),
+        )
+        show.add_argument("key_or_id", metavar="KEY_OR_ID")
+        show.add_argument(
+            "--decode",
+            action="store_true",
+            help="Also print the session's data.",
+        )
+        show.add_argument(
+            "--prefix",
+            help="The key prefix of the sessions (default: SESSION_REDIS['PREFIX']).",
+        )
+
     def _add_common_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "--prefix",
@@ -198,17 +254,20 @@ class Command(BaseCommand):
             layer = RedisLayer(prefix=self._prefix(options["prefix"]))
             self._import(layer, **options)
             return
+        subcommand = options["subcommand"]
         layer = RedisLayer(
             prefix=self._prefix(options["prefix"]),
-            scan_count=self._scan_count(options["scan_count"]),
+            scan_count=self._scan_count(options.get("scan_count")),
         )
-        if options["subcommand"] == "count":
-            with redis_errors("Could not count sessions"):
-                count = sum(len(names) for names in layer.scan())
-            self.stdout.write(str(count))
-        elif options["subcommand"] == "rehash":
+        if subcommand == "count":
+            self.stdout.write(str(self._count(layer, "Nothing was changed.")))
+        elif subcommand == "rehash":
             self._rehash(layer, dry_run=options["dry_run"])
-        elif options["subcommand"] == "user":
+        elif subcommand == "stats":
+            self._stats(layer, sample=options["sample"], as_json=options["json"])
+        elif subcommand == "show":
+            self._show(layer, options["key_or_id"], decode=options["decode"])
+        elif subcommand == "user":
             self._user(
                 layer,
                 options["user_id"],
@@ -249,10 +308,19 @@ class Command(BaseCommand):
 
     # Subcommands.
 
+    def _count(self, layer: RedisLayer, unchanged: str) -> int:
+        """Live sessions under the prefix; ``unchanged``: what a failure left."""
+        with (
+            Progress(self.stderr, "Counted", interrupted=unchanged) as progress,
+            redis_errors("Could not count sessions", unchanged),
+        ):
+            for names in layer.scan():
+                progress.add(len(names))
+        return progress.count
+
     def _clear(self, layer: RedisLayer, *, interactive: bool, dry_run: bool) -> None:
         if dry_run or interactive:
-            with redis_errors("Could not count sessions", "Nothing was deleted."):
-                count = sum(len(names) for names in layer.scan())
+            count = self._count(layer, "Nothing was deleted.")
             under = f"under the prefix {layer.prefix!r}"
             if dry_run:
                 self.stdout.write(f"Would delete {_sessions(count)} {under}.")
@@ -272,14 +340,18 @@ class Command(BaseCommand):
     def _delete(self, layer: RedisLayer) -> int:
         """Delete the prefix's sessions, with progress on stderr for a large store."""
         with (
-            Progress(self.stderr, "Deleted") as progress,
+            Progress(
+                self.stderr,
+                "Deleted",
+                interrupted="Run the command again to delete the rest.",
+            ) as progress,
             redis_errors(
                 "Could not delete sessions",
                 "Nothing after the last completed batch was deleted; run the "
                 "command again to finish.",
             ),
         ):
-            for deleted in layer.clear_batches():
+            for deleted in cleared(layer, RedisSessionStore):
                 progress.add(deleted)
         return progress.count
 
@@ -290,12 +362,22 @@ class Command(BaseCommand):
                 'stay under their plain keys; set it to "migrate" first.'
             )
         if dry_run:
-            with redis_errors("Could not count sessions", "Nothing was moved."):
-                count = sum(len(layer.plain_names(names)) for names in layer.scan())
-            self.stdout.write(f"Would move {_sessions(count)} to their ids.")
+            with (
+                Progress(
+                    self.stderr, "Counted", interrupted="Nothing was moved."
+                ) as progress,
+                redis_errors("Could not count sessions", "Nothing was moved."),
+            ):
+                for names in layer.scan():
+                    progress.add(len(layer.plain_names(names)))
+            self.stdout.write(f"Would move {_sessions(progress.count)} to their ids.")
             return
         with (
-            Progress(self.stderr, "Moved") as progress,
+            Progress(
+                self.stderr,
+                "Moved",
+                interrupted="Run the command again to move the rest.",
+            ) as progress,
             redis_errors(
                 "Could not move sessions",
                 "Every batch before the failure was moved; run the command again "
@@ -369,7 +451,9 @@ class Command(BaseCommand):
         importer = Importer(origin, layer, batch_size=batch_size, dry_run=dry_run)
         try:
             with (
-                Progress(self.stderr, "Read") as progress,
+                Progress(
+                    self.stderr, "Read", interrupted=lambda: _resume_hint(importer)
+                ) as progress,
                 redis_errors(
                     "Could not write sessions", lambda: _resume_hint(importer)
                 ),
@@ -389,6 +473,84 @@ class Command(BaseCommand):
                 "SECRET_KEY_FALLBACKS or restore the serializer, and run the "
                 "command again."
             )
+
+    def _stats(self, layer: RedisLayer, *, sample: int, as_json: bool) -> None:
+        if sample < 0:
+            raise CommandError(f"--sample must be at least 0, not {sample}.")
+        with (
+            Progress(
+                self.stderr,
+                "Measured",
+                interrupted="Nothing was changed; run the command again for "
+                "the figures.",
+            ) as progress,
+            redis_errors("Could not measure sessions", "Nothing was changed."),
+        ):
+            figures = stats.collect(layer, sample=sample, on_batch=progress.add)
+        if as_json:
+            self.stdout.write(json.dumps(figures.as_json(), indent=2))
+            return
+        encoding = getattr(self.stdout, "encoding", None) or "utf-8"
+        unicode = encoding.lower().replace("-", "").startswith("utf")
+        self.stdout.write(
+            stats.render(figures, where=describe_target(), unicode=unicode)
+        )
+
+    def _show(self, layer: RedisLayer, key_or_id: str, *, decode: bool) -> None:
+        # What was given may be a cookie: it is never echoed, only its id.
+        if not (is_hashed_id(key_or_id) or is_valid_key(key_or_id)):
+            raise CommandError(
+                "KEY_OR_ID is neither a session id ('#' and 43 characters) nor "
+                "a session key."
+            )
+        with redis_errors("Could not read the session"):
+            report = stats.inspect(layer, key_or_id, get_payloads())
+        if report.state == "missing":
+            raise CommandError(
+                f"No session and no tombstone has the id {report.id} under the "
+                f"prefix {layer.prefix!r}."
+            )
+        for line in _show_lines(report, decode=decode):
+            self.stdout.write(line)
+
+
+def _show_lines(report: stats.SessionReport, *, decode: bool) -> list[str]:
+    rows = [("id", report.id)]
+    if report.state == "live":
+        rows.append(("state", "live"))
+    elif report.state == "destroyed":
+        rows.append(("state", "destroyed (logged out)"))
+    else:
+        rows.append(("state", "not a session: the name holds another type"))
+    if report.ttl is not None:
+        seconds = int(report.ttl)
+        rows.append(("expires in", f"{stats.format_seconds(seconds)} ({seconds:,} s)"))
+    if report.size is not None:
+        rows.append(("size", f"{report.size:,} bytes"))
+    if report.state == "live":
+        if report.data is None:
+            user = "unknown (the payload cannot be decoded, or has expired)"
+        else:
+            user = "anonymous" if report.user_id is None else report.user_id
+        rows.append(("user", user))
+    tombstone = report.tombstone_ttl
+    rows.append(
+        (
+            "tombstone",
+            "none"
+            if tombstone is None
+            else f"refuses writes for {stats.format_seconds(int(tombstone))} more",
+        )
+    )
+    if report.index is not None:
+        rows += [(f"index {name}", str(value)) for name, value in report.index.items()]
+    width = max(len(label) for label, _ in rows) + 1
+    lines = [f"{label + ':':<{width}}  {value}" for label, value in rows]
+    if decode and report.data is not None:
+        lines.append("data:")
+        dumped = json.dumps(report.data, indent=2, sort_keys=True, default=str)
+        lines += ["  " + line for line in dumped.splitlines()]
+    return lines
 
 
 def _session_table(sessions: list[UserSession]) -> str:
@@ -453,11 +615,23 @@ class Progress:
     Shown only after ``PROGRESS_AFTER_BATCHES`` batches, at most once per
     ``PROGRESS_INTERVAL`` seconds; on leaving (also on failure or Ctrl-C) the
     line is ended with the count reached, so what follows starts on its own.
+
+    Ctrl-C inside the block is turned into a ``CommandError`` (exit status
+    130, no traceback) that says how far the run got and ``interrupted``:
+    what a re-run does. Batches end before the count moves on, so the count
+    is exact up to the batch that was cut short.
     """
 
-    def __init__(self, stream: OutputWrapper, verb: str) -> None:
+    def __init__(
+        self,
+        stream: OutputWrapper,
+        verb: str,
+        *,
+        interrupted: str | Callable[[], str] = "Run the command again to finish.",
+    ) -> None:
         self._stream = stream
         self._verb = verb
+        self._interrupted = interrupted
         self._enabled = stream.isatty()
         self._batches = 0
         self._shown_at: float | None = None
@@ -475,9 +649,20 @@ class Progress:
                 self._show()
                 self._shown_at = now
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *exc_info: object) -> None:
         if self._shown_at is not None:
             self._show(ending="\n")
+        if kind is not None and issubclass(kind, KeyboardInterrupt):
+            raise CommandError(
+                f"Interrupted: {self._verb.lower()} {_sessions(self.count)} so "
+                f"far. {self._next_step()}",
+                returncode=130,
+            ) from None
+
+    def _next_step(self) -> str:
+        # Callable when only the state at the interruption can say it.
+        interrupted = self._interrupted
+        return interrupted if isinstance(interrupted, str) else interrupted()
 
     def _show(self, ending: str = "") -> None:
         line = f"\r{self._verb} {_sessions(self.count)}..."
@@ -489,6 +674,9 @@ def _confirm(question: str) -> bool:
     try:
         answer = input(question)
     except EOFError:
+        return False
+    except KeyboardInterrupt:
+        print()  # the prompt's line is left open
         return False
     return answer.strip().lower() in {"y", "yes"}
 
