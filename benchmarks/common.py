@@ -60,6 +60,8 @@ class Variant:
 
 
 class PerOp(NamedTuple):
+    """Median seconds per operation: elapsed, and of this process's CPU."""
+
     wall: float
     cpu: float
 
@@ -205,7 +207,10 @@ def scan_pattern(prefix: str) -> str:
 
 
 def configure(url: str, *, session_redis: dict[str, Any], **extra: Any) -> None:
-    """Django without a project; sessions under ``NAMESPACE`` unless told."""
+    """Django without a project; sessions under ``NAMESPACE`` unless told.
+
+    ``extra`` settings are added, or replace these (``INSTALLED_APPS``).
+    """
     settings.configure(
         **{
             "SECRET_KEY": "django-redis-sessions-benchmark",
