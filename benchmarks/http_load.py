@@ -19,9 +19,10 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
+from contextlib import ExitStack, contextmanager, suppress
+from typing import Any, NamedTuple
 
+import redis
 from django.contrib.auth import authenticate, login, logout
 from django.http import HttpRequest, HttpResponse
 from django.urls import path
@@ -35,6 +36,7 @@ ENGINES = {
 #: Each client repeats: a login, 8 reads and 2 writes, a logout.
 PLAN = ["login", *(["read"] * 4 + ["write"]) * 2, "logout"]
 CREDENTIALS = b"username=bench&password=bench"
+LINUX = Path("/proc/self/stat").exists()  # where CPU time is read
 APP = "DRS_BENCH_HTTP"  # the app's settings, for gunicorn's workers
 APPS = ["auth", "contenttypes", "sessions"]
 
@@ -151,20 +153,52 @@ async def client(port: int, until: float, latencies: list[float]) -> int:
     return wrong
 
 
-async def measure(port: int, clients: int, seconds: float) -> dict[str, float]:
+class Slice(NamedTuple):
+    seconds: float
+    latencies: list[float]
+    wrong: int
+    app_cpu: float  # seconds of CPU the gunicorn workers used
+    redis_cpu: float
+
+
+def measure(server: Server, clients: int, seconds: float) -> Slice:
+    async def run() -> list[int]:
+        until = time.perf_counter() + seconds
+        tasks = [client(server.port, until, latencies) for _ in range(clients)]
+        return await asyncio.gather(*tasks)
+
     latencies: list[float] = []
-    start = time.perf_counter()
-    tasks = [client(port, start + seconds, latencies) for _ in range(clients)]
-    wrong = sum(await asyncio.gather(*tasks))
-    elapsed = time.perf_counter() - start
-    cuts = statistics.quantiles(latencies, n=100)
-    return {"req/s": len(latencies) / elapsed, "p50": cuts[49], "p99": cuts[98],
-            "wrong": wrong}  # fmt: skip
+    start, app, used = time.perf_counter(), cpu(server.workers), redis_cpu(server)
+    wrong = sum(asyncio.run(run()))
+    app, used = cpu(server.workers) - app, redis_cpu(server) - used
+    return Slice(time.perf_counter() - start, latencies, wrong, app, used)
+
+
+class Server(NamedTuple):
+    port: int
+    workers: list[int]
+    redis: redis.Redis
+
+
+def cpu(pids: list[int]) -> float:
+    """Seconds of CPU these processes used so far (Linux; 0 elsewhere)."""
+    ticks = 0
+    for pid in pids:
+        with suppress(OSError):  # the fields after the command's name
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def redis_cpu(server: Server) -> float:
+    info = server.redis.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 @contextmanager
-def gunicorn(app: dict[str, str], logs: Path) -> Iterator[int]:
-    """A gunicorn serving the app on a free loopback port, stopped at the end."""
+def gunicorn(app: dict[str, str], logs: Path) -> Iterator[tuple[int, list[int]]]:
+    """A gunicorn serving the app on a free loopback port, stopped at the end:
+    the port, and the ids of its workers (on Linux)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -179,11 +213,11 @@ def gunicorn(app: dict[str, str], logs: Path) -> Iterator[int]:
         )
     try:
         deadline = time.monotonic() + 60
-        while not ready(port):
+        while not ready(port) or len(children(server.pid)) < 2 * LINUX:
             if server.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"gunicorn did not start:\n{logs.read_text()}")
             time.sleep(0.2)
-        yield port
+        yield port, children(server.pid)
     finally:
         server.terminate()
         try:
@@ -191,6 +225,15 @@ def gunicorn(app: dict[str, str], logs: Path) -> Iterator[int]:
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)  # its own process group
             server.wait()
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with suppress(OSError, ValueError):  # the parent's id follows the name
+            if int(stat.read_text().rpartition(")")[2].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
 
 
 def ready(port: int) -> bool:
@@ -204,29 +247,30 @@ def ready(port: int) -> bool:
 
 def main() -> None:
     parser = common.parser(__doc__)
-    parser.set_defaults(rounds=1)
+    parser.set_defaults(rounds=10)
     parser.add_argument("--seconds", type=float, default=20, help="default 20")
     parser.add_argument("--clients", type=int, default=32, help="default 32")
     parser.add_argument("--warmup", type=float, default=3, help="seconds, default 3")
     args = parser.parse_args()
-    results: dict[str, list[dict[str, float]]] = {name: [] for name in ENGINES}
-    with tempfile.TemporaryDirectory() as folder:
+    results: dict[str, list[Slice]] = {name: [] for name in ENGINES}
+    with tempfile.TemporaryDirectory() as folder, ExitStack() as stack:
         app = {"db": f"{folder}/db.sqlite3", "prefix": f"{common.NAMESPACE}s:"}
         make_database({**app, "url": "", "engine": ENGINES["this engine"]})
+        servers = {}
+        for name, engine in ENGINES.items():
+            url = stack.enter_context(common.server(args.redis_url))
+            config = {**app, "url": url, "engine": engine}
+            port, workers = stack.enter_context(gunicorn(config, Path(folder, "log")))
+            client = stack.enter_context(redis.Redis.from_url(url))
+            servers[name] = Server(port, workers, client)
+            measure(servers[name], args.clients, args.warmup)
+        # Short slices, alternating, so that both engines meet whatever else
+        # the machine is doing at the time.
         for index in range(args.rounds):
-            names = list(ENGINES)[index % 2 :] + list(ENGINES)[: index % 2]
-            for name in names:
-                with common.server(args.redis_url) as url:
-                    config = {**app, "url": url, "engine": ENGINES[name]}
-                    with gunicorn(config, Path(folder, "gunicorn.log")) as port:
-                        print(
-                            f"  .. {name}, round {index + 1}",
-                            file=sys.stderr,
-                            flush=True,
-                        )
-                        asyncio.run(measure(port, args.clients, args.warmup))
-                        found = asyncio.run(measure(port, args.clients, args.seconds))
-                        results[name].append(found)
+            print(f"  .. slice {index + 1}/{args.rounds}", file=sys.stderr, flush=True)
+            for name in [*ENGINES][index % 2 :] + [*ENGINES][: index % 2]:
+                seconds = args.seconds / args.rounds
+                results[name].append(measure(servers[name], args.clients, seconds))
     report(results, args)
 
 
@@ -240,23 +284,33 @@ def make_database(app: dict[str, str]) -> None:
     User.objects.create_user("bench", password="bench")
 
 
-def report(results: dict[str, list[dict[str, float]]], args: Any) -> None:
-    rows = [["engine", "req/s", "range", "p50 ms", "p99 ms", "wrong"]]
-    medians = []
-    for name, runs in results.items():
-        median = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
-        medians.append(median)
-        rates = [run["req/s"] for run in runs]
-        cells = [f"{median['req/s']:,.0f}", f"{min(rates):,.0f}-{max(rates):,.0f}"]
-        cells += [f"{median['p50'] * 1000:.1f}", f"{median['p99'] * 1000:.1f}"]
-        rows.append([name, *cells, f"{sum(run['wrong'] for run in runs):.0f}"])
-    ratios = [medians[0][key] / medians[1][key] for key in ("req/s", "p50", "p99")]
-    cells = [f"{ratio:.2f}x" for ratio in ratios]
-    rows.append(["this engine / peer", cells[0], "", *cells[1:], ""])
+def report(results: dict[str, list[Slice]], args: Any) -> None:
+    """Requests per second over all slices, and the range of the slices';
+    latencies of every request; the ratio's range is that of the slices."""
+    rows = [["engine", "req/s", "range", "p50 ms", "p99 ms", "app CPU", "Redis CPU"]]
+    figures, rates = [], []
+    for name, slices in results.items():
+        latencies = [latency for part in slices for latency in part.latencies]
+        cuts, count = statistics.quantiles(latencies, n=100), len(latencies)
+        app, used = (sum(getattr(part, key) for part in slices) / count * 1e6
+                     for key in ("app_cpu", "redis_cpu"))  # fmt: skip
+        rate = count / sum(part.seconds for part in slices)
+        figures.append((rate, cuts[49], cuts[98], app, used))
+        rates.append([len(part.latencies) / part.seconds for part in slices])
+        cells = [f"{rate:,.0f}", f"{min(rates[-1]):,.0f}-{max(rates[-1]):,.0f}"]
+        cells += [f"{cuts[49] * 1000:.1f}", f"{cuts[98] * 1000:.1f}"]
+        rows.append([name, *cells, f"{app:,.0f}", f"{used:,.0f}"])
+        if wrong := sum(part.wrong for part in slices):
+            raise SystemExit(f"{name}: {wrong} wrong answers (not 200, or no user).")
+    ratios = [f"{ours / peer:.2f}x" for ours, peer in zip(*figures, strict=True)]
+    pairs = [ours / peer for ours, peer in zip(*rates, strict=True)]
+    spread = f"{min(pairs):.2f}-{max(pairs):.2f}"
+    rows.append(["this engine / peer", ratios[0], spread, *ratios[1:]])
     print(
         f"\ngunicorn gthread, 2 workers x 8 threads; {args.clients} keep-alive "
-        f"clients for {args.seconds:g} s, {args.rounds} round(s), medians; each "
-        f"client: {' '.join(PLAN)}, repeated\n\n{common.table(rows)}"
+        f"clients, {args.seconds:g} s per engine in {args.rounds} alternating "
+        f"slices; each client: {' '.join(PLAN)}, repeated. CPU: microseconds "
+        f"per request, of the gunicorn workers and of Redis.\n\n{common.table(rows)}"
     )
 
 
