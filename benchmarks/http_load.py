@@ -35,7 +35,6 @@ ENGINES = {
 }
 #: Each client repeats: a login, 8 reads and 2 writes, a logout.
 PLAN = ["login", *(["read"] * 4 + ["write"]) * 2, "logout"]
-CREDENTIALS = b"username=bench&password=bench"
 LINUX = Path("/proc/self/stat").exists()  # where CPU time is read
 APP = "DRS_BENCH_HTTP"  # the app's settings, for gunicorn's workers
 APPS = ["auth", "contenttypes", "sessions"]
@@ -109,11 +108,14 @@ if __name__ != "__main__" and APP in os.environ:
 
 # --- The clients: keep-alive HTTP/1.1 over raw asyncio streams ---------------
 async def request(
-    streams: tuple[asyncio.StreamReader, asyncio.StreamWriter], view: str, cookie: str
-) -> tuple[int, str | None, bytes]:
-    """Status, the new session cookie (None: unchanged, "": deleted), body."""
+    streams: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    view: str,
+    cookie: str,
+    user: str,
+) -> tuple[int, str, bytes]:
+    """Status, the session cookie after the response ("": none), body."""
     reader, writer = streams
-    body = CREDENTIALS if view == "login" else b""
+    body = f"username={user}&password=bench".encode() if view == "login" else b""
     head = f"{'GET' if view == 'read' else 'POST'} /{view}/ HTTP/1.1\r\n"
     head += f"Host: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
     if body:
@@ -122,18 +124,18 @@ async def request(
         head += f"Cookie: sessionid={cookie}\r\n"
     writer.write(head.encode() + b"\r\n" + body)
     lines = (await reader.readuntil(b"\r\n\r\n")).decode().split("\r\n")
-    length, new_cookie = 0, None
+    length = 0
     for line in lines[1:]:
         name, _, value = line.partition(":")
         if name.lower() == "content-length":
             length = int(value)
         elif name.lower() == "set-cookie" and value.strip().startswith("sessionid="):
-            new_cookie = value.strip()[10:].split(";")[0].strip('"')
-    return int(lines[0].split()[1]), new_cookie, await reader.readexactly(length)
+            cookie = value.strip()[10:].split(";")[0].strip('"')
+    return int(lines[0].split()[1]), cookie, await reader.readexactly(length)
 
 
-async def client(port: int, until: float, latencies: list[float]) -> int:
-    """Runs the plan until ``until``; returns the number of wrong answers."""
+async def client(port: int, until: float, latencies: list[float], user: str) -> int:
+    """Runs the plan as ``user`` until ``until``; the number of wrong answers."""
     streams = await asyncio.open_connection("127.0.0.1", port)
     cookie, wrong = "", 0
     try:
@@ -141,13 +143,13 @@ async def client(port: int, until: float, latencies: list[float]) -> int:
             for view in PLAN:
                 if (start := time.perf_counter()) >= until:
                     break
-                status, new_cookie, body = await asyncio.wait_for(
-                    request(streams, view, cookie), 30
-                )
+                pending = request(streams, view, cookie, user)
+                status, cookie, body = await asyncio.wait_for(pending, 30)
                 latencies.append(time.perf_counter() - start)
-                cookie = cookie if new_cookie is None else new_cookie
                 # A read after the login must see the user: no session lost.
                 wrong += status != 200 or (view == "read" and not body)
+        if cookie:  # untimed: no session outlives its slice, as in use
+            await asyncio.wait_for(request(streams, "logout", cookie, user), 30)
     finally:
         streams[1].close()
     return wrong
@@ -164,7 +166,8 @@ class Slice(NamedTuple):
 def measure(server: Server, clients: int, seconds: float) -> Slice:
     async def run() -> list[int]:
         until = time.perf_counter() + seconds
-        tasks = [client(server.port, until, latencies) for _ in range(clients)]
+        users = (f"bench{index}" for index in range(clients))
+        tasks = [client(server.port, until, latencies, user) for user in users]
         return await asyncio.gather(*tasks)
 
     latencies: list[float] = []
@@ -255,7 +258,7 @@ def main() -> None:
     results: dict[str, list[Slice]] = {name: [] for name in ENGINES}
     with tempfile.TemporaryDirectory() as folder, ExitStack() as stack:
         app = {"db": f"{folder}/db.sqlite3", "prefix": f"{common.NAMESPACE}s:"}
-        make_database({**app, "url": "", "engine": ENGINES["this engine"]})
+        make_database({**app, "url": "", "engine": ENGINES["this engine"]}, args)
         servers = {}
         for name, engine in ENGINES.items():
             url = stack.enter_context(common.server(args.redis_url))
@@ -274,14 +277,15 @@ def main() -> None:
     report(results, args)
 
 
-def make_database(app: dict[str, str]) -> None:
-    """The app's SQLite database, with its one user."""
+def make_database(app: dict[str, str], args: Any) -> None:
+    """The app's SQLite database, with a user for each client."""
     configure(app)
     from django.contrib.auth.models import User
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
-    User.objects.create_user("bench", password="bench")
+    for index in range(args.clients):
+        User.objects.create_user(f"bench{index}", password="bench")
 
 
 def report(results: dict[str, list[Slice]], args: Any) -> None:
