@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import django
 import redis
@@ -23,9 +23,13 @@ from django.conf import settings
 from django.test.utils import override_settings
 
 # Every name the scripts use from the package, so that a change of its
-# internals touches nothing here: the public API only.
+# internals touches nothing else: the public API, and for the overhead and
+# memory scripts the names a session lives under and the create script.
 from django_redis_sessions import get_store
+from django_redis_sessions import scripts as scripts
 from django_redis_sessions.backends.redis import SessionStore as SessionStore
+from django_redis_sessions.keys import user_index_key as user_index_key
+from django_redis_sessions.redis_layer import RedisLayer as RedisLayer
 from django_redis_sessions.testing import CommandLog, RedisServer
 
 #: Every command sent through its connection classes: one per round trip.
@@ -55,6 +59,13 @@ class Variant:
     setup: Callable[[int], object] | None = None
 
 
+class PerOp(NamedTuple):
+    """Median seconds per operation: elapsed, and of this process's CPU."""
+
+    wall: float
+    cpu: float
+
+
 async def _call(function: Callable[[Any], object], argument: Any) -> Any:
     result = function(argument)
     return await result if inspect.isawaitable(result) else result
@@ -62,8 +73,9 @@ async def _call(function: Callable[[Any], object], argument: Any) -> Any:
 
 async def _rounds(
     variants: Sequence[Variant], n: int, rounds: int, warmup: bool
-) -> tuple[dict[str, list[float]], dict[str, int]]:
+) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, int]]:
     seconds: dict[str, list[float]] = {variant.name: [] for variant in variants}
+    cpu: dict[str, list[float]] = {variant.name: [] for variant in variants}
     trips: dict[str, int] = {}
     for index in range(-1 if warmup else 0, rounds):
         step = f"round {index + 1}/{rounds}" if index >= 0 else "warm-up"
@@ -73,13 +85,15 @@ async def _rounds(
         for variant in [*variants[shift:], *variants[:shift]]:
             argument = n if variant.setup is None else await _call(variant.setup, n)
             LOG.take()
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             await _call(variant.run, argument)
             elapsed = time.perf_counter() - start
+            used = time.process_time() - start_cpu
             trips[variant.name] = len(LOG.take())
             if index >= 0:  # -1 is the untimed warm-up
                 seconds[variant.name].append(elapsed)
-    return seconds, trips
+                cpu[variant.name].append(used)
+    return seconds, cpu, trips
 
 
 def compare(
@@ -90,24 +104,33 @@ def compare(
     rounds: int,
     warmup: bool = True,
     per_op: bool = True,
-) -> None:
+    speed: bool = False,
+) -> dict[str, PerOp]:
     """Time every variant once per round and print the table under ``title``.
 
     The first variant is the reference: each ratio is a variant's time over the
-    reference's time of the same round, median and range of the rounds.
-    Round trips are those of the last run, per operation or (``per_op``
-    False) in all.
+    reference's time of the same round (with ``speed``, the reference's time
+    over the variant's: its throughput relative to the reference's), median
+    and range of the rounds. Round trips are those of the last run, per
+    operation or (``per_op`` False) in all. Returns each variant's median
+    seconds per operation: elapsed, and of this process's CPU (which time
+    spent waiting for the server or for a core does not inflate).
     """
-    seconds, trips = asyncio.run(_rounds(variants, n, rounds, warmup))
+    seconds, cpu, trips = asyncio.run(_rounds(variants, n, rounds, warmup))
     reference = seconds[variants[0].name]
     rows = [["variant", "ops/s", "ratio", "range", f"RT/{'op' if per_op else 'run'}"]]
     for name, times in seconds.items():
-        ratios = [mine / ref for mine, ref in zip(times, reference, strict=True)]
+        pairs = zip(times, reference, strict=True)
+        ratios = [ref / mine if speed else mine / ref for mine, ref in pairs]
         rate, median = n / statistics.median(times), statistics.median(ratios)
         spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
         trip = f"{trips[name] / n:.2f}" if per_op else f"{trips[name]:,}"
         rows.append([name, f"{rate:,.0f}", f"{median:.2f}x", spread, trip])
     print(f"\n{title}\n\n{table(rows)}", flush=True)
+    return {
+        name: PerOp(statistics.median(times) / n, statistics.median(cpu[name]) / n)
+        for name, times in seconds.items()
+    }
 
 
 def table(rows: Sequence[Sequence[str]]) -> str:
@@ -184,13 +207,18 @@ def scan_pattern(prefix: str) -> str:
 
 
 def configure(url: str, *, session_redis: dict[str, Any], **extra: Any) -> None:
-    """Django without a project; sessions under ``NAMESPACE`` unless told."""
+    """Django without a project; sessions under ``NAMESPACE`` unless told.
+
+    ``extra`` settings are added, or replace these (``INSTALLED_APPS``).
+    """
     settings.configure(
-        SECRET_KEY="django-redis-sessions-benchmark",
-        USE_TZ=True,
-        INSTALLED_APPS=["django.contrib.sessions"],
-        SESSION_REDIS={"URL": url, "PREFIX": f"{NAMESPACE}s:", **session_redis},
-        **extra,
+        **{
+            "SECRET_KEY": "django-redis-sessions-benchmark",
+            "USE_TZ": True,
+            "INSTALLED_APPS": ["django.contrib.sessions"],
+            "SESSION_REDIS": {"URL": url, "PREFIX": f"{NAMESPACE}s:", **session_redis},
+            **extra,
+        }
     )
     django.setup()
 
