@@ -196,6 +196,12 @@ class RedisLayer:
             conf.TOMBSTONE_SECONDS if tombstone_seconds is None else tombstone_seconds
         )
         self._tombstone_ms = ttl_milliseconds(seconds)
+        # Read once per configuration (the layer is rebuilt when it changes):
+        # every save asks, and a settings lookup costs a microsecond each.
+        self.user_index = conf.USER_INDEX
+        self.index_metadata = conf.USER_INDEX_METADATA
+        self.disable_touch = conf.DISABLE_TOUCH
+        self._cap = conf.MAX_SESSIONS_PER_USER or 0
         self._client = client
         self._async_client = async_client
 
@@ -770,8 +776,7 @@ class RedisLayer:
         return user_index_key(self.prefix, user_id)
 
     def _index_args(self, key: str, index: IndexWrite) -> list[Any]:
-        cap = conf.MAX_SESSIONS_PER_USER or 0
-        return index.script_args(self.session_id(key), now_ms(), cap)
+        return index.script_args(self.session_id(key), now_ms(), self._cap)
 
     def _index_call(
         self, key: str, index: IndexWrite, moved_from: str | None = None

@@ -669,3 +669,20 @@ def test_a_value_of_another_type_under_the_key_loads_as_empty_and_logs(
     assert session.exists(key) is False
     assert [r.name for r in caplog.records] == ["django.security.SuspiciousSession"]
     assert raw_redis.type(name) == kind.encode()
+
+
+def test_new_keys_are_32_characters_of_the_alphabet_drawn_evenly() -> None:
+    from collections import Counter
+
+    from django.contrib.sessions.backends.base import VALID_KEY_CHARS
+
+    from django_redis_sessions.backends.redis import random_key
+
+    keys = [random_key() for _ in range(2000)]
+    assert len(set(keys)) == 2000
+    assert all(len(key) == 32 and set(key) <= set(VALID_KEY_CHARS) for key in keys)
+    counts = Counter("".join(keys))
+    # 64,000 draws, 1,778 expected per character, a standard deviation of 42:
+    # these bounds are ten deviations away, so only an uneven draw fails.
+    assert set(counts) == set(VALID_KEY_CHARS)
+    assert all(1_350 < count < 2_200 for count in counts.values()), counts
