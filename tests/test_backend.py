@@ -361,13 +361,13 @@ def test_clear_expired_is_a_no_op() -> None:
     assert SessionStore.clear_expired() is None
 
 
-# --- The races of DESIGN.md section 6, interleaved by hand ------------------------
+# --- Races with another request, interleaved by hand ---------------------------------
 
 
 def test_logout_while_another_request_saves_does_not_resurrect(
     make_session: Callable[..., Any], redis_keys: Keys, prefix: str
 ) -> None:
-    """Scenarios 1 and 2: the save of request A lands after B's logout."""
+    """the save of request A lands after B's logout."""
     key = saved_key(make_session, user=1)
     request_a = make_session(key)
     assert request_a["user"] == 1  # A has loaded
@@ -385,7 +385,7 @@ def test_a_save_after_the_tombstone_lapsed_is_still_refused(
     redis_keys: Keys,
     prefix: str,
 ) -> None:
-    """Scenario 3: save is update-only, tombstone or not."""
+    """save is update-only, tombstone or not."""
     key = saved_key(make_session, user=1)
     late = make_session(key)
     late["user"]
@@ -403,7 +403,7 @@ def test_an_unmodified_save_after_logout_creates_nothing(
     redis_keys: Keys,
     prefix: str,
 ) -> None:
-    """Scenarios 4 and 5: the touch of a save-every-request refresh."""
+    """the touch of a save-every-request refresh."""
     key = saved_key(make_session, user=1)
     refresh = make_session(key)
     refresh["user"]  # loaded, not modified
@@ -418,7 +418,7 @@ def test_an_unmodified_save_after_logout_creates_nothing(
 def test_cycle_key_racing_a_request_on_the_old_key_keeps_it_dead(
     make_session: Callable[..., Any], redis_keys: Keys, prefix: str
 ) -> None:
-    """Scenario 17: login cycles the key while another request still has the old one."""
+    """login cycles the key while another request still has the old one."""
     session = make_session()
     session["anonymous_cart"] = 1
     session.save()
@@ -436,7 +436,7 @@ def test_cycle_key_racing_a_request_on_the_old_key_keeps_it_dead(
 def test_two_writers_last_write_wins(
     make_session: Callable[..., Any],
 ) -> None:
-    """Scenario 6: no merge, the later save replaces the whole session."""
+    """no merge, the later save replaces the whole session."""
     session = make_session()
     session.save()
     key = session.session_key
@@ -548,7 +548,7 @@ def test_a_stalled_redis_on_save_fails_in_bounded_time_and_loses_nothing(
     redis_keys: Keys,
     prefix: str,
 ) -> None:
-    """Scenario 15: writes stall (CLIENT PAUSE WRITE); the save gives up."""
+    """writes stall (CLIENT PAUSE WRITE); the save gives up."""
     settings.SESSION_REDIS = {**session_redis, "OPTIONS": {"socket_timeout": 0.2}}
     key = saved_key(SessionStore, user=1)
     session = SessionStore(key)
@@ -584,7 +584,7 @@ def test_a_session_created_with_an_expiry_in_the_past_writes_nothing(
 def test_cycle_key_after_a_logout_elsewhere_carries_nothing_over(
     make_session: Callable[..., Any], redis_keys: Keys, prefix: str
 ) -> None:
-    """Scenario 21: a password change or login racing a logout."""
+    """a password change or login racing a logout."""
     key = saved_key(make_session, _auth_user_id="1", cart="book")
     request_a = make_session(key)
     assert request_a["_auth_user_id"] == "1"  # A has loaded
@@ -602,7 +602,7 @@ def test_cycle_key_after_a_logout_elsewhere_carries_nothing_over(
 def test_two_cycle_keys_racing_leave_one_live_session_with_the_data(
     make_session: Callable[..., Any], redis_keys: Keys, prefix: str
 ) -> None:
-    """Scenario 22."""
+    """Two logins racing on one session: one of them wins."""
     key = saved_key(make_session, cart="book")
     first, second = make_session(key), make_session(key)
     assert first["cart"] == second["cart"] == "book"
@@ -629,7 +629,7 @@ def test_cycle_key_after_a_store_clear_carries_nothing_over(
 def test_an_explicit_write_of_the_loaded_value_is_not_dropped(
     make_session: Callable[..., Any],
 ) -> None:
-    """Scenario 23: A loads sudo=False, B saves sudo=True, A writes False last."""
+    """A loads sudo=False, B saves sudo=True, A writes False last."""
     key = saved_key(make_session, sudo=False)
     request_a = make_session(key)
     assert request_a["sudo"] is False
@@ -651,7 +651,7 @@ def test_a_value_of_another_type_under_the_key_loads_as_empty_and_logs(
     caplog: pytest.LogCaptureFixture,
     kind: str,
 ) -> None:
-    """Scenario 25: never a 500."""
+    """never a 500."""
     key = "foreignvalue12345678"
     name = data(prefix, key)
     write = {

@@ -208,9 +208,9 @@ def check_no_revival(
     old: str,
 ) -> None:
     carrying = [key for key, data in live.items() if data.get("secret") == "S"]
-    # Item 22: at most one live session carries the data.
+    # at most one live session carries the data.
     assert len(carrying) <= 1, live
-    # Item 1: the key changes at the save after cycle_key(); once the logout
+    # the key changes at the save after cycle_key(); once the logout
     # ran, no save may carry the data over.
     flushed = position(order, requests, "logout", "flush")
     saves = {name: position(order, requests, name, "save") for name in CYCLERS}
@@ -218,7 +218,7 @@ def check_no_revival(
         assert carrying == [], live
     session_id = RedisLayer().session_id
     assert session_id(old) not in live
-    # Item 3: no orphan, every live session is one a request holds.
+    # no orphan, every live session is one a request holds.
     held = {session_id(str(req.session.session_key)) for req in requests}
     assert set(live) <= held, live
     # The old session ends at the logout or the first key change, whichever
@@ -237,7 +237,7 @@ CYCLERS = ("login", "password")
 
 
 def test_cycle_key_racing_a_logout_and_another_cycle_key(harness: Harness) -> None:
-    """Items 1 and 22 under every schedule of login, password change and logout."""
+    """Every schedule of a login and a password change racing a logout."""
     orders = schedules(logins_and_a_logout("x" * 32), seed=1)
     for order in orders:
         old = harness.saved(secret="S", _auth_user_id="1")
@@ -248,7 +248,7 @@ def test_cycle_key_racing_a_logout_and_another_cycle_key(harness: Harness) -> No
 
 
 def test_lost_replies_anywhere_create_nothing_twice(harness: Harness) -> None:
-    """Item 3: the same schedules, each with a reply lost at one of its steps."""
+    """The same schedules, each with a reply lost at one of its steps."""
     orders = schedules(logins_and_a_logout("x" * 32), seed=3)
     for n, order in enumerate(orders):
         # Each schedule loses a reply at another of its steps, in turn; a step
@@ -281,7 +281,7 @@ WRITES = {"w1": False, "w2": True, "w3": False, "w4": True}
 
 
 def test_explicit_writes_are_never_dropped(harness: Harness) -> None:
-    """Item 2: the last save wins, even when it writes back what it loaded."""
+    """The last save wins, even when it writes back what it loaded."""
     orders = schedules(writers("x" * 32), seed=2)
     for order in orders:
         key = harness.saved(sudo=False)

@@ -340,7 +340,7 @@ def test_keys_outside_the_prefix_are_never_touched(
 def test_foreign_values_under_the_prefix_are_skipped_and_cleared(
     store: Any, raw: redis.Redis, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Scenario 25: a list, a hash or a name that is not UTF-8 never crashes."""
+    """a list, a hash or a name that is not UTF-8 never crashes."""
     keys = fill(store, 2)
     raw.rpush(data_name(prefix, "a-list"), b"x")
     raw.hset(data_name(prefix, "a-hash"), b"x", b"y")
