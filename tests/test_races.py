@@ -208,9 +208,9 @@ def check_no_revival(
     old: str,
 ) -> None:
     carrying = [key for key, data in live.items() if data.get("secret") == "S"]
-    # at most one live session carries the data.
+    # At most one live session carries the data.
     assert len(carrying) <= 1, live
-    # the key changes at the save after cycle_key(); once the logout
+    # The key changes at the save after cycle_key(); once the logout
     # ran, no save may carry the data over.
     flushed = position(order, requests, "logout", "flush")
     saves = {name: position(order, requests, name, "save") for name in CYCLERS}
@@ -218,7 +218,7 @@ def check_no_revival(
         assert carrying == [], live
     session_id = RedisLayer().session_id
     assert session_id(old) not in live
-    # no orphan, every live session is one a request holds.
+    # No orphan, every live session is one a request holds.
     held = {session_id(str(req.session.session_key)) for req in requests}
     assert set(live) <= held, live
     # The old session ends at the logout or the first key change, whichever
