@@ -173,6 +173,7 @@ def test_a_login_and_a_logout_of_the_backend_are_counted_once_each(
     session["n"] = 1
     session.save()
     session.cycle_key()
+    session.save()  # performs the key change
     loaded = SessionStore(session.session_key)
     assert loaded["n"] == 1
     loaded.flush()
