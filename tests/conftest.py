@@ -42,9 +42,16 @@ django.setup()
 def _tox_tests_the_built_wheel() -> None:
     import django_redis_sessions
 
-    if os.environ.get("TOX_ENV_NAME", "").startswith("py"):
+    env = os.environ.get("TOX_ENV_NAME", "")
+    if env.startswith("py"):
         assert "site-packages" in django_redis_sessions.__file__, (
             "tox must test the installed wheel, not the checkout."
+        )
+        # A dependency that needs a newer Django would upgrade it silently.
+        wanted = env.partition("-django")[2]
+        installed = f"{django.VERSION[0]}{django.VERSION[1]}"
+        assert wanted in ("", installed), (
+            f"{env} runs on Django {django.get_version()}, not its own series."
         )
 
 
