@@ -23,6 +23,43 @@ from tests.twins import AsyncTwins, no_sync_client, run_async
 from tests.utils import data_name, tombstone_name
 
 
+class Engine:
+    """The engine as an app runs it: the sync API, or asyncio on one long-lived loop.
+
+    On one loop, as in an ASGI server, the loop's cached client serves every
+    call, so a test proves that this client, not a fresh one, survives.
+    """
+
+    def __init__(self, mode: str) -> None:
+        self.loop = asyncio.new_event_loop() if mode == "async" else None
+        self.store: Any = RedisSessionStore()
+        if self.loop is not None:
+            store = RedisSessionStore(client=no_sync_client)
+            self.store = AsyncTwins(store, plain=PLAIN, loop=self.loop)
+
+    def __call__(self, session: SessionStore, method: str) -> Any:
+        """``session.method()``, or its asyncio twin on the loop."""
+        if self.loop is None:
+            return getattr(session, method)()
+        return run_async(getattr(session, "a" + method)(), self.loop)
+
+    def client(self) -> Any:
+        """The engine's cached client for this mode."""
+        if self.loop is None:
+            return clients.get()
+
+        async def current() -> Any:
+            return clients.for_running_loop()
+
+        return run_async(current(), self.loop)
+
+    def close(self) -> None:
+        if self.loop is not None:
+            # Closes the loop's client, as asyncio.run() would.
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            self.loop.close()
+
+
 @pytest.fixture
 def cluster_client(cluster_url: str) -> Iterator[redis.cluster.RedisCluster]:
     client = redis.cluster.RedisCluster.from_url(cluster_url)
@@ -40,11 +77,13 @@ def cluster_store(
     cluster_client: redis.cluster.RedisCluster,
 ) -> Iterator[Any]:
     settings.SESSION_REDIS = {"URL": cluster_url, "CLUSTER": True, "PREFIX": prefix}
-    if request.param == "sync":
-        yield RedisSessionStore()
-    else:
-        store = RedisSessionStore(client=no_sync_client)
-        yield AsyncTwins(store, plain=PLAIN)
+    # One loop per test: an asyncio cluster client fetches and parses COMMAND
+    # when it starts, within its 5 s read timeout, which under PYTHONDEVMODE
+    # (tox) on a loaded machine took seconds; a fresh loop per call did that
+    # once per call and timed out.
+    engine = Engine(request.param)
+    yield engine.store
+    engine.close()
     keys = list(cluster_client.scan_iter(match=prefix + "*"))
     for key in keys:
         cluster_client.unlink(key)
@@ -64,7 +103,9 @@ def test_single_session_operations_run_on_one_slot(cluster_store: Any) -> None:
 def layer_like(store: Any) -> Any:
     """The Redis layer configured like ``store``, in the same mode."""
     if isinstance(store, AsyncTwins):
-        return AsyncTwins(RedisLayer(client=no_sync_client), plain=PLAIN)
+        # On the store's own loop, for the reason cluster_store gives.
+        layer = RedisLayer(client=no_sync_client)
+        return AsyncTwins(layer, plain=PLAIN, loop=store._loop)
     return RedisLayer()
 
 
@@ -126,43 +167,6 @@ def changing_cluster() -> Iterator[RedisClusterServers]:
     """
     with RedisClusterServers() as cluster:
         yield cluster
-
-
-class Engine:
-    """The engine as an app runs it: the sync API, or asyncio on one long-lived loop.
-
-    On one loop, as in an ASGI server, the loop's cached client serves every
-    call, so a test proves that this client, not a fresh one, survives.
-    """
-
-    def __init__(self, mode: str) -> None:
-        self.loop = asyncio.new_event_loop() if mode == "async" else None
-        self.store: Any = RedisSessionStore()
-        if self.loop is not None:
-            store = RedisSessionStore(client=no_sync_client)
-            self.store = AsyncTwins(store, plain=PLAIN, loop=self.loop)
-
-    def __call__(self, session: SessionStore, method: str) -> Any:
-        """``session.method()``, or its asyncio twin on the loop."""
-        if self.loop is None:
-            return getattr(session, method)()
-        return run_async(getattr(session, "a" + method)(), self.loop)
-
-    def client(self) -> Any:
-        """The engine's cached client for this mode."""
-        if self.loop is None:
-            return clients.get()
-
-        async def current() -> Any:
-            return clients.for_running_loop()
-
-        return run_async(current(), self.loop)
-
-    def close(self) -> None:
-        if self.loop is not None:
-            # Closes the loop's client, as asyncio.run() would.
-            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
-            self.loop.close()
 
 
 @pytest.fixture(params=["sync", "async"])
