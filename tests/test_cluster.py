@@ -20,7 +20,7 @@ from django_redis_sessions.store import RedisSessionStore
 from django_redis_sessions.testing import RedisClusterServers, RedisServer
 from tests.conftest import PLAIN
 from tests.twins import AsyncTwins, no_sync_client, run_async
-from tests.utils import data_name, tombstone_name
+from tests.utils import data_name, shard_with_a_replica, tombstone_name
 
 
 class Engine:
@@ -188,16 +188,6 @@ def engine(
 
 def slot_of(prefix: str, key: str) -> int:
     return key_slot(data_name(prefix, key).encode())
-
-
-def shard_with_a_replica(cluster: RedisClusterServers) -> int:
-    """A shard whose primary and replica both run (a kill leaves none)."""
-    pairs = zip(cluster.nodes, cluster.replicas, strict=True)
-    return next(
-        shard
-        for shard, (primary, replica) in enumerate(pairs)
-        if primary.process.poll() is None and replica.process.poll() is None
-    )
 
 
 def keys_on_primaries(cluster: RedisClusterServers, prefix: str) -> list[str]:

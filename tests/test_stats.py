@@ -18,7 +18,6 @@ from django.core.management.base import CommandError
 
 from django_redis_sessions import scripts, stats
 from django_redis_sessions.client import clients
-from django_redis_sessions.keys import glob_escape
 from django_redis_sessions.redis_layer import Measured, RedisLayer
 from django_redis_sessions.store import RedisSessionStore
 
@@ -283,20 +282,6 @@ def test_the_script_and_python_agree_on_buckets(prefix: str) -> None:
 
 
 # --- Cluster ----------------------------------------------------------------
-
-
-@pytest.fixture
-def cluster(
-    cluster_url: str, settings: Any, prefix: str
-) -> Iterator[redis.cluster.RedisCluster]:
-    settings.SESSION_REDIS = {"URL": cluster_url, "CLUSTER": True, "PREFIX": prefix}
-    client = redis.cluster.RedisCluster.from_url(cluster_url)
-    yield client
-    for name in client.scan_iter(match=glob_escape(prefix) + "*"):
-        client.unlink(name)
-    client.disconnect_connection_pools()
-    client.close()
-    clients.close()
 
 
 def test_stats_on_cluster_counts_sessions_per_primary(

@@ -23,6 +23,7 @@ from django_redis_sessions.testing import (
     TLSFiles,
     find_server_binary,
 )
+from tests.utils import shard_with_a_replica
 
 
 @pytest.fixture(scope="module")
@@ -250,15 +251,6 @@ def owners_seen(cluster: RedisClusterServers, slot: int) -> set[int]:
                     if low <= slot <= high:
                         seen.add(int(primary[1]))
     return seen
-
-
-def shard_with_a_replica(cluster: RedisClusterServers) -> int:
-    pairs = zip(cluster.nodes, cluster.replicas, strict=True)
-    return next(
-        shard
-        for shard, (primary, replica) in enumerate(pairs)
-        if primary.process.poll() is None and replica.process.poll() is None
-    )
 
 
 def key_on(cluster: RedisClusterServers, primary: RedisServer) -> tuple[str, int]:

@@ -278,3 +278,13 @@ def everything_in(client: redis.Redis) -> list[bytes]:
         elif kind == b"list":
             found += list(client.lrange(name, 0, -1))
     return found
+
+
+def shard_with_a_replica(cluster: Any) -> int:
+    """A shard of a ``RedisClusterServers`` whose primary and replica both run."""
+    pairs = zip(cluster.nodes, cluster.replicas, strict=True)
+    return next(
+        shard
+        for shard, (primary, replica) in enumerate(pairs)
+        if primary.process.poll() is None and replica.process.poll() is None
+    )
