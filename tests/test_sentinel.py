@@ -34,6 +34,10 @@ def sentinel_setup(settings: Any, prefix: str) -> Iterator[RedisSentinelServers]
 def replicate(servers: RedisSentinelServers) -> None:
     """Wait until the replica has every write the primary acknowledged."""
     with redis.Redis(port=servers.primary.port) as primary:
+        # WAIT covers this connection's own writes only: one write of its own
+        # comes after every earlier write in the replication stream, so its
+        # acknowledgement covers those of the engine's connections too.
+        primary.set("replication-marker", b"1", px=60_000)
         assert primary.execute_command("WAIT", 1, 5000) == 1
 
 
