@@ -35,15 +35,16 @@ def prefix(size: int) -> str:
 
 
 def fill(client: redis.Redis, size: int, *, extras: bool = False) -> None:
-    """``size`` sessions laid out as the store writes them; with ``extras`` also
-    tombstones (1 %) and decoys, which every SCAN must skip."""
+    """``size`` sessions laid out as the store writes them, under ids (as with
+    ``HASH_IDS`` on: "#" and 43 characters); with ``extras`` also tombstones
+    (1 %) and decoys, which every SCAN must skip."""
     pipe, start = client.pipeline(transaction=False), prefix(size)
     for index in range(size):
-        pipe.set(f"{start}{{{index:032x}}}", PAYLOAD, px=3_600_000)
+        pipe.set(f"{start}{{#{index:043x}}}", PAYLOAD, px=3_600_000)
         if len(pipe) == 10_000:
             pipe.execute()
     for index in range(size // 100 if extras else 0):
-        pipe.set(f"{start}{{t{index:031x}}}:tombstone", "1", px=3_600_000)
+        pipe.set(f"{start}{{#t{index:042x}}}:tombstone", "1", px=3_600_000)
     # Outside the pattern; the first would match it if "[s]" were not escaped.
     for index in range(max(300, size // 1000) if extras else 0):
         decoy = ("{}s:{{{}}}", "{}[s]:plain-{}", "{}[s]x:{{{}}}")[index % 3]
