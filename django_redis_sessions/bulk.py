@@ -29,6 +29,9 @@ T = TypeVar("T")
 #: batches catches them while memory stays flat however many sessions exist.
 DEDUPE_BATCHES = 10
 
+#: The name of ``merged``'s worker threads, so a leaked one can be told apart.
+WORKER_NAME = "redis-sessions-scan"
+
 
 class RecentKeys:
     """Drops keys SCAN already returned in recent non-empty batches.
@@ -161,7 +164,10 @@ def merged(sources: Sequence[Callable[[], Iterator[T]]]) -> Iterator[T]:
         else:
             offer((True, None))
 
-    threads = [threading.Thread(target=work, args=(source,)) for source in sources]
+    threads = [
+        threading.Thread(target=work, args=(source,), name=WORKER_NAME)
+        for source in sources
+    ]
     for thread in threads:
         thread.start()
     try:
