@@ -944,10 +944,14 @@ class RedisLayer:
             name = node_name(node) if cluster else ""
             cursor: Any = 0
             while True:
-                reply = scripts.run(
-                    node, scripts.MEASURE, (), (cursor, pattern, self.scan_count)
-                )
-                cursor, names, sizes, ttls, largest, longest, tombstones = reply
+                args = (cursor, pattern, self.scan_count)
+                reply = scripts.run(node, scripts.MEASURE, (), (*args, 1))
+                names = reply[1].split(b"\n") if reply[1] else []
+                if len(names) != int(reply[7]):
+                    # A name holds the separator: the same batch as a list.
+                    reply = scripts.run(node, scripts.MEASURE, (), (*args, 0))
+                    names = reply[1]
+                cursor, _, sizes, ttls, largest, longest, tombstones, _ = reply
                 batch = Measured(
                     name,
                     sizes.split(b",") if sizes else [],

@@ -161,16 +161,21 @@ return {payload, ttl}
 # it. Sending STRLEN and PTTL back in a pipeline costs the client a reply to
 # parse per command, which made a pipelined stats 3x to 7x slower than
 # ``count``; here the batch comes back as one reply, its figures as bucket
-# numbers: floor(100 * ln(value + 1)), 1 % wide, exact below 100.
+# numbers: floor(100 * ln(value + 1)), 1 % wide, exact below 100. The names
+# come joined with "\n" into one string, which the client splits in one C
+# call instead of parsing a reply per name (that parsing is most of what
+# ``count`` costs); a name may itself hold a "\n", which the client sees as
+# more parts than names, and then asks for the same batch again as a list.
 # KEYS: none. The names come from SCAN on the server running the script,
 # which on Cluster is the primary that owns them, so no name is ever
 # another node's (a script without declared keys runs where it is sent).
-# ARGV[1] SCAN cursor, ARGV[2] MATCH pattern, ARGV[3] COUNT
+# ARGV[1] SCAN cursor, ARGV[2] MATCH pattern, ARGV[3] COUNT, ARGV[4] "1" to
+# send the names joined, "0" to send them as a list
 # returns {next cursor, every name found (sessions, tombstones, others), the
 # size buckets and the TTL buckets of the session names (those ending in "}")
 # in order, comma-separated (TTL in whole seconds rounded up; -1: no TTL), the
 # largest size in bytes, the longest TTL in milliseconds, the number of
-# tombstones}
+# tombstones, the number of names}
 MEASURE = """
 local page = redis.call(
   'SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[3], 'TYPE', 'string')
@@ -194,9 +199,11 @@ for _, name in ipairs(page[2]) do
     end
   end
 end
+local names = page[2]
+if ARGV[4] == '1' then names = table.concat(names, '\\n') end
 return {
-  page[1], page[2], table.concat(sizes, ','), table.concat(ttls, ','),
-  largest, longest, tombstones}
+  page[1], names, table.concat(sizes, ','), table.concat(ttls, ','),
+  largest, longest, tombstones, #page[2]}
 """
 
 
