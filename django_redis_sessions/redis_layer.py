@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import math
 import secrets
+import sys
+from array import array
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from functools import partial
 from typing import Any, NamedTuple
@@ -59,6 +61,9 @@ from django_redis_sessions.payloads import log_corrupt
 from django_redis_sessions.scripts import Outcome
 from django_redis_sessions.user_index import IndexWrite, now_ms
 
+#: The TTL bucket ``scripts.MEASURE`` gives a name without a TTL.
+NO_TTL = 0xFFFF
+
 
 class Measured(NamedTuple):
     """One SCAN batch of ``RedisLayer.measure()``: its sessions and figures."""
@@ -66,9 +71,9 @@ class Measured(NamedTuple):
     #: "host:port" of the Cluster primary the batch comes from; "" on one server.
     node: str
     #: Bucket numbers (see ``scripts.MEASURE``) of each session's size...
-    sizes: list[bytes]
-    #: ...and of its TTL in seconds, b"-1" for a name without one.
-    ttls: list[bytes]
+    sizes: Sequence[int]
+    #: ...and of its TTL in seconds, ``NO_TTL`` for a name without one.
+    ttls: Sequence[int]
     tombstones: int
     #: The largest payload of the batch, in bytes.
     largest: int
@@ -944,14 +949,18 @@ class RedisLayer:
             name = node_name(node) if cluster else ""
             cursor: Any = 0
             while True:
-                reply = scripts.run(
-                    node, scripts.MEASURE, (), (cursor, pattern, self.scan_count)
-                )
-                cursor, names, sizes, ttls, largest, longest, tombstones = reply
+                args = (cursor, pattern, self.scan_count)
+                reply = scripts.run(node, scripts.MEASURE, (), (*args, 1))
+                names = reply[1].split(b"\n") if reply[1] else []
+                if len(names) != int(reply[7]):
+                    # A name holds the separator: the same batch as a list.
+                    reply = scripts.run(node, scripts.MEASURE, (), (*args, 0))
+                    names = reply[1]
+                cursor, _, sizes, ttls, largest, longest, tombstones, _ = reply
                 batch = Measured(
                     name,
-                    sizes.split(b",") if sizes else [],
-                    ttls.split(b",") if ttls else [],
+                    _buckets(sizes),
+                    _buckets(ttls),
                     int(tombstones),
                     int(largest),
                     int(longest),
@@ -1048,6 +1057,14 @@ class RedisLayer:
 
 #: How a tombstone's name ends; a data name ends in "}" alone.
 TOMBSTONE_END = ("}" + TOMBSTONE_SUFFIX).encode()
+
+
+def _buckets(data: bytes) -> array[int]:
+    """The bucket numbers ``scripts.MEASURE`` sent, two bytes each, little-endian."""
+    buckets = array("H", data)
+    if sys.byteorder == "big":  # pragma: no cover
+        buckets.byteswap()
+    return buckets
 
 
 def _without_repeats(

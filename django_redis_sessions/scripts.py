@@ -161,21 +161,33 @@ return {payload, ttl}
 # it. Sending STRLEN and PTTL back in a pipeline costs the client a reply to
 # parse per command, which made a pipelined stats 3x to 7x slower than
 # ``count``; here the batch comes back as one reply, its figures as bucket
-# numbers: floor(100 * ln(value + 1)), 1 % wide, exact below 100.
+# numbers: floor(100 * ln(value + 1)), 1 % wide, exact below 100. A bucket
+# number goes as two bytes, little-endian (they stay below 4000: 2^63 ms is
+# bucket 3675), because Lua turns a number into text with sprintf, which
+# cost more than STRLEN and PTTL together. The names
+# come joined with "\n" into one string, which the client splits in one C
+# call instead of parsing a reply per name (that parsing is most of what
+# ``count`` costs); a name may itself hold a "\n", which the client sees as
+# more parts than names, and then asks for the same batch again as a list.
 # KEYS: none. The names come from SCAN on the server running the script,
 # which on Cluster is the primary that owns them, so no name is ever
 # another node's (a script without declared keys runs where it is sent).
-# ARGV[1] SCAN cursor, ARGV[2] MATCH pattern, ARGV[3] COUNT
+# ARGV[1] SCAN cursor, ARGV[2] MATCH pattern, ARGV[3] COUNT, ARGV[4] "1" to
+# send the names joined, "0" to send them as a list
 # returns {next cursor, every name found (sessions, tombstones, others), the
 # size buckets and the TTL buckets of the session names (those ending in "}")
-# in order, comma-separated (TTL in whole seconds rounded up; -1: no TTL), the
-# largest size in bytes, the longest TTL in milliseconds, the number of
-# tombstones}
+# in order, two bytes each (TTL in whole seconds rounded up; 65535: no TTL),
+# the largest size in bytes, the longest TTL in milliseconds, the number of
+# tombstones, the number of names}
 MEASURE = """
 local page = redis.call(
   'SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[3], 'TYPE', 'string')
-local call, byte, sub = redis.call, string.byte, string.sub
+local call, byte, char, sub = redis.call, string.byte, string.char, string.sub
 local log, floor, ceil = math.log, math.floor, math.ceil
+local function two_bytes(value)
+  local bucket = floor(100 * log(value + 1))
+  return char(bucket % 256, floor(bucket / 256))
+end
 local sizes, ttls, n, largest, longest, tombstones = {}, {}, 0, 0, 0, 0
 for _, name in ipairs(page[2]) do
   if byte(name, -1) ~= 125 then
@@ -184,19 +196,21 @@ for _, name in ipairs(page[2]) do
     n = n + 1
     local size = call('STRLEN', name)
     local ttl = call('PTTL', name)
-    sizes[n] = floor(100 * log(size + 1))
+    sizes[n] = two_bytes(size)
     if size > largest then largest = size end
     if ttl < 0 then
-      ttls[n] = -1
+      ttls[n] = '\\255\\255'
     else
-      ttls[n] = floor(100 * log(ceil(ttl / 1000) + 1))
+      ttls[n] = two_bytes(ceil(ttl / 1000))
       if ttl > longest then longest = ttl end
     end
   end
 end
+local names = page[2]
+if ARGV[4] == '1' then names = table.concat(names, '\\n') end
 return {
-  page[1], page[2], table.concat(sizes, ','), table.concat(ttls, ','),
-  largest, longest, tombstones}
+  page[1], names, table.concat(sizes), table.concat(ttls),
+  largest, longest, tombstones, #page[2]}
 """
 
 

@@ -22,12 +22,12 @@ from __future__ import annotations
 import bisect
 import math
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from django_redis_sessions.payloads import Payloads
-from django_redis_sessions.redis_layer import RedisLayer
+from django_redis_sessions.redis_layer import NO_TTL, RedisLayer
 from django_redis_sessions.user_index import INDEX_MARK, USER_ID_KEY, parse_entry
 
 #: Buckets per unit of ln(value + 1): each one is 1 % wide.
@@ -73,21 +73,17 @@ class Histogram:
     """Counts per bucket number, and the exact maximum."""
 
     def __init__(self) -> None:
-        # Keyed by the bytes the script sent: counting them as they come is
-        # a C loop; they become numbers once, at the end, per distinct bucket.
-        self._counts: Counter[bytes] = Counter()
+        self._counts: Counter[int] = Counter()
         self.largest = 0
 
-    def add(self, buckets: list[bytes], largest: int) -> None:
+    def add(self, buckets: Iterable[int], largest: int) -> None:
+        # Counting an array of the script's bucket numbers is a C loop.
         self._counts.update(buckets)
         self.largest = max(self.largest, largest)
 
     def counts(self) -> list[tuple[int, int]]:
         """``(bucket, count)`` in increasing order of bucket."""
-        merged: Counter[int] = Counter()
-        for bucket, count in self._counts.items():
-            merged[int(bucket)] += count
-        return sorted(merged.items())
+        return sorted(self._counts.items())
 
     def distribution(self, edges: Sequence[int]) -> Distribution | None:
         counts = self.counts()
@@ -259,8 +255,9 @@ def collect(
         totals.live += live
         totals.tombstones += batch.tombstones
         totals.sizes.add(batch.sizes, batch.largest)
-        if b"-1" in batch.ttls:
-            expiring = [ttl for ttl in batch.ttls if ttl != b"-1"]
+        expiring: Sequence[int]
+        if NO_TTL in batch.ttls:
+            expiring = [ttl for ttl in batch.ttls if ttl != NO_TTL]
             totals.without_expiry += len(batch.ttls) - len(expiring)
         else:
             expiring = batch.ttls

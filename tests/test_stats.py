@@ -276,7 +276,7 @@ def test_the_script_and_python_agree_on_buckets(prefix: str) -> None:
 
     batches = list(layer.measure())
 
-    assert sorted(int(b) for batch in batches for b in batch.sizes) == sorted(
+    assert sorted(b for batch in batches for b in batch.sizes) == sorted(
         stats.bucket_of(size) for size in sizes
     )
 
@@ -493,12 +493,13 @@ def test_stats_counts_a_name_scan_repeats_once(
                 first = pages[0]
                 return [
                     reply[0],
-                    first[1] + reply[1],
-                    b",".join(filter(None, [first[2], reply[2]])),
-                    b",".join(filter(None, [first[3], reply[3]])),
+                    first[1] + b"\n" + reply[1],
+                    first[2] + reply[2],
+                    first[3] + reply[3],
                     max(first[4], reply[4]),
                     max(first[5], reply[5]),
                     first[6] + reply[6],
+                    first[7] + reply[7],
                 ]
         return reply
 
@@ -509,6 +510,41 @@ def test_stats_counts_a_name_scan_repeats_once(
     assert len(pages) > 2
     lifetime_max = document["lifetime_seconds"]["max"]
     assert document == expected_document(prefix, lifetime_max)
+
+
+def test_stats_measures_a_batch_whose_names_hold_a_line_break_exactly(
+    known: RedisLayer,
+    prefix: str,
+    raw_redis: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The names come joined with "\n": these split into more parts than names,
+    # so the batch is asked for again with its names as a list. Split at the
+    # "\n", the name that is not UTF-8 would leave a part that is, and its
+    # size would be counted.
+    raw_redis.set(f"{prefix}{{line\nbreak}}", b"x" * 300, ex=300_000)
+    raw_redis.set(prefix.encode() + b"{\xff\nx}", b"x" * 300, ex=60)
+    raw_redis.set(f"{prefix}{{gone\n}}:tombstone", b"1", ex=60)
+    forms: list[int] = []
+    run_script = scripts.run
+
+    def recording(client: Any, script: str, keys: Any, args: Any) -> Any:
+        if script is scripts.MEASURE:
+            forms.append(args[3])
+        return run_script(client, script, keys, args)
+
+    monkeypatch.setattr(scripts, "run", recording)
+
+    document = json.loads(run("stats", "--json", "--sample", "0"))
+
+    assert forms == [1, 0]
+    expected = expected_document(prefix, document["lifetime_seconds"]["max"])
+    expected["live_sessions"] = 21
+    expected["tombstones"] = 4
+    expected["payload_bytes"]["histogram"][2]["count"] = 8
+    expected["payload_bytes"]["p50"] = upper(300)
+    expected["lifetime_seconds"]["histogram"][6]["count"] = 11
+    assert document == expected
 
 
 def test_stats_skips_names_that_are_not_utf8(
