@@ -43,6 +43,7 @@ from django_redis_sessions.bulk import (
 )
 from django_redis_sessions.client import clients
 from django_redis_sessions.conf import SETTING_NAME, conf
+from django_redis_sessions.fast_path import aexecute, execute
 from django_redis_sessions.keys import (
     TOMBSTONE_SUFFIX,
     check_key,
@@ -263,15 +264,13 @@ class RedisLayer:
         try:
             plain = self._plain_names(key)
             if plain is None:
-                payload: bytes | None = client.execute_command(
-                    "GET", self.data_name(key)
-                )
+                payload: bytes | None = execute(client, "GET", self.data_name(key))
                 return payload
             if not is_cluster(client):
                 names = self._names(key) + plain
                 args = (self._tombstone_ms,)
                 return scripts.run(client, scripts.READ_OR_MOVE, names, args)  # type: ignore[no-any-return]
-            payload = client.execute_command("GET", self.data_name(key))
+            payload = execute(client, "GET", self.data_name(key))
             if payload is not None:
                 return payload
             taken = scripts.run(client, scripts.TAKE, plain, (self._tombstone_ms,))
@@ -295,15 +294,15 @@ class RedisLayer:
         try:
             plain = self._plain_names(key)
             if plain is None:
-                payload: bytes | None = await client.execute_command(
-                    "GET", self.data_name(key)
+                payload: bytes | None = await aexecute(
+                    client, "GET", self.data_name(key)
                 )
                 return payload
             if not is_cluster(client):
                 names = self._names(key) + plain
                 args = (self._tombstone_ms,)
                 return await scripts.arun(client, scripts.READ_OR_MOVE, names, args)  # type: ignore[no-any-return]
-            payload = await client.execute_command("GET", self.data_name(key))
+            payload = await aexecute(client, "GET", self.data_name(key))
             if payload is not None:
                 return payload
             taken = await scripts.arun(
@@ -325,7 +324,7 @@ class RedisLayer:
         # TYPE, not EXISTS: a list or hash under the name is not a session.
         client = self._client()
         for name, _ in self._forms(key):
-            if client.execute_command("TYPE", name) in (b"string", "string"):
+            if execute(client, "TYPE", name) in (b"string", "string"):
                 return True
         return False
 
@@ -335,7 +334,7 @@ class RedisLayer:
             return False
         client = self._async_client()
         for name, _ in self._forms(key):
-            if await client.execute_command("TYPE", name) in (b"string", "string"):
+            if await aexecute(client, "TYPE", name) in (b"string", "string"):
                 return True
         return False
 
@@ -345,7 +344,7 @@ class RedisLayer:
             return None
         client = self._client()
         for name, _ in self._forms(key):
-            seconds = _seconds(client.execute_command("PTTL", name))
+            seconds = _seconds(execute(client, "PTTL", name))
             if seconds is not None:
                 return seconds
         return None
@@ -356,7 +355,7 @@ class RedisLayer:
             return None
         client = self._async_client()
         for name, _ in self._forms(key):
-            seconds = _seconds(await client.execute_command("PTTL", name))
+            seconds = _seconds(await aexecute(client, "PTTL", name))
             if seconds is not None:
                 return seconds
         return None
@@ -486,16 +485,14 @@ class RedisLayer:
         """
         name = self.tombstone_name(key)
         ttl_ms = max(1, ttl_milliseconds(ttl))
-        return bool(
-            self._client().execute_command("SET", name, b"1", "PX", ttl_ms, "NX")
-        )
+        return bool(execute(self._client(), "SET", name, b"1", "PX", ttl_ms, "NX"))
 
     async def aleave_tombstone(self, key: str, ttl: float) -> bool:
         """See leave_tombstone()."""
         name = self.tombstone_name(key)
         ttl_ms = max(1, ttl_milliseconds(ttl))
-        reply = await self._async_client().execute_command(
-            "SET", name, b"1", "PX", ttl_ms, "NX"
+        reply = await aexecute(
+            self._async_client(), "SET", name, b"1", "PX", ttl_ms, "NX"
         )
         return bool(reply)
 
@@ -546,12 +543,10 @@ class RedisLayer:
         client = self._client()
         name = self.data_name(key)
         if index is None:
-            return _written(
-                client.execute_command("SET", name, payload, "PX", ttl_ms, "XX")
-            )
+            return _written(execute(client, "SET", name, payload, "PX", ttl_ms, "XX"))
         if is_cluster(client):
             evicted = _ids(scripts.run(client, *self._index_call(key, index)))
-            reply = client.execute_command("SET", name, payload, "PX", ttl_ms, "XX")
+            reply = execute(client, "SET", name, payload, "PX", ttl_ms, "XX")
             outcome = _written(reply)
         else:
             keys = (name, self._index_name(index.user_id))
@@ -575,13 +570,11 @@ class RedisLayer:
         name = self.data_name(key)
         if index is None:
             return _written(
-                await client.execute_command("SET", name, payload, "PX", ttl_ms, "XX")
+                await aexecute(client, "SET", name, payload, "PX", ttl_ms, "XX")
             )
         if is_cluster(client):
             evicted = _ids(await scripts.arun(client, *self._index_call(key, index)))
-            reply = await client.execute_command(
-                "SET", name, payload, "PX", ttl_ms, "XX"
-            )
+            reply = await aexecute(client, "SET", name, payload, "PX", ttl_ms, "XX")
             outcome = _written(reply)
         else:
             keys = (name, self._index_name(index.user_id))
@@ -605,7 +598,7 @@ class RedisLayer:
             self.destroy(key)
             return Outcome.EXPIRED
         name = self.data_name(key)
-        return _written(self._client().execute_command("PEXPIRE", name, ttl_ms))
+        return _written(execute(self._client(), "PEXPIRE", name, ttl_ms))
 
     async def atouch(self, key: str, ttl: float) -> Outcome:
         """See touch()."""
@@ -616,7 +609,7 @@ class RedisLayer:
             await self.adestroy(key)
             return Outcome.EXPIRED
         name = self.data_name(key)
-        reply = await self._async_client().execute_command("PEXPIRE", name, ttl_ms)
+        reply = await aexecute(self._async_client(), "PEXPIRE", name, ttl_ms)
         return _written(reply)
 
     def destroy(self, key: str, user_id: str | None = None) -> bool:

@@ -17,6 +17,8 @@ from typing import Any
 
 from redis.exceptions import NoScriptError
 
+from django_redis_sessions.fast_path import aexecute, execute
+
 
 class Outcome(enum.IntEnum):
     """What a write did; the scripts return these numbers."""
@@ -382,10 +384,10 @@ def run(client: Any, script: str, keys: Sequence[str], args: Sequence[Any]) -> A
     """
     sha = _SHAS[script]
     try:
-        return client.evalsha(sha, len(keys), *keys, *args)
+        return execute(client, "EVALSHA", sha, len(keys), *keys, *args)
     except NoScriptError:
         client.script_load(script)
-        return client.evalsha(sha, len(keys), *keys, *args)
+        return execute(client, "EVALSHA", sha, len(keys), *keys, *args)
 
 
 async def arun(
@@ -394,10 +396,10 @@ async def arun(
     """See run()."""
     sha = _SHAS[script]
     try:
-        return await client.evalsha(sha, len(keys), *keys, *args)
+        return await aexecute(client, "EVALSHA", sha, len(keys), *keys, *args)
     except NoScriptError:
         await client.script_load(script)
-        return await client.evalsha(sha, len(keys), *keys, *args)
+        return await aexecute(client, "EVALSHA", sha, len(keys), *keys, *args)
 
 
 def sha(script: str) -> str:
