@@ -66,7 +66,8 @@ class PerOp(NamedTuple):
     cpu: float
 
 
-async def _call(function: Callable[[Any], object], argument: Any) -> Any:
+async def call(function: Callable[[Any], object], argument: Any) -> Any:
+    """``function(argument)``, awaited if it is a coroutine function."""
     result = function(argument)
     return await result if inspect.isawaitable(result) else result
 
@@ -83,10 +84,10 @@ async def _rounds(
         # Rotated so that no variant always runs first.
         shift = index % len(variants)
         for variant in [*variants[shift:], *variants[:shift]]:
-            argument = n if variant.setup is None else await _call(variant.setup, n)
+            argument = n if variant.setup is None else await call(variant.setup, n)
             LOG.take()
             start, start_cpu = time.perf_counter(), time.process_time()
-            await _call(variant.run, argument)
+            await call(variant.run, argument)
             elapsed = time.perf_counter() - start
             used = time.process_time() - start_cpu
             trips[variant.name] = len(LOG.take())

@@ -8,10 +8,14 @@ from pathlib import Path
 # Runnable as ``python benchmarks/overhead.py`` from a checkout.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import argparse
+import asyncio
 import cProfile
 import inspect
 import pstats
+import re
 import secrets
+import subprocess
 from collections.abc import Callable
 from typing import Any
 
@@ -249,17 +253,79 @@ def profile(n: int) -> None:
         stats.print_stats(r"^(?!.*(/redis/|_socket|select\.poll))", 10)
 
 
+#: The tables ``--instructions`` counts, and the variants of each it runs.
+COUNTED = ("load, sync", "save, sync", "load, asyncio", "save, asyncio")
+COUNTED_VARIANTS = 2  # the bare call and the engine with HASH_IDS True
+
+
+def count_instructions(url: str, n: int) -> None:
+    """Instructions per operation of each counted variant, under callgrind.
+
+    Each variant runs in a child process twice, with ``n`` operations and with
+    none, after the same setup; the difference over ``n`` is its cost. Only
+    instructions in user space are counted (the system calls of both sides
+    are the same, one ``sendto`` and two ``recvfrom`` per command), so the
+    figure is the same on a busy machine as on a quiet one.
+    """
+    rows = [["operation", "variant", "instructions/op", "speed"]]
+    for label, _, variants in tables(n):
+        if label not in COUNTED:
+            continue
+        counts = []
+        for index in range(COUNTED_VARIANTS):
+            counts.append(
+                (child_instructions(url, label, index, n)
+                 - child_instructions(url, label, index, 0)) / n
+            )  # fmt: skip
+            speed = f"{counts[0] / counts[-1]:.2f}x"
+            name = variants[index].name
+            rows.append([label, name, f"{counts[-1]:,.0f}", speed])
+    print(f"\nInstructions per operation (callgrind)\n\n{common.table(rows)}")
+
+
+def child_instructions(url: str, label: str, index: int, n: int) -> int:
+    command = [
+        "valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+        sys.executable, __file__, "--redis-url", url,
+        "--child", label, str(index), str(n),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    return int(re.findall(r"Collected : (\d+)", done.stderr)[-1])
+
+
+def child(label: str, index: int, n: int) -> None:
+    """One variant's setup, then ``n`` operations (see count_instructions)."""
+    variant = next(found for name, _, found in tables(n) if name == label)[index]
+    setup = variant.setup
+    assert setup is not None
+
+    async def run() -> None:
+        argument = await common.call(setup, n)
+        await common.call(variant.run, argument)
+
+    asyncio.run(run())
+
+
 def main() -> None:
     parser = common.parser(__doc__)
     parser.add_argument("--ops", type=int, default=5000, help="default 5000")
     parser.add_argument("--profile", action="store_true", help="sync load and save")
+    parser.add_argument(
+        "--instructions", action="store_true", help="count them (needs valgrind)"
+    )
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     with common.server(args.redis_url) as url:
         common.configure(url, session_redis={"OPTIONS": SYNC})
         SETTINGS.update(settings.SESSION_REDIS)
         CLIENT.append(redis.Redis.from_url(url, **SYNC))
+        if args.child:
+            label, index, n = args.child
+            return child(label, int(index), int(n))
         if args.profile:
             return profile(args.ops)
+        if args.instructions:
+            return count_instructions(url, args.ops)
         rows = [["operation", "variant", "us/op", "CPU us/op", "CPU over first"]]
         for label, n, variants in tables(args.ops):
             title = f"{label}: {n:,} ops, {args.rounds} rounds; ratio: speed"
