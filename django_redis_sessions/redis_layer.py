@@ -234,6 +234,21 @@ class RedisLayer:
         found = session_key_from(self.prefix, name)
         return self.session_id(found)
 
+    def ids_of_names(self, names: list[bytes]) -> list[str]:
+        """``id_of_name()`` of each UTF-8 name of a batch, decoded at once.
+
+        ``all()`` asks for every session, and decoding the names one by one
+        was a tenth of its time.
+        """
+        texts = b"\x00".join(names).decode().split("\x00") if names else []
+        if len(texts) != len(names):  # a name holds a NUL itself
+            return [self.id_of_name(name) for name in names]
+        start = len(self.prefix) + 1
+        keys = [text[start:-1] for text in texts]
+        if not self._hashing:
+            return keys
+        return [key if is_hashed_id(key) else hashed_id(key) for key in keys]
+
     def _names(self, key: str) -> tuple[str, str]:
         """The data name and the tombstone name of ``key``."""
         stored = self.session_id(key)

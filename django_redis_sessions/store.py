@@ -311,10 +311,12 @@ class RedisSessionStore:
     ) -> Iterator[tuple[str, SessionData]]:
         # Names can expire or be destroyed between SCAN and GET: their value
         # is None, and zip keeps every other name paired with its own value.
-        for name, payload in zip(names, values, strict=True):
-            data = _public(self._payloads.loads(payload))
+        loads = self._payloads.loads
+        ids = self._layer.ids_of_names(names)
+        for session_id, payload in zip(ids, values, strict=True):
+            data = _public(loads(payload))
             if data is not None:
-                yield self._layer.id_of_name(name), data
+                yield session_id, data
 
 
 def cleared(layer: RedisLayer, sender: type) -> Iterator[int]:
@@ -329,7 +331,7 @@ def cleared(layer: RedisLayer, sender: type) -> Iterator[int]:
         remember=DEDUPE_BATCHES if listened else 0
     ):
         if listened:
-            ids = [layer.id_of_name(name) for name in session_names(names)]
+            ids = layer.ids_of_names(session_names(names))
             signals.send_ended_ids(sender, ids, "clear")
         yield deleted
 
@@ -340,7 +342,7 @@ async def acleared(layer: RedisLayer, sender: type) -> AsyncIterator[int]:
     remember = DEDUPE_BATCHES if listened else 0
     async for deleted, names in layer.aclear_batches(remember=remember):
         if listened:
-            ids = [layer.id_of_name(name) for name in session_names(names)]
+            ids = layer.ids_of_names(session_names(names))
             await signals.asend_ended_ids(sender, ids, "clear")
         yield deleted
 

@@ -342,3 +342,19 @@ def test_migrate_on_cluster_moves_on_load_and_rehash_moves_the_rest(
     call(SessionStore(keys[1]), "delete")
     assert call(SessionStore(keys[1]), "load") == {}
     assert RedisSessionStore().count() == 29
+
+
+@pytest.mark.parametrize("hash_ids", [True, False])
+def test_a_batch_of_names_gives_the_ids_one_name_at_a_time_gives(
+    hash_ids: bool,
+) -> None:
+    layer = RedisLayer(prefix="p:{x}\u00e9:", hash_ids=hash_ids)
+    key = "k" * 32
+    keys = [key, "#" + "A" * 43, "l\u00e9gacy", "with\x00nul"]
+    names = [layer.data_name(one).encode() for one in keys]
+    names += [data_key(layer.prefix, key).encode()]  # awaiting rehash
+    one_by_one = [layer.id_of_name(name) for name in names]
+    assert layer.ids_of_names(names) == one_by_one
+    assert layer.ids_of_names(names[:3]) == one_by_one[:3]  # no NUL: at once
+    assert layer.ids_of_names([]) == []
+    assert key not in one_by_one if hash_ids else key in one_by_one
