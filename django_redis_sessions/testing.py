@@ -374,7 +374,9 @@ class RedisClusterServers:
     ``nodes`` are the primaries in slot order and ``replicas[i]`` replicates
     ``nodes[i]``. ``fail_over()`` and ``migrate_slot()`` change the topology
     the way an operator does and return once every running node agrees, so a
-    test can check what clients see before, during and after.
+    test can check what clients see before, during and after. A replica never
+    takes over on its own, even when its primary dies: only ``fail_over()``
+    promotes it.
 
     Needs Redis or Valkey 7.0 or later (``CLUSTER ADDSLOTSRANGE``, ``cluster-port``).
     """
@@ -403,8 +405,12 @@ class RedisClusterServers:
         deadline = time.monotonic() + self._startup_timeout
         args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
         args += ["--cluster-node-timeout", "5000"]
-        # Replicas move only when a test moves them.
+        # Replicas move, and take over, only when a test asks: a replica
+        # that promoted itself five seconds after its primary died would
+        # make "fails until the replica takes over" a race against a loaded
+        # machine. fail_over() forces the promotion, which this allows.
         args += ["--cluster-allow-replica-migration", "no"]
+        args += ["--cluster-replica-no-failover", "yes"]
         # The default waits five seconds for more replicas before a full sync.
         args += ["--repl-diskless-sync-delay", "0"]
         servers = [RedisServer(binary, extra_args=args) for _ in range(6)]
