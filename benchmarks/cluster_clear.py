@@ -32,8 +32,8 @@ def fill(client: redis.cluster.RedisCluster, prefix: str, size: int) -> None:
 def clear_node(node: Any, prefix: str, scan_count: int) -> int:
     """What ``clear()`` does on one primary of several, on that primary only."""
     pattern = common.scan_pattern(prefix)
-    batches = common.node_batches(node, pattern, scan_count, None, 0)
-    return sum(common.unlink_on(node, names, per_slot=True) for names in batches)
+    batches = common.cleared_on(node, pattern, scan_count, 0)
+    return sum(deleted for deleted, _ in batches)
 
 
 def main() -> None:

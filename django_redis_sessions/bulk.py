@@ -5,8 +5,10 @@ names SCAN repeats. On Cluster, ``merged`` (threads) and ``amerged`` (asyncio
 tasks) walk every primary concurrently and hand their batches over as they
 come, through a queue of one batch per node, so memory stays flat and the
 whole takes about as long as the largest primary. ``unlink_on`` deletes a
-batch on the node it came from, one ``UNLINK`` per slot in one pipeline, so
-no command ever spans two slots and a batch costs one round trip.
+batch of one server with one ``UNLINK``. A primary of a Cluster is cleared by
+``cleared_on``: one script per SCAN batch that unlinks each name on the node
+itself (``scripts.CLEAR_BATCH``), so no command spans two slots and a batch
+costs one round trip and one small reply.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from typing import Any, TypeVar
 
 import redis.asyncio.cluster
 import redis.cluster
-from redis.crc import key_slot
+
+from django_redis_sessions import scripts
 
 T = TypeVar("T")
 
@@ -224,28 +227,51 @@ async def amerged(
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _by_slot(names: list[bytes]) -> list[list[bytes]]:
-    slots: dict[int, list[bytes]] = {}
-    for name in names:
-        slots.setdefault(key_slot(name), []).append(name)
-    return list(slots.values())
+def unlink_on(node: Any, names: list[bytes]) -> int:
+    """``UNLINK`` ``names`` on one server: one round trip; how many existed."""
+    return int(node.unlink(*names))
 
 
-def unlink_on(node: Any, names: list[bytes], *, per_slot: bool) -> int:
-    """``UNLINK`` ``names`` on ``node``: one round trip; how many existed."""
-    if not per_slot:
-        return int(node.unlink(*names))
-    pipeline = node.pipeline(transaction=False)
-    for group in _by_slot(names):
-        pipeline.unlink(*group)
-    return sum(int(deleted) for deleted in pipeline.execute())
+async def aunlink_on(node: Any, names: list[bytes]) -> int:
+    """See unlink_on()."""
+    return int(await node.unlink(*names))
 
 
-async def aunlink_on(node: Any, names: list[bytes], *, per_slot: bool) -> int:
-    """See unlink_on(); the per-slot commands are sent concurrently."""
-    if not per_slot:
-        return int(await node.unlink(*names))
-    counts = await asyncio.gather(
-        *(node.execute_command("UNLINK", *group) for group in _by_slot(names))
-    )
-    return sum(int(deleted) for deleted in counts)
+def cleared_on(
+    node: Any, pattern: str, count: int, remember: int
+) -> Iterator[tuple[int, list[bytes]]]:
+    """Clear one primary of a Redis Cluster, one script per SCAN batch.
+
+    Yields how many names each batch deleted and, with ``remember`` (the
+    dedupe window, for callers that need the names), the names themselves.
+    """
+    recent = RecentKeys(remember)
+    cursor: Any = 0
+    while True:
+        args = (cursor, pattern, count, 1 if remember else 0)
+        cursor, deleted, names = scripts.run(node, scripts.CLEAR_BATCH, (), args)
+        fresh = recent.fresh(list(names))
+        if int(deleted) or fresh:
+            yield int(deleted), fresh
+        if not int(cursor):
+            return
+
+
+async def acleared_on(
+    node: Any, pattern: str, count: int, remember: int
+) -> AsyncIterator[tuple[int, list[bytes]]]:
+    """See cleared_on(); ``node`` is an asyncio ``ClusterNode``."""
+    # A ClusterNode sends commands, but has no script helpers of its own.
+    await node.execute_command("SCRIPT LOAD", scripts.CLEAR_BATCH)
+    sha = scripts.sha(scripts.CLEAR_BATCH)
+    recent = RecentKeys(remember)
+    cursor: Any = 0
+    while True:
+        args = (cursor, pattern, count, 1 if remember else 0)
+        reply = await node.execute_command("EVALSHA", sha, 0, *args)
+        cursor, deleted, names = reply
+        fresh = recent.fresh(list(names))
+        if int(deleted) or fresh:
+            yield int(deleted), fresh
+        if not int(cursor):
+            return

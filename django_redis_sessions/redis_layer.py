@@ -33,9 +33,11 @@ from django_redis_sessions import metrics, scripts
 from django_redis_sessions.bulk import (
     DEDUPE_BATCHES,
     RecentKeys,
+    acleared_on,
     amerged,
     anode_batches,
     aunlink_on,
+    cleared_on,
     merged,
     node_batches,
     scan_nodes,
@@ -910,34 +912,40 @@ class RedisLayer:
         Yields how many each batch deleted, and its names (``UNLINK`` counts
         only names that existed, so SCAN's repeats need no filtering for the
         total; ``remember`` drops them from the names). Tombstones are not
-        touched. On Cluster every primary is cleared at once, each batch on
-        its own node, one ``UNLINK`` per slot.
+        touched. On Cluster every primary is cleared at once, each batch by a
+        script on its own node (``bulk.cleared_on``); there the names come
+        back only with ``remember``.
         """
         pattern = scan_pattern(self.prefix)
-        nodes = scan_nodes(self._client())
-        per_slot = len(nodes) > 1
-
-        def clear(node: Any) -> Iterator[tuple[int, list[bytes]]]:
-            for names in node_batches(node, pattern, self.scan_count, None, remember):
-                yield unlink_on(node, names, per_slot=per_slot), names
-
-        yield from merged([partial(clear, node) for node in nodes])
+        client = self._client()
+        if is_cluster(client):
+            yield from merged(
+                [
+                    partial(cleared_on, node, pattern, self.scan_count, remember)
+                    for node in scan_nodes(client)
+                ]
+            )
+            return
+        for names in node_batches(client, pattern, self.scan_count, None, remember):
+            yield unlink_on(client, names), names
 
     async def aclear_batches(
         self, *, remember: int = 0
     ) -> AsyncIterator[tuple[int, list[bytes]]]:
         """See clear_batches()."""
         pattern = scan_pattern(self.prefix)
-        nodes = await _ascan_nodes(self._async_client())
-        per_slot = len(nodes) > 1
-
-        async def clear(node: Any) -> AsyncIterator[tuple[int, list[bytes]]]:
-            batches = anode_batches(node, pattern, self.scan_count, None, remember)
-            async for names in batches:
-                yield await aunlink_on(node, names, per_slot=per_slot), names
-
-        async for deleted in amerged([partial(clear, node) for node in nodes]):
-            yield deleted
+        client = self._async_client()
+        if is_cluster(client):
+            sources = [
+                partial(acleared_on, node, pattern, self.scan_count, remember)
+                for node in await _ascan_nodes(client)
+            ]
+            async for deleted in amerged(sources):
+                yield deleted
+            return
+        batches = anode_batches(client, pattern, self.scan_count, None, remember)
+        async for names in batches:
+            yield await aunlink_on(client, names), names
 
     def measure(self, *, sample: int = 0) -> Iterator[Measured]:
         """Every session under the prefix with its size and TTL, a batch at a time.

@@ -356,6 +356,26 @@ end
 return removed
 """
 
+# --- Clearing one node of a Redis Cluster ---------------------------------------
+#
+# KEYS: none; the names come from SCAN on the node the script runs on.
+# ARGV: cursor, MATCH pattern, COUNT, "1" to send the names back (else "0").
+# Returns {next cursor, how many names existed and were unlinked, names or {}}.
+# One UNLINK per name: on Redis Cluster no command may span two slots, and a
+# script without flags may touch every slot of its own node. Run here, a batch
+# costs the client one small reply instead of a pipeline of an UNLINK per
+# slot, about a thousand commands to pack and replies to parse, which kept
+# concurrent walks of several primaries from running at once.
+CLEAR_BATCH = """
+local page = redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[3])
+local unlink, deleted = redis.call, 0
+for _, name in ipairs(page[2]) do
+  deleted = deleted + unlink('UNLINK', name)
+end
+if ARGV[4] == '1' then return {page[1], deleted, page[2]} end
+return {page[1], deleted, {}}
+"""
+
 ALL = (
     CREATE,
     SET_UNLESS_TOMBSTONED,
@@ -370,6 +390,7 @@ ALL = (
     CYCLE_INDEXED,
     DESTROY_INDEXED,
     MEASURE,
+    CLEAR_BATCH,
 )
 
 #: Each script's SHA1, what ``EVALSHA`` names it by.

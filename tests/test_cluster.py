@@ -13,6 +13,7 @@ import redis
 import redis.cluster
 from redis.crc import key_slot
 
+from django_redis_sessions import signals
 from django_redis_sessions.backends.redis import SessionStore
 from django_redis_sessions.client import clients
 from django_redis_sessions.redis_layer import RedisLayer
@@ -141,6 +142,28 @@ def test_bulk_operations_scan_every_primary(
     assert cluster_store.count() == 59
     assert dict(cluster_store.all()) == by_id({key: {"n": key} for key in keys[1:]})
     assert cluster_store.clear() == 59
+    assert cluster_store.count() == 0
+
+
+def test_clear_tells_every_session_it_ended_once_and_keeps_tombstones(
+    cluster_store: Any, cluster_client: redis.cluster.RedisCluster, prefix: str
+) -> None:
+    keys = [f"ending{n:04d}" for n in range(40)]
+    arrange = RedisSessionStore()
+    assert all(arrange.create(key, {"n": key}, ttl=3600) for key in keys)
+    arrange.destroy(keys[0])
+    ended: list[str] = []
+
+    def receiver(**kwargs: Any) -> None:
+        ended.append(kwargs["session_id"])
+
+    signals.session_ended.connect(receiver, dispatch_uid="cluster-clear")
+    try:
+        assert cluster_store.clear() == 39
+    finally:
+        signals.session_ended.disconnect(dispatch_uid="cluster-clear")
+    assert sorted(ended) == sorted(arrange.session_id(key) for key in keys[1:])
+    assert cluster_client.exists(tombstone_name(prefix, keys[0])) == 1
     assert cluster_store.count() == 0
 
 
