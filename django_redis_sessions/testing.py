@@ -376,7 +376,7 @@ class RedisClusterServers:
     the way an operator does and return once every running node agrees, so a
     test can check what clients see before, during and after. A replica never
     takes over on its own, even when its primary dies: only ``fail_over()``
-    promotes it.
+    promotes it; until then the other shards keep serving their slots.
 
     Needs Redis or Valkey 7.0 or later (``CLUSTER ADDSLOTSRANGE``, ``cluster-port``).
     """
@@ -411,6 +411,10 @@ class RedisClusterServers:
         # machine. fail_over() forces the promotion, which this allows.
         args += ["--cluster-allow-replica-migration", "no"]
         args += ["--cluster-replica-no-failover", "yes"]
+        # Meanwhile the shards that still run keep serving their slots, as
+        # in a cluster whose failover is on its way (by default the whole
+        # cluster refuses every key once a shard has failed).
+        args += ["--cluster-require-full-coverage", "no"]
         # The default waits five seconds for more replicas before a full sync.
         args += ["--repl-diskless-sync-delay", "0"]
         servers = [RedisServer(binary, extra_args=args) for _ in range(6)]
