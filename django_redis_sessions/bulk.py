@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import redis.asyncio.cluster
 import redis.cluster
+from redis.exceptions import NoScriptError
 
 from django_redis_sessions import scripts
 
@@ -261,14 +262,17 @@ async def acleared_on(
     node: Any, pattern: str, count: int, remember: int
 ) -> AsyncIterator[tuple[int, list[bytes]]]:
     """See cleared_on(); ``node`` is an asyncio ``ClusterNode``."""
-    # A ClusterNode sends commands, but has no script helpers of its own.
-    await node.execute_command("SCRIPT LOAD", scripts.CLEAR_BATCH)
     sha = scripts.sha(scripts.CLEAR_BATCH)
     recent = RecentKeys(remember)
     cursor: Any = 0
     while True:
         args = (cursor, pattern, count, 1 if remember else 0)
-        reply = await node.execute_command("EVALSHA", sha, 0, *args)
+        try:
+            reply = await node.execute_command("EVALSHA", sha, 0, *args)
+        except NoScriptError:
+            # A ClusterNode sends commands, but has no script helpers.
+            await node.execute_command("SCRIPT LOAD", scripts.CLEAR_BATCH)
+            reply = await node.execute_command("EVALSHA", sha, 0, *args)
         cursor, deleted, names = reply
         fresh = recent.fresh(list(names))
         if int(deleted) or fresh:

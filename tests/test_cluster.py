@@ -121,18 +121,26 @@ def test_cycle_moves_a_session_across_slots(
     assert cluster_client.exists(tombstone_name(prefix, "oldsession1")) == 1
 
 
+def arranged(stem: str, count: int) -> list[str]:
+    """``count`` sessions of an hour, the first one destroyed; their keys.
+
+    Arranged through the sync API, and for an hour: as many asyncio creates
+    are as many event loops, each building a cluster client that downloads
+    and parses COMMAND. Under PYTHONDEVMODE (tox) on a loaded machine that
+    took over a minute, the first sessions expired on a 60 s TTL, and count()
+    was short: Redis had dropped them, the scan missed nothing.
+    """
+    keys = [f"{stem}{n:04d}" for n in range(count)]
+    arrange = RedisSessionStore()
+    assert all(arrange.create(key, {"n": key}, ttl=3600) for key in keys)
+    assert arrange.destroy(keys[0])
+    return keys
+
+
 def test_bulk_operations_scan_every_primary(
     cluster_store: Any, cluster_client: redis.cluster.RedisCluster, prefix: str
 ) -> None:
-    keys = [f"session{n:04d}" for n in range(60)]
-    # Arranged through the sync API, and for an hour: 60 asyncio creates are
-    # 60 event loops, each building a cluster client that downloads and parses
-    # COMMAND. Under PYTHONDEVMODE (tox) on a loaded machine that took over a
-    # minute, the first sessions expired on their 60 s TTL, and count() was
-    # 56: Redis had dropped them, the scan missed nothing.
-    arrange = RedisSessionStore()
-    assert all(arrange.create(key, {"n": key}, ttl=3600) for key in keys)
-    cluster_store.destroy(keys[0])
+    keys = arranged("session", 60)
     # The keys really are spread over the three primaries.
     names = [data_name(prefix, key) for key in keys]
     slots = {cluster_client.keyslot(name) for name in names}
@@ -148,10 +156,7 @@ def test_bulk_operations_scan_every_primary(
 def test_clear_tells_every_session_it_ended_once_and_keeps_tombstones(
     cluster_store: Any, cluster_client: redis.cluster.RedisCluster, prefix: str
 ) -> None:
-    keys = [f"ending{n:04d}" for n in range(40)]
-    arrange = RedisSessionStore()
-    assert all(arrange.create(key, {"n": key}, ttl=3600) for key in keys)
-    arrange.destroy(keys[0])
+    keys = arranged("ending", 40)
     ended: list[str] = []
 
     def receiver(**kwargs: Any) -> None:
@@ -162,7 +167,7 @@ def test_clear_tells_every_session_it_ended_once_and_keeps_tombstones(
         assert cluster_store.clear() == 39
     finally:
         signals.session_ended.disconnect(dispatch_uid="cluster-clear")
-    assert sorted(ended) == sorted(arrange.session_id(key) for key in keys[1:])
+    assert sorted(ended) == sorted(cluster_store.session_id(key) for key in keys[1:])
     assert cluster_client.exists(tombstone_name(prefix, keys[0])) == 1
     assert cluster_store.count() == 0
 
