@@ -48,6 +48,7 @@ from django_redis_sessions.conf import SETTING_NAME, conf
 from django_redis_sessions.fast_path import aexecute, execute
 from django_redis_sessions.keys import (
     TOMBSTONE_SUFFIX,
+    are_hashed_ids,
     check_key,
     data_key,
     glob_escape,
@@ -247,7 +248,7 @@ class RedisLayer:
             return [self.id_of_name(name) for name in names]
         start = len(self.prefix) + 1
         keys = [text[start:-1] for text in texts]
-        if not self._hashing:
+        if not self._hashing or are_hashed_ids(keys):
             return keys
         return [key if is_hashed_id(key) else hashed_id(key) for key in keys]
 

@@ -730,6 +730,32 @@ def test_compact_json_writes_the_bytes_of_django_s_serializer() -> None:
         serializer.dumps({"when": timezone.now()})
 
 
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"a":1}',
+        b' {"a":1}',  # whitespace around: the shortcut steps aside
+        b'{"a":1}\n',
+        b'{"a":1}x',  # extra data
+        b'{"a":1}{"b":2}',
+        b'{"a":"\xe9\\u00e9"}',  # latin-1 bytes and an escape
+        b"[1, 2]",
+        b'"text"',
+        b"",
+        b"{",
+        b"NaN",
+    ],
+)
+def test_compact_json_loads_what_django_s_serializer_loads(payload: bytes) -> None:
+    def outcome(loads: Callable[[bytes], Any]) -> tuple[str, str]:
+        try:
+            return "value", repr(loads(payload))
+        except ValueError as error:
+            return type(error).__name__, str(error)
+
+    assert outcome(CompactJSON().loads) == outcome(JSONSerializer().loads)
+
+
 def test_expiry_age_is_django_s(call: Callable[..., Any]) -> None:
     now = timezone.now()
     later = (now + timedelta(hours=1)).isoformat()

@@ -357,4 +357,10 @@ def test_a_batch_of_names_gives_the_ids_one_name_at_a_time_gives(
     assert layer.ids_of_names(names) == one_by_one
     assert layer.ids_of_names(names[:3]) == one_by_one[:3]  # no NUL: at once
     assert layer.ids_of_names([]) == []
+    # Ids only, the usual batch, are taken as they are; one name that only
+    # looks like an id (a character outside base64url) is hashed like a key.
+    ids = [layer.data_name("#" + char * 43).encode() for char in "AB_-"]
+    assert layer.ids_of_names(ids) == [layer.id_of_name(name) for name in ids]
+    near = [*ids, data_key(layer.prefix, "#" + "A" * 42 + "$").encode()]
+    assert layer.ids_of_names(near) == [layer.id_of_name(name) for name in near]
     assert key not in one_by_one if hash_ids else key in one_by_one
