@@ -24,6 +24,7 @@ import redis.cluster
 from redis.exceptions import NoScriptError
 
 from django_redis_sessions import scripts
+from django_redis_sessions.fast_path import execute
 
 T = TypeVar("T")
 
@@ -106,8 +107,13 @@ def node_batches(
     """One node's names matching ``pattern`` (of type ``kind``), batch by batch."""
     recent = RecentKeys(remember)
     cursor = 0
+    args: tuple[Any, ...] = ("MATCH", pattern, "COUNT", count)
+    if kind is not None:
+        args += ("TYPE", kind)
     while True:
-        cursor, names = node.scan(cursor, match=pattern, count=count, _type=kind)
+        # SCAN as node.scan() sends it, through the fast path: count() is
+        # little more than this loop.
+        cursor, names = execute(node, "SCAN", cursor, *args)
         if batch := recent.fresh(names):
             yield batch
         if not int(cursor):
