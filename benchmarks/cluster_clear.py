@@ -8,6 +8,7 @@ from pathlib import Path
 # Runnable as ``python benchmarks/cluster_clear.py`` from a checkout.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import os
 import statistics
 import time
 from typing import Any
@@ -36,6 +37,15 @@ def clear_node(node: Any, prefix: str, scan_count: int) -> int:
     return sum(deleted for deleted, _ in batches)
 
 
+def servers_cpu(client: redis.cluster.RedisCluster) -> float:
+    """Seconds of CPU every node of the cluster (replicas too) used so far."""
+    total = 0.0
+    for node in client.get_nodes():
+        info = client.get_redis_connection(node).info("cpu")
+        total += float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+    return total
+
+
 def main() -> None:
     parser = common.parser(__doc__)
     parser.add_argument("--size", type=int, default=300_000, help="default 300000")
@@ -57,6 +67,8 @@ def main() -> None:
         alone: list[float] = []
         together: list[float] = []
         client_cpu: list[float] = []
+        floor: list[float] = []  # the CPU clear() needed, spread over the cores
+        cores = os.cpu_count() or 1
         for round_number in range(-1, args.rounds):
             fill(client, prefix, args.size)
             seconds = []
@@ -66,16 +78,20 @@ def main() -> None:
                 seconds.append(time.perf_counter() - started)
             fill(client, prefix, args.size)
             started, cpu = time.perf_counter(), time.process_time()
+            servers = servers_cpu(client)
             deleted = store.clear()
             elapsed = time.perf_counter() - started
             used = time.process_time() - cpu
+            servers = servers_cpu(client) - servers
             if deleted != args.size:
                 raise SystemExit(f"clear() deleted {deleted:,} of {args.size:,}.")
             if round_number >= 0:
                 alone.append(max(seconds))
                 together.append(elapsed)
                 client_cpu.append(used)
+                floor.append((servers + used) / cores)
         ratios = [mine / slowest for mine, slowest in zip(together, alone, strict=True)]
+        floors = [least / slowest for least, slowest in zip(floor, alone, strict=True)]
         rows = [
             ["", "median s", "x slowest alone", "range"],
             ["slowest primary alone", f"{statistics.median(alone):.2f}", "1.00x", ""],
@@ -85,10 +101,18 @@ def main() -> None:
                 f"{statistics.median(ratios):.2f}x",
                 f"{min(ratios):.2f}-{max(ratios):.2f}",
             ],
+            [
+                f"its CPU / {cores} cores",
+                f"{statistics.median(floor):.2f}",
+                f"{statistics.median(floors):.2f}x",
+                f"{min(floors):.2f}-{max(floors):.2f}",
+            ],
         ]
         print(f"\n{common.table(rows)}")
         # What is left to the servers: on fewer cores than nodes (three
-        # primaries, each replicating to its replica), they take turns.
+        # primaries, each replicating to its replica), they take turns. The
+        # last row is the least time the CPU clear() used (every node's and
+        # this process's) allows on this machine's cores.
         print(
             f"\nCPU of this process during clear(): "
             f"{statistics.median(client_cpu):.2f} s (median)."

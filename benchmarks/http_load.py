@@ -32,7 +32,10 @@ from benchmarks import common
 ENGINES = {
     "this engine": "django_redis_sessions.backends.redis",
     "django-redis cache": "django.contrib.sessions.backends.cache",
+    # Storing a session costs nothing: what no engine can pass in this app.
+    "ceiling: no store": "benchmarks.process_sessions",
 }
+PEER = "django-redis cache"  # the reference of the ratios
 #: Each client repeats: a login, 8 reads and 2 writes, a logout.
 PLAN = ["login", *(["read"] * 4 + ["write"]) * 2, "logout"]
 LINUX = Path("/proc/self/stat").exists()  # where CPU time is read
@@ -271,7 +274,8 @@ def main() -> None:
         # the machine is doing at the time.
         for index in range(args.rounds):
             print(f"  .. slice {index + 1}/{args.rounds}", file=sys.stderr, flush=True)
-            for name in [*ENGINES][index % 2 :] + [*ENGINES][: index % 2]:
+            turn = index % len(ENGINES)
+            for name in [*ENGINES][turn:] + [*ENGINES][:turn]:
                 seconds = args.seconds / args.rounds
                 results[name].append(measure(servers[name], args.clients, seconds))
     report(results, args)
@@ -290,26 +294,32 @@ def make_database(app: dict[str, str], args: Any) -> None:
 
 def report(results: dict[str, list[Slice]], args: Any) -> None:
     """Requests per second over all slices, and the range of the slices';
-    latencies of every request; the ratio's range is that of the slices."""
+    latencies of every request; each engine's figures divided by the peer's,
+    the range of that ratio being that of the slices'."""
     rows = [["engine", "req/s", "range", "p50 ms", "p99 ms", "app CPU", "Redis CPU"]]
-    figures, rates = [], []
+    figures, rates = {}, {}
     for name, slices in results.items():
         latencies = [latency for part in slices for latency in part.latencies]
         cuts, count = statistics.quantiles(latencies, n=100), len(latencies)
         app, used = (sum(getattr(part, key) for part in slices) / count * 1e6
                      for key in ("app_cpu", "redis_cpu"))  # fmt: skip
         rate = count / sum(part.seconds for part in slices)
-        figures.append((rate, cuts[49], cuts[98], app, used))
-        rates.append([len(part.latencies) / part.seconds for part in slices])
-        cells = [f"{rate:,.0f}", f"{min(rates[-1]):,.0f}-{max(rates[-1]):,.0f}"]
+        figures[name] = (rate, cuts[49], cuts[98], app, used)
+        rates[name] = [len(part.latencies) / part.seconds for part in slices]
+        cells = [f"{rate:,.0f}", f"{min(rates[name]):,.0f}-{max(rates[name]):,.0f}"]
         cells += [f"{cuts[49] * 1000:.1f}", f"{cuts[98] * 1000:.1f}"]
         rows.append([name, *cells, f"{app:,.0f}", f"{used:,.0f}"])
         if wrong := sum(part.wrong for part in slices):
             raise SystemExit(f"{name}: {wrong} wrong answers (not 200, or no user).")
-    ratios = [f"{ours / peer:.2f}x" for ours, peer in zip(*figures, strict=True)]
-    pairs = [ours / peer for ours, peer in zip(*rates, strict=True)]
-    spread = f"{min(pairs):.2f}-{max(pairs):.2f}"
-    rows.append(["this engine / peer", ratios[0], spread, *ratios[1:]])
+    for name in results:
+        if name == PEER:
+            continue
+        pairs = zip(figures[name], figures[PEER], strict=True)
+        ratios = [f"{mine / peer:.2f}x" if peer else "-" for mine, peer in pairs]
+        each = zip(rates[name], rates[PEER], strict=True)
+        per_slice = [mine / peer for mine, peer in each]
+        spread = f"{min(per_slice):.2f}-{max(per_slice):.2f}"
+        rows.append([f"{name} / peer", ratios[0], spread, *ratios[1:]])
     print(
         f"\ngunicorn gthread, 2 workers x 8 threads; {args.clients} keep-alive "
         f"clients, {args.seconds:g} s per engine in {args.rounds} alternating "
