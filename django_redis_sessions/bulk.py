@@ -21,10 +21,9 @@ from typing import Any, TypeVar
 
 import redis.asyncio.cluster
 import redis.cluster
-from redis.exceptions import NoScriptError
 
 from django_redis_sessions import scripts
-from django_redis_sessions.fast_path import execute
+from django_redis_sessions.fast_path import aexecute, execute
 
 T = TypeVar("T")
 
@@ -107,12 +106,8 @@ def node_batches(
     """One node's names matching ``pattern`` (of type ``kind``), batch by batch."""
     recent = RecentKeys(remember)
     cursor = 0
-    args: tuple[Any, ...] = ("MATCH", pattern, "COUNT", count)
-    if kind is not None:
-        args += ("TYPE", kind)
+    args = _scan_args(pattern, count, kind)
     while True:
-        # SCAN as node.scan() sends it, through the fast path: count() is
-        # little more than this loop.
         cursor, names = execute(node, "SCAN", cursor, *args)
         if batch := recent.fresh(names):
             yield batch
@@ -126,20 +121,21 @@ async def anode_batches(
     """See node_batches()."""
     recent = RecentKeys(remember)
     cursor = 0
+    args = _scan_args(pattern, count, kind)
     while True:
-        if isinstance(node, redis.asyncio.cluster.ClusterNode):
-            args: tuple[Any, ...] = ("SCAN", cursor, "MATCH", pattern, "COUNT", count)
-            if kind is not None:
-                args += ("TYPE", kind)
-            cursor, names = await node.execute_command(*args)
-        else:
-            cursor, names = await node.scan(
-                cursor, match=pattern, count=count, _type=kind
-            )
+        cursor, names = await aexecute(node, "SCAN", cursor, *args)
         if batch := recent.fresh(list(names)):
             yield batch
         if not int(cursor):
             return
+
+
+def _scan_args(pattern: str, count: int, kind: str | None) -> tuple[Any, ...]:
+    """What follows the cursor in a SCAN, as ``scan()`` sends it. The walks
+    send it through the fast path (an asyncio ``ClusterNode`` gets its own
+    ``execute_command``): ``count()`` is little more than this loop."""
+    args: tuple[Any, ...] = ("MATCH", pattern, "COUNT", count)
+    return args if kind is None else (*args, "TYPE", kind)
 
 
 def merged(sources: Sequence[Callable[[], Iterator[T]]]) -> Iterator[T]:
@@ -236,12 +232,12 @@ async def amerged(
 
 def unlink_on(node: Any, names: list[bytes]) -> int:
     """``UNLINK`` ``names`` on one server: one round trip; how many existed."""
-    return int(node.unlink(*names))
+    return int(execute(node, "UNLINK", *names))
 
 
 async def aunlink_on(node: Any, names: list[bytes]) -> int:
     """See unlink_on()."""
-    return int(await node.unlink(*names))
+    return int(await aexecute(node, "UNLINK", *names))
 
 
 def cleared_on(
@@ -268,17 +264,11 @@ async def acleared_on(
     node: Any, pattern: str, count: int, remember: int
 ) -> AsyncIterator[tuple[int, list[bytes]]]:
     """See cleared_on(); ``node`` is an asyncio ``ClusterNode``."""
-    sha = scripts.sha(scripts.CLEAR_BATCH)
     recent = RecentKeys(remember)
     cursor: Any = 0
     while True:
         args = (cursor, pattern, count, 1 if remember else 0)
-        try:
-            reply = await node.execute_command("EVALSHA", sha, 0, *args)
-        except NoScriptError:
-            # A ClusterNode sends commands, but has no script helpers.
-            await node.execute_command("SCRIPT LOAD", scripts.CLEAR_BATCH)
-            reply = await node.execute_command("EVALSHA", sha, 0, *args)
+        reply = await scripts.arun(node, scripts.CLEAR_BATCH, (), args)
         cursor, deleted, names = reply
         fresh = recent.fresh(list(names))
         if int(deleted) or fresh:

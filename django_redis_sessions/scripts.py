@@ -401,13 +401,16 @@ def run(client: Any, script: str, keys: Sequence[str], args: Sequence[Any]) -> A
     """Run ``script`` with ``EVALSHA``, loading it once if the server lacks it.
 
     The server forgets scripts on a restart or ``SCRIPT FLUSH``; the reload is
-    one extra round trip, after which ``EVALSHA`` serves again.
+    one extra round trip, after which ``EVALSHA`` serves again. ``client`` is
+    anything with ``execute_command`` (a client, a Cluster, an asyncio
+    ``ClusterNode``, which has no ``script_load``), as ``script_load`` sends
+    the same command.
     """
     sha = _SHAS[script]
     try:
         return execute(client, "EVALSHA", sha, len(keys), *keys, *args)
     except NoScriptError:
-        client.script_load(script)
+        execute(client, "SCRIPT LOAD", script)
         return execute(client, "EVALSHA", sha, len(keys), *keys, *args)
 
 
@@ -419,7 +422,7 @@ async def arun(
     try:
         return await aexecute(client, "EVALSHA", sha, len(keys), *keys, *args)
     except NoScriptError:
-        await client.script_load(script)
+        await aexecute(client, "SCRIPT LOAD", script)
         return await aexecute(client, "EVALSHA", sha, len(keys), *keys, *args)
 
 
