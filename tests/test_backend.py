@@ -756,6 +756,16 @@ def test_compact_json_loads_what_django_s_serializer_loads(payload: bytes) -> No
     assert outcome(CompactJSON().loads) == outcome(JSONSerializer().loads)
 
 
+def test_a_script_the_server_forgot_is_loaded_again(
+    call: Callable[..., Any], raw_redis: redis.Redis
+) -> None:
+    raw_redis.script_flush()  # as after a restart
+    session = SessionStore()
+    session["n"] = 1
+    call(session, "save")
+    assert call(SessionStore(session.session_key), "load") == {"n": 1}
+
+
 def test_expiry_age_is_django_s(call: Callable[..., Any]) -> None:
     now = timezone.now()
     later = (now + timedelta(hours=1)).isoformat()

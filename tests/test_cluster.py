@@ -172,6 +172,16 @@ def test_clear_tells_every_session_it_ended_once_and_keeps_tombstones(
     assert cluster_store.count() == 0
 
 
+def test_clear_loads_its_script_again_where_a_node_forgot_it(
+    cluster_store: Any, cluster_client: redis.cluster.RedisCluster
+) -> None:
+    arranged("forgotten", 20)
+    for node in cluster_client.get_nodes():  # as after a restart of each
+        cluster_client.get_redis_connection(node).script_flush()
+    assert cluster_store.clear() == 19
+    assert cluster_store.count() == 0
+
+
 def test_cycle_of_a_session_ended_elsewhere_creates_nothing(
     cluster_store: Any, cluster_client: redis.cluster.RedisCluster, prefix: str
 ) -> None:
