@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import inspect
+import logging
 import weakref
 from typing import Any
 
@@ -157,3 +158,19 @@ def test_finished_event_loops_and_their_clients_are_not_kept_alive() -> None:
     assert client_module.clients.loops == 0
     assert [ref() for ref in loops] == [None] * 5
     assert [ref() for ref in clients] == [None] * 5
+
+
+def test_the_suite_drops_only_asyncio_slow_callback_warnings(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """tox's debug mode must not put machine load into the records tests check."""
+    loop = asyncio.new_event_loop()
+    loop.set_debug(True)
+    loop.slow_callback_duration = 0.0  # every callback counts as slow
+    try:
+        with caplog.at_level(logging.WARNING, "asyncio"):
+            loop.run_until_complete(asyncio.sleep(0))
+            logging.getLogger("asyncio").warning("a warning that stays")
+    finally:
+        loop.close()
+    assert [r.getMessage() for r in caplog.records] == ["a warning that stays"]
