@@ -17,7 +17,7 @@ from django_redis_sessions.keys import (
     glob_escape,
     scan_pattern,
 )
-from django_redis_sessions.redis_layer import RedisLayer
+from django_redis_sessions.redis_layer import RedisLayer, ttl_milliseconds
 from tests.utils import Keys, data_name, tombstone_name
 
 
@@ -133,14 +133,24 @@ def test_exists_is_a_bool_and_a_tombstone_is_not_a_session(store: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    ("ttl", "low", "high"),
-    [(1.2345, 1234, 1235), (0.0001, 1, 1), (86400, 86_399_000, 86_400_000)],
+    ("seconds", "milliseconds"),
+    [(1.2345, 1235), (0.0001, 1), (86400, 86_400_000), (0, 0), (-3.5, 0)],
 )
-def test_fractional_ttls_are_rounded_up_to_whole_milliseconds(
-    store: Any, raw: redis.Redis, prefix: str, ttl: float, low: int, high: int
+def test_ttls_are_rounded_up_to_whole_milliseconds(
+    seconds: float, milliseconds: int
 ) -> None:
+    assert ttl_milliseconds(seconds) == milliseconds
+
+
+@pytest.mark.parametrize("ttl", [1.2345, 0.0001, 86400])
+def test_a_fractional_ttl_reaches_redis_in_whole_milliseconds(
+    store: Any, raw: redis.Redis, prefix: str, ttl: float
+) -> None:
+    """Redis refuses a fractional expiry. The exact rounding is checked above:
+    a PTTL read after the write can only bound it, by the time in between."""
     assert store.set("abcdefgh", {"v": 1}, ttl=ttl) is True
-    assert low - 50 <= raw.pttl(data_name(prefix, "abcdefgh")) <= high
+    high = ttl_milliseconds(ttl)
+    assert high - 1000 < raw.pttl(data_name(prefix, "abcdefgh")) <= high
 
 
 @pytest.mark.parametrize("ttl", [0, -1, -0.5])
