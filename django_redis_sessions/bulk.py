@@ -131,9 +131,13 @@ async def anode_batches(
 
 
 def _scan_args(pattern: str, count: int, kind: str | None) -> tuple[Any, ...]:
-    """What follows the cursor in a SCAN, as ``scan()`` sends it. The walks
-    send it through the fast path (an asyncio ``ClusterNode`` gets its own
-    ``execute_command``): ``count()`` is little more than this loop."""
+    """What follows the cursor in a SCAN, as ``scan()`` sends it.
+
+    The walks send SCAN through the fast path, since ``count()`` is little
+    more than this loop; a node the fast path does not take (an asyncio
+    ``ClusterNode`` among them) gets the same command from its own
+    ``execute_command``.
+    """
     args: tuple[Any, ...] = ("MATCH", pattern, "COUNT", count)
     return args if kind is None else (*args, "TYPE", kind)
 

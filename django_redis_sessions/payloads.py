@@ -95,10 +95,10 @@ class CompactJSON:
         text = data.decode("latin-1")
         try:
             value, end = self._raw_decode(text)
+            if end == len(text):
+                return value
         except ValueError:
-            end = -1
-        if end == len(text):
-            return value
+            pass
         return json.loads(text)
 
 
@@ -125,12 +125,12 @@ class Payloads:
             data = self.serializer.loads(payload)
         except Exception:
             data = None
-        if type(data) is dict and EXPIRY_KEY not in data:
-            return data  # the common case, checked at once: all() reads millions
         if not isinstance(data, dict):
             log_corrupt("a stored session could not be decoded")
             return None
-        if is_expired(data):
+        # Most sessions have no absolute expiry, and all() reads millions: for
+        # them the check is skipped rather than called.
+        if EXPIRY_KEY in data and is_expired(data):
             return None
         return data
 
