@@ -828,6 +828,20 @@ class RedisLayer:
         """See unindex()."""
         await self._async_client().hdel(self._index_name(user_id), self.session_id(key))
 
+    def index_fields(self, user_id: str) -> list[str]:
+        """Every field of the user's index, live or not (one round trip).
+
+        A field written before its session may name one that does not exist
+        yet (Redis Cluster), which ``logout_user`` must end too. A field is
+        an id, or, for a session indexed before ids were hashed, its key:
+        ``destroy()`` of that key also ends a session still stored under it.
+        """
+        return _ids(self._client().hkeys(self._index_name(user_id)))
+
+    async def aindex_fields(self, user_id: str) -> list[str]:
+        """See index_fields()."""
+        return _ids(await self._async_client().hkeys(self._index_name(user_id)))
+
     def user_entries(self, user_id: str) -> list[tuple[str, str, int | None]]:
         """The user's index entries: (id, entry, real expiry in ms or None if gone).
 
