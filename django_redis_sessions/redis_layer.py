@@ -15,13 +15,14 @@ event loop's asyncio client.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import secrets
 import sys
 from array import array
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, overload
 
 import redis.asyncio.cluster
 import redis.cluster
@@ -62,7 +63,7 @@ from django_redis_sessions.keys import (
     user_index_key,
 )
 from django_redis_sessions.payloads import log_corrupt
-from django_redis_sessions.scripts import Outcome
+from django_redis_sessions.scripts import Conflict, Outcome
 from django_redis_sessions.user_index import IndexWrite, now_ms
 
 #: The TTL bucket ``scripts.MEASURE`` gives a name without a TTL.
@@ -128,6 +129,18 @@ def is_cluster(client: Any) -> bool:
 def _written(reply: Any) -> Outcome:
     """The outcome of ``SET ... XX`` or ``PEXPIRE``: nothing if no session."""
     return Outcome.WRITTEN if reply else Outcome.MISSING
+
+
+def _digest(payload: bytes) -> str:
+    """The version a versioned update expects: what ``redis.sha1hex`` gives."""
+    return hashlib.sha1(payload).hexdigest()
+
+
+def _versioned(reply: Any) -> Outcome | Conflict:
+    """The outcome of ``scripts.UPDATE_VERSIONED``."""
+    if int(reply[0]) == Outcome.CONFLICT:
+        return Conflict(reply[1])
+    return Outcome(int(reply[0]))
 
 
 def _ids(reply: Any) -> list[str]:
@@ -544,14 +557,46 @@ class RedisLayer:
         )
         return Outcome(reply)
 
+    @overload
     def update(
-        self, key: str, payload: bytes, ttl: float, index: IndexWrite | None = None
-    ) -> Outcome:
+        self,
+        key: str,
+        payload: bytes,
+        ttl: float,
+        index: IndexWrite | None = None,
+        *,
+        expected: None = None,
+    ) -> Outcome: ...
+
+    @overload
+    def update(
+        self,
+        key: str,
+        payload: bytes,
+        ttl: float,
+        index: IndexWrite | None = None,
+        *,
+        expected: bytes | None,
+    ) -> Outcome | Conflict: ...
+
+    def update(
+        self,
+        key: str,
+        payload: bytes,
+        ttl: float,
+        index: IndexWrite | None = None,
+        *,
+        expected: bytes | None = None,
+    ) -> Outcome | Conflict:
         """Write only over a live session (else MISSING); never creates.
 
         ``SET XX`` alone is atomic: a destroyed session has no data name (its
         tombstone and its data never coexist), so there is nothing to update.
-        With ``index``, the session's entry in its user's index is written too.
+        With ``expected`` (the payload the caller loaded), the write happens
+        only over that version, else nothing is written and a ``Conflict``
+        carries what is stored now (``scripts.UPDATE_VERSIONED``), in the same
+        round trip. With ``index``, the session's entry in its user's index
+        is written too.
         """
         check_key(key)
         ttl_ms = ttl_milliseconds(ttl)
@@ -560,12 +605,17 @@ class RedisLayer:
             return Outcome.EXPIRED
         client = self._client()
         name = self.data_name(key)
-        if index is None:
-            return _written(execute(client, "SET", name, payload, "PX", ttl_ms, "XX"))
-        if is_cluster(client):
-            evicted = _ids(scripts.run(client, *self._index_call(key, index)))
-            reply = execute(client, "SET", name, payload, "PX", ttl_ms, "XX")
-            outcome = _written(reply)
+        evicted: list[str] = []
+        if index is None or is_cluster(client):
+            if index is not None:
+                evicted = _ids(scripts.run(client, *self._index_call(key, index)))
+            if expected is None:
+                reply = execute(client, "SET", name, payload, "PX", ttl_ms, "XX")
+                outcome: Outcome | Conflict = _written(reply)
+            else:
+                args = (payload, ttl_ms, _digest(expected))
+                reply = scripts.run(client, scripts.UPDATE_VERSIONED, (name,), args)
+                outcome = _versioned(reply)
         else:
             keys = (name, self._index_name(index.user_id))
             args = (payload, ttl_ms, *self._index_args(key, index))
@@ -575,9 +625,37 @@ class RedisLayer:
         self._end(evicted)
         return outcome
 
+    @overload
     async def aupdate(
-        self, key: str, payload: bytes, ttl: float, index: IndexWrite | None = None
-    ) -> Outcome:
+        self,
+        key: str,
+        payload: bytes,
+        ttl: float,
+        index: IndexWrite | None = None,
+        *,
+        expected: None = None,
+    ) -> Outcome: ...
+
+    @overload
+    async def aupdate(
+        self,
+        key: str,
+        payload: bytes,
+        ttl: float,
+        index: IndexWrite | None = None,
+        *,
+        expected: bytes | None,
+    ) -> Outcome | Conflict: ...
+
+    async def aupdate(
+        self,
+        key: str,
+        payload: bytes,
+        ttl: float,
+        index: IndexWrite | None = None,
+        *,
+        expected: bytes | None = None,
+    ) -> Outcome | Conflict:
         """See update()."""
         check_key(key)
         ttl_ms = ttl_milliseconds(ttl)
@@ -586,14 +664,20 @@ class RedisLayer:
             return Outcome.EXPIRED
         client = self._async_client()
         name = self.data_name(key)
-        if index is None:
-            return _written(
-                await aexecute(client, "SET", name, payload, "PX", ttl_ms, "XX")
-            )
-        if is_cluster(client):
-            evicted = _ids(await scripts.arun(client, *self._index_call(key, index)))
-            reply = await aexecute(client, "SET", name, payload, "PX", ttl_ms, "XX")
-            outcome = _written(reply)
+        evicted: list[str] = []
+        if index is None or is_cluster(client):
+            if index is not None:
+                call = self._index_call(key, index)
+                evicted = _ids(await scripts.arun(client, *call))
+            if expected is None:
+                reply = await aexecute(client, "SET", name, payload, "PX", ttl_ms, "XX")
+                outcome: Outcome | Conflict = _written(reply)
+            else:
+                args = (payload, ttl_ms, _digest(expected))
+                reply = await scripts.arun(
+                    client, scripts.UPDATE_VERSIONED, (name,), args
+                )
+                outcome = _versioned(reply)
         else:
             keys = (name, self._index_name(index.user_id))
             args = (payload, ttl_ms, *self._index_args(key, index))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import hashlib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis.exceptions import NoScriptError
 
@@ -33,6 +33,16 @@ class Outcome(enum.IntEnum):
     MISSING = 4
     #: the TTL was not positive, so the session was destroyed instead.
     EXPIRED = 5
+    #: a versioned update: another request saved the session since this one
+    #: loaded it, so nothing was written (see ``Conflict``).
+    CONFLICT = 6
+
+
+class Conflict(NamedTuple):
+    """A versioned update that found another version: nothing was written."""
+
+    #: What the session holds now, for the caller to merge into.
+    current: bytes
 
 
 # KEYS[1] data key, KEYS[2] tombstone key
@@ -55,6 +65,27 @@ SET_UNLESS_TOMBSTONED = """
 if redis.call('EXISTS', KEYS[2]) == 1 then return 3 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
+"""
+
+# The save of a loaded session: an update (never a create) that writes only
+# over the bytes the request loaded, so that a save of another request since
+# is merged into, not overwritten (``merge.py``). No lock and no extra round
+# trip: when nobody else wrote, this is the request's one save.
+# KEYS[1] data name
+# ARGV[1] payload, ARGV[2] TTL in milliseconds (> 0), ARGV[3] SHA1 (hex) of
+# the payload the request loaded
+# returns {WRITTEN}, {MISSING} (no live session: a logout ended it) or
+# {CONFLICT, the current payload}. A value already equal to this payload is
+# this very save run again by the client's retry after a lost reply, or a
+# save of the same data: written either way.
+UPDATE_VERSIONED = """
+local current = redis.call('GET', KEYS[1])
+if not current then return {4} end
+if current ~= ARGV[1] and redis.sha1hex(current) ~= ARGV[3] then
+  return {6, current}
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return {1}
 """
 
 # KEYS: pairs of (data name, tombstone name), all forms one session may be
@@ -379,6 +410,7 @@ return {page[1], deleted, {}}
 ALL = (
     CREATE,
     SET_UNLESS_TOMBSTONED,
+    UPDATE_VERSIONED,
     DESTROY,
     CYCLE,
     READ_OR_MOVE,

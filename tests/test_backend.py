@@ -467,10 +467,10 @@ def test_cycle_key_racing_a_request_on_the_old_key_keeps_it_dead(
     assert redis_keys() == {data(prefix, session.session_key), tomb(prefix, old)}
 
 
-def test_two_writers_last_write_wins(
+def test_two_writers_of_different_keys_both_land(
     make_session: Callable[..., Any],
 ) -> None:
-    """no merge, the later save replaces the whole session."""
+    """The later save merges its own change into the earlier one's."""
     session = make_session()
     session.save()
     key = session.session_key
@@ -478,7 +478,7 @@ def test_two_writers_last_write_wins(
     first["a"], second["b"] = 1, 2
     first.save()
     second.save()
-    assert make_session(key).load() == {"b": 2}
+    assert make_session(key).load() == {"a": 1, "b": 2}
 
 
 # --- The middleware -----------------------------------------------------------------

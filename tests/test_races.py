@@ -284,3 +284,53 @@ def test_explicit_writes_are_never_dropped(harness: Harness) -> None:
         assert live == {RedisLayer().session_id(key): {"sudo": WRITES[last]}}
         assert all(req.errors == [] for req in requests)
     assert harness.played >= SCHEDULES
+
+
+def own_key_writers(key: str, logout: bool = False) -> list[Request]:
+    """Four requests each add their own key; with ``logout``, a fifth logs out."""
+    requests = []
+    for n in range(4):
+        writer = request(f"w{n}", key, "load", "save")
+        writer.steps[0] = ("load", partial(writer.session.__setitem__, f"k{n}", n))
+        requests.append(writer)
+    if logout:
+        requests.append(request("logout", key, "load", "flush"))
+    return requests
+
+
+def test_writers_of_their_own_keys_all_land_in_any_order(harness: Harness) -> None:
+    """No lost update: every request's key is there, whatever the order."""
+    orders = schedules(own_key_writers("x" * 32), seed=4)
+    for order in orders:
+        key = harness.saved(secret="S")
+        requests = own_key_writers(key)
+        live = harness.play(requests, order)
+        expected = {"secret": "S", "k0": 0, "k1": 1, "k2": 2, "k3": 3}
+        assert live == {RedisLayer().session_id(key): expected}
+        assert all(req.errors == [] for req in requests)
+    assert harness.played >= SCHEDULES
+
+
+def test_writers_and_a_logout_never_bring_the_session_back(harness: Harness) -> None:
+    """A logout anywhere among the writers: the session stays ended.
+
+    A writer that loaded before the logout and saves after it is refused
+    (SessionInterrupted); one that loaded after it found nothing, and its save
+    starts a new session holding only its own key.
+    """
+    orders = schedules(own_key_writers("x" * 32, logout=True), seed=5)
+    for n, order in enumerate(orders):
+        key = harness.saved(secret="S")
+        requests = own_key_writers(key, logout=True)
+        live = harness.play(requests, order, lose_at=n % len(order))
+        assert RedisLayer().session_id(key) not in live
+        assert not [data for data in live.values() if "secret" in data], live
+        flushed = position(order, requests, "logout", "flush")
+        for n_, writer in enumerate(requests[:4]):
+            loaded = position(order, requests, writer.name, "load")
+            saved = position(order, requests, writer.name, "save")
+            refused = loaded < flushed < saved
+            assert writer.errors == (["save"] if refused else []), order
+            if loaded > flushed:
+                assert {f"k{n_}": n_} in live.values()
+    assert harness.played >= SCHEDULES

@@ -64,13 +64,25 @@ def test_load_is_one_get() -> None:
     assert SENT == ["GET"]
 
 
-def test_save_of_a_changed_session_is_one_set() -> None:
+def test_save_of_a_changed_session_is_one_versioned_script() -> None:
     key = saved_session(a=1)
     session = SessionStore(key)
     session["a"] = 2
     SENT.clear()
     session.save()
-    assert SENT == ["SET"]
+    assert SENT == ["EVALSHA"]
+
+
+def test_a_save_that_meets_another_requests_save_merges_in_two_scripts() -> None:
+    key = saved_session(a=1)
+    first, second = SessionStore(key), SessionStore(key)
+    first["a"], second["b"] = 2, 3
+    first.save()
+    SENT.clear()
+    second.save()
+    # The first script answers with the newer data; the second writes the merge.
+    assert SENT == ["EVALSHA", "EVALSHA"]
+    assert SessionStore(key).load() == {"a": 2, "b": 3}
 
 
 def test_save_of_an_unchanged_session_is_one_touch() -> None:
@@ -100,7 +112,7 @@ def test_delete_is_one_round_trip() -> None:
     assert SENT == ["EVALSHA"]
 
 
-def test_cycle_key_is_one_script_and_the_next_save_one_set() -> None:
+def test_cycle_key_is_one_script_and_the_next_save_one_more() -> None:
     key = saved_session(a=1)
     session = SessionStore(key)
     assert session["a"] == 1
@@ -110,7 +122,7 @@ def test_cycle_key_is_one_script_and_the_next_save_one_set() -> None:
     SENT.clear()
     session["b"] = 2
     session.save()
-    assert SENT == ["SET"]
+    assert SENT == ["EVALSHA"]
 
 
 @pytest.mark.django_db
@@ -187,7 +199,7 @@ def test_a_request_that_writes_is_two_round_trips() -> None:
     client.get("/write/")
     SENT.clear()
     assert client.get("/write/").content == b"2"
-    assert SENT == ["GET", "SET"]
+    assert SENT == ["GET", "EVALSHA"]
 
 
 def test_the_first_request_of_a_visitor_is_one_round_trip() -> None:
@@ -233,8 +245,8 @@ def test_the_asyncio_path_has_the_same_round_trips(settings: Any) -> None:
         "create": ["EVALSHA"],
         "load": ["GET"],
         "touch": ["PEXPIRE"],
-        "save": ["SET"],
+        "save": ["EVALSHA"],
         "cycle_key": ["EVALSHA"],
-        "save after cycle_key": ["SET"],
+        "save after cycle_key": ["EVALSHA"],
         "delete": ["EVALSHA"],
     }

@@ -27,9 +27,10 @@ from django.utils.module_loading import import_string
 from django_redis_sessions import migration, signals
 from django_redis_sessions.conf import conf
 from django_redis_sessions.keys import is_cookie_key
+from django_redis_sessions.merge import merged
 from django_redis_sessions.payloads import EXPIRY_KEY, Payloads, get_payloads
 from django_redis_sessions.redis_layer import RedisLayer, get_layer, ttl_milliseconds
-from django_redis_sessions.scripts import Outcome
+from django_redis_sessions.scripts import Conflict, Outcome
 from django_redis_sessions.user_index import (
     INDEX_MARK,
     SLACK_MS,
@@ -41,6 +42,11 @@ from django_redis_sessions.user_index import (
 #: Where a key change of a session ended meanwhile is reported, beside
 #: Django's own ``django.security.*`` loggers.
 security_logger = logging.getLogger("django.security.SessionInterrupted")
+
+#: Saves of one request that may meet a newer version and merge into it
+#: before the request gives up (``UpdateError``): each retry follows another
+#: request's save that landed within one round trip.
+MERGE_ATTEMPTS = 10
 
 #: A new key is 32 random characters; colliding even once is unheard of, so
 #: running out of attempts means something refuses every write.
@@ -73,11 +79,25 @@ class SessionStore(SessionBase):
         # The user whose index holds this session, and the expiry (ms) its
         # entry records: read from the data, so knowing costs no round trip.
         self._indexed: tuple[str, int] | None = None
+        # The keys assigned since the last read or write: they win a merge
+        # even when assigned the value they had (see merge.py).
+        self._assigned: set[str] = set()
         #: What ``SessionMetadataMiddleware`` collected for a new index entry.
         self.client_metadata: dict[str, str] = {}
         # A cookie that is no key of this engine: while MIGRATE_FROM names
         # signed_cookies, it may be a session to adopt (see _get_session()).
         self._foreign_cookie = session_key if self.session_key is None else None
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        self._assigned.add(key)
+
+    # django-stubs types SessionBase as a MutableMapping, whose update() also
+    # takes keyword arguments; Django's takes one mapping or iterable of pairs.
+    def update(self, dict_: Any) -> None:  # type: ignore[override]
+        items = dict(dict_)  # a mapping or pairs, as dict.update() takes
+        super().update(items)
+        self._assigned.update(items)
 
     @property
     def _layer(self) -> RedisLayer:
@@ -107,6 +127,7 @@ class SessionStore(SessionBase):
             self._stored = None
             return {}
         self._stored = (key, payload)
+        self._assigned.clear()
         until = data.pop(INDEX_MARK, None)
         if isinstance(until, int) and data.get(USER_ID_KEY) is not None:
             self._indexed = (str(data[USER_ID_KEY]), until)
@@ -178,6 +199,7 @@ class SessionStore(SessionBase):
             raise CreateError if must_create else UpdateError
         else:
             self._stored = (key, payload)
+            self._assigned.clear()
 
     def _accept_adopted(self, data: dict[str, Any] | None) -> dict[str, Any]:
         """The data of a signed cookie adopted from MIGRATE_FROM, if any."""
@@ -295,7 +317,8 @@ class SessionStore(SessionBase):
                 return None
             operation, outcome = "touch", self._layer.touch(key, ttl)
         else:
-            operation, outcome = "update", self._layer.update(key, payload, ttl, index)
+            operation = "update"
+            outcome, data, payload, index = self._update(key, data, payload, ttl, index)
         if signals.listening():
             events = signals.after_write(
                 operation, outcome, key, refused_if_missing=True
@@ -305,6 +328,67 @@ class SessionStore(SessionBase):
         if outcome is Outcome.WRITTEN and (user := self._record_index(index, data)):
             self._layer.unindex(user, key)
         return None
+
+    def _update(
+        self,
+        key: str,
+        data: dict[str, Any],
+        payload: bytes,
+        ttl: float,
+        index: IndexWrite | None,
+    ) -> tuple[Outcome, dict[str, Any], bytes, IndexWrite | None]:
+        """Save over the version this request loaded, merging a newer one.
+
+        One round trip when nobody else saved since the load; after another
+        request's save, its data comes back in the same reply, this request's
+        own changes are re-applied onto it (``merge.merged``) and the save is
+        sent again, at most ``MERGE_ATTEMPTS`` times (then CONFLICT, which
+        ``save()`` raises as ``UpdateError``). Returns the outcome and what
+        was last sent: the data, its payload and its index entry.
+        """
+        for _ in range(MERGE_ATTEMPTS):
+            expected = self._loaded_payload(key)
+            if expected is None:
+                return (
+                    self._layer.update(key, payload, ttl, index),
+                    data,
+                    payload,
+                    index,
+                )
+            result = self._layer.update(key, payload, ttl, index, expected=expected)
+            if not isinstance(result, Conflict):
+                return result, data, payload, index
+            data = self._merged(key, expected, data, result.current)
+            payload, index = self._prepared(data, ttl)
+        return Outcome.CONFLICT, data, payload, index
+
+    def _loaded_payload(self, key: str) -> bytes | None:
+        """The payload last read or written under ``key`` by this session."""
+        if self._stored is None or self._stored[0] != key:
+            return None
+        return self._stored[1]
+
+    def _merged(
+        self, key: str, loaded: bytes, mine: dict[str, Any], current: bytes
+    ) -> dict[str, Any]:
+        """This request's changes since ``loaded`` applied onto ``current``.
+
+        ``current`` becomes the version the next save expects, and the
+        session's data (with the index entry it records) from now on.
+        """
+        before = self._payloads.loads(loaded) or {}
+        before.pop(INDEX_MARK, None)
+        # A value that no longer decodes (corrupt, foreign, expired) has
+        # nothing to merge into; what this request holds is written over it.
+        now = self._payloads.loads(current) or {}
+        until = now.pop(INDEX_MARK, None)
+        self._stored = (key, current)
+        self._indexed = None
+        if isinstance(until, int) and now.get(USER_ID_KEY) is not None:
+            self._indexed = (str(now[USER_ID_KEY]), until)
+        data = merged(before, mine, now, self._assigned)
+        self._session_cache = data
+        return data
 
     def _cycle(self) -> None:
         """Move the loaded session to a new key: one script (see cycle_key())."""
@@ -395,6 +479,17 @@ class SessionStore(SessionBase):
                 )
             return self._accept_loaded(key, payload)
 
+        async def aset(self, key: str, value: Any) -> None:
+            """See __setitem__()."""
+            await super().aset(key, value)
+            self._assigned.add(key)
+
+        async def aupdate(self, dict_: Any) -> None:
+            """See update()."""
+            items = dict(dict_)
+            await super().aupdate(items)
+            self._assigned.update(items)
+
         async def aexists(self, session_key: str | None) -> bool:
             """See exists()."""
             return bool(session_key) and await self._layer.aexists(session_key)  # type: ignore[arg-type]
@@ -429,7 +524,9 @@ class SessionStore(SessionBase):
                 operation, outcome = "touch", await layer.atouch(key, ttl)
             else:
                 operation = "update"
-                outcome = await layer.aupdate(key, payload, ttl, index)
+                outcome, data, payload, index = await self._aupdate(
+                    key, data, payload, ttl, index
+                )
             if signals.listening():
                 events = signals.after_write(
                     operation, outcome, key, refused_if_missing=True
@@ -439,6 +536,28 @@ class SessionStore(SessionBase):
             if outcome is Outcome.WRITTEN and (user := self._record_index(index, data)):
                 await self._layer.aunindex(user, key)
             return None
+
+        async def _aupdate(
+            self,
+            key: str,
+            data: dict[str, Any],
+            payload: bytes,
+            ttl: float,
+            index: IndexWrite | None,
+        ) -> tuple[Outcome, dict[str, Any], bytes, IndexWrite | None]:
+            """See _update()."""
+            layer = self._layer
+            for _ in range(MERGE_ATTEMPTS):
+                expected = self._loaded_payload(key)
+                result = await layer.aupdate(
+                    key, payload, ttl, index, expected=expected
+                )
+                if not isinstance(result, Conflict):
+                    return result, data, payload, index
+                assert expected is not None
+                data = self._merged(key, expected, data, result.current)
+                payload, index = self._prepared(data, ttl)
+            return Outcome.CONFLICT, data, payload, index
 
         async def _acycle(self) -> None:
             """See _cycle()."""
