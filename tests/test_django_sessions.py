@@ -23,7 +23,9 @@ from typing import Any
 
 import pytest
 from django.conf import settings
-from django.test import SimpleTestCase, override_settings
+from django.contrib.sessions.middleware import SessionMiddleware
+from django.http import HttpRequest, HttpResponse
+from django.test import RequestFactory, SimpleTestCase, override_settings
 
 from django_redis_sessions.backends.redis import SessionStore
 from tests.utils import django_tests
@@ -43,7 +45,8 @@ LEFT_OUT = {
         "it replaces the request's session with Django's database backend"
     ),
     "test_empty_session_saved": (
-        "it reads the saved session back through the database backend's model"
+        "it reads the saved session back through the database backend's model "
+        "(its counterpart here: test_an_emptied_session_is_saved_and_keeps_its_cookie)"
     ),
 }
 
@@ -104,3 +107,25 @@ class RedisClusterSessionTests(django_sessions.SessionTestsMixin, SimpleTestCase
 @override_settings(SESSION_ENGINE="django_redis_sessions.backends.redis")
 class RedisSessionMiddlewareTests(django_sessions.SessionMiddlewareTests):  # type: ignore[misc]
     pass
+
+
+def test_an_emptied_session_is_saved_and_keeps_its_cookie() -> None:
+    """Django's ``test_empty_session_saved``, read back through this engine."""
+
+    def set_session(request: HttpRequest) -> HttpResponse:
+        request.session["foo"] = "bar"
+        return HttpResponse("Session test")
+
+    request = RequestFactory().get("/")
+    middleware = SessionMiddleware(set_session)
+    middleware(request)
+    key = request.session.session_key
+    assert SessionStore(key).load() == {"foo": "bar"}
+
+    del request.session["foo"]
+    response = middleware.process_response(request, HttpResponse("Session test"))
+    assert SessionStore(key).load() == {}
+    assert SessionStore(key).exists(key) is True
+    assert request.session.session_key == key
+    assert f"Set-Cookie: sessionid={key}" in str(response.cookies)
+    assert response.headers["Vary"] == "Cookie"
