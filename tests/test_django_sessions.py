@@ -10,15 +10,13 @@ then checked by Django's own assertions, for the Django version installed.
 Their package defines a model, so it is an installed app while it is
 imported and while its tests run, and at no other time. A test of theirs is
 left out only when it is about another backend, with the reason; nothing of
-theirs is changed (a test marked here is a copy in the subclass).
+theirs is changed.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
 import sys
-from collections.abc import Callable
+import unittest
 from typing import Any
 
 import pytest
@@ -50,42 +48,16 @@ LEFT_OUT = {
     ),
 }
 
-#: Django tests this engine fails today, each with why. Strict: a test that
-#: starts passing fails the run until its entry is removed.
-KNOWN_FAILURES = {
-    "test_cycle": "cycle_key() leaves the old key live until the next save",
-    "test_cycle_async": "acycle_key() leaves the old key live until the next save",
-}
-
-
-def _copy(method: Callable[..., Any]) -> Callable[..., Any]:
-    """A new function running ``method``, to be marked without touching it."""
-    if inspect.iscoroutinefunction(method):
-
-        @functools.wraps(method)
-        async def copy_async(self: Any) -> Any:
-            return await method(self)
-
-        return copy_async
-
-    @functools.wraps(method)
-    def copy(self: Any) -> Any:
-        return method(self)
-
-    return copy
-
 
 def marked(cls: type[Any]) -> type[Any]:
-    """``cls`` with its tests in ``LEFT_OUT`` skipped and in ``KNOWN_FAILURES``
-    expected to fail, each saying why."""
+    """``cls`` with its tests in ``LEFT_OUT`` skipped, each saying why.
+
+    ``unittest.skip()`` wraps the method: the class it came from is untouched.
+    """
     for name, reason in LEFT_OUT.items():
         if hasattr(cls, name):
-            mark = pytest.mark.skip(reason=f"About another backend: {reason}.")
-            setattr(cls, name, mark(_copy(getattr(cls, name))))
-    for name, reason in KNOWN_FAILURES.items():
-        if hasattr(cls, name):
-            mark = pytest.mark.xfail(reason=reason, strict=True)
-            setattr(cls, name, mark(_copy(getattr(cls, name))))
+            skip = unittest.skip(f"About another backend: {reason}.")
+            setattr(cls, name, skip(getattr(cls, name)))
     return cls
 
 
