@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import io
+import os
+import shutil
 import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import django
@@ -24,6 +32,10 @@ Keys = Callable[[], set[str]]
 needs_async_backend = pytest.mark.skipif(
     django.VERSION < (5, 1), reason="SessionBase has asyncio methods from Django 5.1"
 )
+
+#: Where Django's own tests are kept once fetched: beside the checkout, one
+#: directory per Django version (see ``django_tests()``).
+DJANGO_TESTS_CACHE = Path(__file__).resolve().parent.parent / ".django-tests"
 
 #: Browsers other than the test client, for the sessions page's metadata.
 FIREFOX_ON_WINDOWS = (
@@ -288,3 +300,58 @@ def shard_with_a_replica(cluster: Any) -> int:
         for shard, (primary, replica) in enumerate(pairs)
         if primary.process.poll() is None and replica.process.poll() is None
     )
+
+
+def django_tests(package: str) -> Path:
+    """A directory holding ``package`` from the installed Django's own ``tests/``.
+
+    Django publishes its test suite only in its sdist. The sdist of exactly
+    the installed version comes from the package index through pip, the first
+    time a version is asked for; ``package`` is extracted, unchanged, into
+    ``DJANGO_TESTS_CACHE / <version>``, and later runs read it from there.
+    A failed download raises ``subprocess.CalledProcessError``: the tests that
+    need the package then fail, they are never skipped.
+    """
+    version = importlib.metadata.version("Django")
+    home = DJANGO_TESTS_CACHE / version
+    if (home / package / "__init__.py").is_file():
+        return home
+    DJANGO_TESTS_CACHE.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=DJANGO_TESTS_CACHE) as scratch:
+        pip = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps"]
+        subprocess.run(
+            [*pip, "--no-binary", ":all:", "--dest", scratch, f"Django=={version}"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        (sdist,) = Path(scratch).glob("*.tar.gz")
+        staged = Path(scratch) / "staged"
+        _extract_tests(sdist, package, staged)
+        home.mkdir(exist_ok=True)
+        try:
+            # Two runs fetching the same version at once (tox run-parallel):
+            # the first to arrive wins, the other keeps what it found.
+            os.replace(staged / package, home / package)
+        except OSError:
+            if not (home / package / "__init__.py").is_file():
+                raise
+    return home
+
+
+def _extract_tests(sdist: Path, package: str, target: Path) -> None:
+    """Copy the files of ``<top>/tests/<package>/`` to ``target/<package>/``."""
+    with tarfile.open(sdist) as archive:
+        for member in archive.getmembers():
+            parts = Path(member.name).parts
+            if parts[1:3] != ("tests", package) or not member.isfile():
+                continue
+            if ".." in parts:
+                raise ValueError(
+                    f"{sdist.name} names a path outside it: {member.name!r}"
+                )
+            destination = target.joinpath(*parts[2:])
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            source = archive.extractfile(member)
+            assert source is not None
+            with source, destination.open("wb") as file:
+                shutil.copyfileobj(source, file)
