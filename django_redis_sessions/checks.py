@@ -28,11 +28,12 @@ from django_redis_sessions.conf import DEFAULTS, SETTING_NAME, is_secret, redact
 from django_redis_sessions.migration import engine_problem
 from django_redis_sessions.redis_arguments import (
     ARGUMENT_TYPES,
-    PARSER_EXPECTS,
-    QUERY_PARSERS,
     accepted_arguments,
     describe_client,
     is_int,
+    query_expects,
+    query_values,
+    url_problem,
 )
 
 _ID_PREFIX = "django_redis_sessions."
@@ -188,7 +189,9 @@ def _url_problem(value: Any) -> str | None:
         _url_database(value)
     except ValueError as exc:
         return str(exc)
-    return None
+    # Whatever else the installed redis-py refuses, such as an upper-case
+    # scheme, which older releases refuse and newer ones accept.
+    return url_problem(value)
 
 
 def _url_database(url: str) -> int | None:
@@ -584,6 +587,7 @@ def _check_connection_arguments(
     if config["CLIENT"] is not None:
         return []  # _check_client() reports them.
     arguments = _Arguments(
+        config,
         accepted_arguments(config),
         describe_client(config),
         tls=urlsplit(config["URL"]).scheme == "rediss",
@@ -604,6 +608,7 @@ def _check_connection_arguments(
 class _Arguments:
     """Judges each argument redis-py would receive for one configuration."""
 
+    config: dict[str, Any]
     # None when the accepted names cannot be told.
     accepted: frozenset[str] | None
     # Completes "redis-py does not accept it for ...".
@@ -624,19 +629,18 @@ class _Arguments:
             return self._unknown(
                 "E017", f"{_name('URL')} has the query parameter {name!r}", name, "URL"
             )
-        parser = QUERY_PARSERS.get(name)
-        value: Any = text
-        if parser is not None:
-            try:
-                value = parser(text)
-            except (TypeError, ValueError) as exc:
-                expected = PARSER_EXPECTS.get(parser)
-                because = "" if expected else f" ({exc})"
-                return self._bad_query_value(
-                    where, expected or "a value redis-py can read", text, because
-                )
+        try:
+            values = query_values(self.config, name, text)
+        except ValueError as exc:
+            expected = query_expects(name) or ARGUMENT_TYPES.get(name, ("",))[0]
+            # parse_url() replaces its parser's reason with a generic one.
+            reason = exc.__context__ if exc.__context__ is not None else exc
+            because = "" if expected else f" ({reason})"
+            return self._bad_query_value(
+                where, expected or "a value redis-py can read", text, because
+            )
         expected, is_valid = ARGUMENT_TYPES.get(name, ("", _anything))
-        if not is_valid(value):
+        if not all(is_valid(value) for value in values):
             return self._bad_query_value(where, expected, text, "")
         return None
 

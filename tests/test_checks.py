@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import ssl
 import uuid
+from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any
 
 import pytest
 import redis
+import redis.asyncio
 import redis.asyncio.retry
 import redis.retry
 from django.conf import settings
@@ -408,14 +410,89 @@ def test_check_is_registered() -> None:
         "rediss://h/0?ssl_cert_reqs=bogus",
         "rediss://h/0?ssl_cert_reqs=REQUIRED",
         "rediss://h/0?ssl_include_verify_flags=NO_SUCH_FLAG",
-        # Not converted by redis-py: the connection would get the string.
-        "rediss://h/0?ssl_validate_ocsp=false",
     ],
 )
 def test_url_query_parameter_with_a_value_redis_py_cannot_use_is_e017(
     url: str,
 ) -> None:
     assert ids({"URL": url}) == ["django_redis_sessions.E017"]
+
+
+def received_by_redis_py(url: str, name: str) -> list[Any]:
+    """What the connections redis-py builds from ``url`` receive as ``name``.
+
+    One value per client, sync and asyncio, that takes the argument at all.
+    Nothing connects: a connection object is only built.
+    """
+    values = []
+    for client_class in (redis.Redis, redis.asyncio.Redis):
+        pool = client_class.from_url(url).connection_pool
+        try:
+            pool.make_connection()
+        except TypeError:  # this client's connection class has no such argument
+            continue
+        values.append(pool.connection_kwargs[name])
+    return values
+
+
+def is_exception_list(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(item, type) and issubclass(item, Exception) for item in value
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "name", "usable"),
+    [
+        # redis-py 8.2 reads these as booleans; 5.0 passes the string on, which
+        # is true, so "false" would turn OCSP validation on.
+        (
+            "rediss://h/0?ssl_validate_ocsp=false",
+            "ssl_validate_ocsp",
+            lambda value: isinstance(value, bool),
+        ),
+        (
+            "rediss://h/0?ssl_validate_ocsp_stapled=no",
+            "ssl_validate_ocsp_stapled",
+            lambda value: isinstance(value, bool),
+        ),
+        (
+            "rediss://h/0?ssl_check_hostname=false",
+            "ssl_check_hostname",
+            lambda value: isinstance(value, bool),
+        ),
+        # 5.0 splits the text into characters; 8.2 looks the names up.
+        (
+            "redis://h/0?retry_on_error=TimeoutError",
+            "retry_on_error",
+            is_exception_list,
+        ),
+    ],
+)
+def test_url_query_parameter_is_e017_exactly_when_redis_py_misreads_it(
+    url: str, name: str, usable: Callable[[Any], bool]
+) -> None:
+    received = received_by_redis_py(url, name)
+    expected = (
+        []
+        if received and all(map(usable, received))
+        else ["django_redis_sessions.E017"]
+    )
+    assert ids({"URL": url}) == expected
+
+
+@pytest.mark.parametrize("url", ["REDIS://h/0", "Rediss://h:6380/0"])
+def test_url_scheme_in_capitals_is_e003_exactly_when_redis_py_refuses_it(
+    url: str,
+) -> None:
+    try:
+        for client_class in (redis.Redis, redis.asyncio.Redis):
+            client_class.from_url(url)
+    except ValueError:
+        expected = ["django_redis_sessions.E003"]
+    else:
+        expected = []
+    assert ids({"URL": url}) == expected
 
 
 @pytest.mark.parametrize(
