@@ -12,6 +12,7 @@ import asyncio
 import threading
 from collections.abc import AsyncGenerator
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio
@@ -129,7 +130,8 @@ def _sentinel_primary(options: dict[str, Any], *, asynchronous: bool) -> Any:
         for name, value in parse_url(conf.URL).items()  # type: ignore[no-untyped-call]
         if name not in {"host", "port", "path", "connection_class"}
     }
-    tls = conf.URL.startswith("rediss://")
+    # Not startswith("rediss://"): a scheme in capitals would silently drop TLS.
+    tls = urlsplit(conf.URL).scheme == "rediss"
     sentinel_class: Any
     connection_class: type[Any]
     if asynchronous:

@@ -161,11 +161,13 @@ def test_sentinels_ask_for_the_primary_with_the_url_credentials(
 
 
 @pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+# Scheme names are case-insensitive, and newer redis-py accept capitals.
+@pytest.mark.parametrize("scheme", ["rediss", "REDISS"])
 def test_sentinels_with_a_rediss_url_reach_the_primary_over_tls(
-    settings: Any, asynchronous: bool
+    settings: Any, asynchronous: bool, scheme: str
 ) -> None:
     settings.SESSION_REDIS = {
-        "URL": "rediss://ignored:1/0",
+        "URL": f"{scheme}://ignored:1/0",
         "SENTINELS": [("127.0.0.1", 26379)],
         "OPTIONS": {"ssl_ca_certs": "/nonexistent/ca.pem"},
     }
