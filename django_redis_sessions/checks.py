@@ -172,7 +172,7 @@ def _is_port(value: Any) -> bool:
     return is_int(value) and 0 < value < 65536
 
 
-def _is_sentinel(value: Any) -> bool:
+def _is_address(value: Any) -> bool:
     return (
         isinstance(value, (list, tuple))
         and len(value) == 2
@@ -358,6 +358,20 @@ _RULES: dict[str, _Rule] = {
         "Set CLUSTER to True to use Redis Cluster, or False.",
         _unless(lambda value: isinstance(value, bool)),
     ),
+    "CLUSTER_NODES": _Rule(
+        "E029",
+        "a list of (host, port) pairs",
+        "Set CLUSTER_NODES to a list of (host, port) pairs with a string host "
+        "and an integer port, e.g. [('redis-2', 7000), ('redis-3', 7000)]: "
+        "more nodes of the cluster to connect through while the node in URL "
+        "is down.",
+        _unless(
+            lambda value: (
+                isinstance(value, (list, tuple))
+                and all(_is_address(node) for node in value)
+            )
+        ),
+    ),
     "SENTINELS": _Rule(
         "E006",
         "a list of (host, port) pairs",
@@ -367,7 +381,7 @@ _RULES: dict[str, _Rule] = {
         _unless(
             lambda value: (
                 isinstance(value, (list, tuple))
-                and all(_is_sentinel(sentinel) for sentinel in value)
+                and all(_is_address(sentinel) for sentinel in value)
             )
         ),
     ),
@@ -492,7 +506,7 @@ _RULES: dict[str, _Rule] = {
 
 
 #: The keys a ``CLIENT`` factory makes meaningless: it builds the client itself.
-_REPLACED_BY_CLIENT = ("URL", "OPTIONS", "CLUSTER", "SENTINELS")
+_REPLACED_BY_CLIENT = ("URL", "OPTIONS", "CLUSTER", "CLUSTER_NODES", "SENTINELS")
 
 
 def _check_client(config: dict[str, Any]) -> list[checks.CheckMessage]:
@@ -519,9 +533,22 @@ def _is_default(key: str, value: Any) -> bool:
 
 
 def _check_cluster(config: dict[str, Any]) -> list[checks.CheckMessage]:
-    """Check the keys that contradict ``CLUSTER = True``."""
-    if config["CLUSTER"] is not True or config["CLIENT"] is not None:
-        return []  # With CLIENT, _check_client() reports CLUSTER itself.
+    """Check the keys that contradict ``CLUSTER = True``, or need it."""
+    if config["CLIENT"] is not None:
+        return []  # _check_client() reports CLUSTER and CLUSTER_NODES itself.
+    if config["CLUSTER"] is not True:
+        if not config["CLUSTER_NODES"]:
+            return []
+        return [
+            _error(
+                "E030",
+                f"{_name('CLUSTER_NODES')} must be empty when {_name('CLUSTER')} "
+                f"is not True, not {_shown(config['CLUSTER_NODES'])} (only a "
+                "Redis Cluster client connects through more than one node).",
+                "Set CLUSTER to True if URL names a node of a Redis Cluster, or "
+                "remove CLUSTER_NODES.",
+            )
+        ]
     errors: list[checks.CheckMessage] = []
     sentinels = config["SENTINELS"]
     if sentinels:

@@ -83,11 +83,14 @@ def build_client(*, asynchronous: bool = False) -> Any:
 
 
 def _cluster(options: dict[str, Any], *, asynchronous: bool) -> Any:
-    cluster_class: Any = (
-        redis.asyncio.cluster.RedisCluster
-        if asynchronous
-        else redis.cluster.RedisCluster
-    )
+    cluster_class: Any
+    node_class: Any
+    if asynchronous:
+        cluster_class = redis.asyncio.cluster.RedisCluster
+        node_class = redis.asyncio.cluster.ClusterNode
+    else:
+        cluster_class = redis.cluster.RedisCluster
+        node_class = redis.cluster.ClusterNode
     if "topology_refresh_min_interval" in inspect.signature(cluster_class).parameters:
         # A request that fails on a node asks for a new slot map, which redis-py
         # runs at most once a second by default: a retry made sooner went to
@@ -95,7 +98,14 @@ def _cluster(options: dict[str, Any], *, asynchronous: bool) -> Any:
         # With the interval no longer than the wait before the retry, the
         # refresh is due when the retry runs, which reads the new map.
         options.setdefault("topology_refresh_min_interval", _backoff().compute(1))
-    return cluster_class.from_url(conf.URL, **options)
+    # The client learns the topology from the first of these that answers,
+    # URL's node among them: with only one, a process started while that node
+    # is down could not connect at all.
+    startup_nodes = [
+        *(options.pop("startup_nodes", None) or ()),
+        *(node_class(host, port) for host, port in conf.CLUSTER_NODES),
+    ]
+    return cluster_class.from_url(conf.URL, startup_nodes=startup_nodes, **options)
 
 
 def _byte_exact(client: Any) -> Any:

@@ -73,6 +73,7 @@ VALID_CONFIG: dict[str, Any] = {
     "URL": "rediss://user:secret@redis.example.com:6380/2",
     "OPTIONS": {"socket_timeout": 1.5},
     "CLUSTER": False,
+    "CLUSTER_NODES": [],
     "SENTINELS": [("sentinel-1", 26379), ["sentinel-2", 26380]],
     "SENTINEL_SERVICE": "sessions",
     "CLIENT": None,
@@ -161,10 +162,10 @@ def test_unknown_keys_are_one_e002_naming_them_sorted() -> None:
     assert [m.id for m in messages] == ["django_redis_sessions.E002"]
     assert messages[0].msg == "SESSION_REDIS has unknown keys: 'HOST', 'TTL'."
     assert messages[0].hint == (
-        "Valid keys are CLIENT, CLIENT_IP, CLUSTER, DISABLE_TOUCH, HASH_IDS, "
-        "MAX_SESSIONS_PER_USER, MIGRATE_FROM, OPTIONS, PREFIX, SCAN_COUNT, "
-        "SENTINELS, SENTINEL_SERVICE, SERIALIZER, TOMBSTONE_SECONDS, TTL_SECONDS, "
-        "URL, USER_INDEX, USER_INDEX_METADATA."
+        "Valid keys are CLIENT, CLIENT_IP, CLUSTER, CLUSTER_NODES, DISABLE_TOUCH, "
+        "HASH_IDS, MAX_SESSIONS_PER_USER, MIGRATE_FROM, OPTIONS, PREFIX, "
+        "SCAN_COUNT, SENTINELS, SENTINEL_SERVICE, SERIALIZER, TOMBSTONE_SECONDS, "
+        "TTL_SECONDS, URL, USER_INDEX, USER_INDEX_METADATA."
     )
 
 
@@ -338,6 +339,65 @@ def test_cluster_with_empty_sentinels_is_valid() -> None:
 
 def test_sentinels_without_cluster_is_valid() -> None:
     assert check({"CLUSTER": False, "SENTINELS": [("sentinel", 26379)]}) == []
+
+
+@pytest.mark.parametrize(
+    "nodes",
+    [
+        [("redis-2", 7000), ["redis-3", 7001]],
+        (("redis-2", 7000),),
+        [],
+    ],
+)
+def test_cluster_nodes_as_host_port_pairs_are_valid(nodes: Any) -> None:
+    assert check({"CLUSTER": True, "CLUSTER_NODES": nodes}) == []
+
+
+@pytest.mark.parametrize(
+    "nodes",
+    [
+        None,
+        "redis-2:7000",
+        ["redis://redis-2:7000"],
+        ("redis-2", 7000),
+        [("redis-2",)],
+        [("redis-2", "7000")],
+        [("redis-2", True)],
+        [("redis-2", 0)],
+        [("", 7000)],
+    ],
+)
+def test_bad_cluster_nodes_is_e029(nodes: Any) -> None:
+    assert ids({"CLUSTER": True, "CLUSTER_NODES": nodes}) == [
+        "django_redis_sessions.E029"
+    ]
+
+
+def test_e029_says_what_cluster_nodes_must_be() -> None:
+    (message,) = check({"CLUSTER": True, "CLUSTER_NODES": ["redis-2:7000"]})
+    assert message.msg == (
+        "SESSION_REDIS['CLUSTER_NODES'] must be a list of (host, port) pairs, "
+        "not ['redis-2:7000']."
+    )
+    assert message.hint == (
+        "Set CLUSTER_NODES to a list of (host, port) pairs with a string host "
+        "and an integer port, e.g. [('redis-2', 7000), ('redis-3', 7000)]: more "
+        "nodes of the cluster to connect through while the node in URL is down."
+    )
+
+
+def test_cluster_nodes_without_cluster_is_e030() -> None:
+    (message,) = check({"CLUSTER_NODES": [("redis-2", 7000)]})
+    assert message.id == "django_redis_sessions.E030"
+    assert message.msg == (
+        "SESSION_REDIS['CLUSTER_NODES'] must be empty when SESSION_REDIS['CLUSTER'] "
+        "is not True, not [('redis-2', 7000)] (only a Redis Cluster client "
+        "connects through more than one node)."
+    )
+    assert message.hint == (
+        "Set CLUSTER to True if URL names a node of a Redis Cluster, or remove "
+        "CLUSTER_NODES."
+    )
 
 
 @pytest.mark.parametrize(
@@ -764,6 +824,7 @@ def test_cluster_ignores_the_database_in_options_when_the_url_names_one() -> Non
         ("URL", "redis://elsewhere:6379/0"),
         ("OPTIONS", {"socket_timeout": 1}),
         ("CLUSTER", True),
+        ("CLUSTER_NODES", [("redis-2", 7000)]),
         ("SENTINELS", [("sentinel", 26379)]),
     ],
 )

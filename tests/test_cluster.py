@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
+from urllib.parse import urlsplit
 
 import django
 import pytest
@@ -20,6 +23,7 @@ from redis.crc import key_slot
 
 from django_redis_sessions import signals
 from django_redis_sessions.backends.redis import SessionStore
+from django_redis_sessions.checks import check_settings
 from django_redis_sessions.client import BACKOFF_CAP, RETRIES, clients
 from django_redis_sessions.redis_layer import RedisLayer
 from django_redis_sessions.store import RedisSessionStore
@@ -196,6 +200,52 @@ def test_cycle_of_a_session_ended_elsewhere_creates_nothing(
     outcome = layer.cycle("oldsession1", "newsession2", b'{"v":1}', 60)
     assert outcome.name == "MISSING"
     assert cluster_client.exists(data_name(prefix, "newsession2")) == 0
+
+
+@contextmanager
+def node_that_is_down() -> Iterator[int]:
+    """The port of a node that is down: bound, so nobody else takes it, unheard."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_new_process_connects_through_cluster_nodes_while_the_url_node_is_down(
+    mode: str, cluster_url: str, settings: Any, prefix: str
+) -> None:
+    running = urlsplit(cluster_url)
+    with node_that_is_down() as first, node_that_is_down() as second:
+        config = {
+            "URL": f"redis://127.0.0.1:{first}/0",
+            "CLUSTER": True,
+            "PREFIX": prefix,
+        }
+        settings.SESSION_REDIS = config
+        engine = Engine(mode)
+        try:
+            # One startup node: the process cannot start serving sessions.
+            with pytest.raises(
+                redis.exceptions.RedisClusterException, match="cannot be connected"
+            ):
+                engine.store.create("abcdefgh", {"v": 1}, ttl=60)
+        finally:
+            engine.close()
+
+        settings.SESSION_REDIS = {
+            **config,
+            # Two of the three startup nodes down, URL's among them.
+            "CLUSTER_NODES": [("127.0.0.1", second), (running.hostname, running.port)],
+        }
+        assert check_settings(None) == []
+        engine = Engine(mode)
+        try:
+            assert engine.store.create("abcdefgh", {"v": 1}, ttl=60) is True
+            assert engine.store.get("abcdefgh") == {"v": 1}
+            assert engine.store.destroy("abcdefgh") is True
+        finally:
+            engine.close()
+            clients.close()
 
 
 # --- Failover, a killed primary, slot migration ------------------------------
