@@ -311,4 +311,7 @@ def describe_target() -> str:
     if conf.SENTINELS:
         sentinels = ", ".join(f"{host}:{port}" for host, port in conf.SENTINELS)
         return f"through Sentinel service {conf.SENTINEL_SERVICE!r} at {sentinels}"
+    if conf.CLUSTER and conf.CLUSTER_NODES:
+        nodes = ", ".join(f"{host}:{port}" for host, port in conf.CLUSTER_NODES)
+        return f"at {redact_url(conf.URL)} or {nodes}"
     return f"at {redact_url(conf.URL)}"

@@ -240,3 +240,16 @@ def test_settings_and_options_may_be_any_mapping(
     assert store.get("abcdefgh") == {"v": 1}
     kwargs = client_module.clients.get().connection_pool.connection_kwargs
     assert kwargs["socket_timeout"] == 0.25
+
+
+def test_a_cluster_is_described_by_every_node_the_client_may_start_from(
+    settings: Any,
+) -> None:
+    settings.SESSION_REDIS = {
+        "URL": "redis://user:s3cret@redis-1:7000/0",
+        "CLUSTER": True,
+        "CLUSTER_NODES": [("redis-2", 7000), ("redis-3", 7001)],
+    }
+    assert client_module.describe_target() == (
+        "at redis://user@redis-1:7000/0 or redis-2:7000, redis-3:7001"
+    )
