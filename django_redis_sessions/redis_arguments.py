@@ -184,9 +184,9 @@ def query_values(config: dict[str, Any], name: str, text: str) -> list[Any]:
     Raise ``ValueError`` if redis-py refuses ``text``. A value redis-py does
     not convert is received as the string itself.
     """
-    # Alone in a URL of its own, so a refusal is this parameter's; encoded
-    # once, as parse_url() decodes once (5.x decoded a second time, and so
-    # does this).
+    # Alone in a URL of its own, so that a refusal is this parameter's.
+    # Encoded once, so parse_url() reads it as it reads URL (5.x unquotes a
+    # second time, here as there).
     url = f"redis://localhost/?{urlencode({name: text})}"
     values = []
     for api in _APIS:
