@@ -36,7 +36,7 @@ def changes(
     return {
         key: value
         for key, value in mine.items()
-        if key not in loaded or loaded[key] != value
+        if key in assigned or key not in loaded or loaded[key] != value
     }
 
 
