@@ -46,7 +46,6 @@ from django_redis_sessions.bulk import (
 )
 from django_redis_sessions.client import clients
 from django_redis_sessions.conf import SETTING_NAME, conf
-from django_redis_sessions.fast_path import aexecute, execute
 from django_redis_sessions.keys import (
     TOMBSTONE_SUFFIX,
     are_hashed_ids,
@@ -295,13 +294,15 @@ class RedisLayer:
         try:
             plain = self._plain_names(key)
             if plain is None:
-                payload: bytes | None = execute(client, "GET", self.data_name(key))
+                payload: bytes | None = client.execute_command(
+                    "GET", self.data_name(key)
+                )
                 return payload
             if not is_cluster(client):
                 names = self._names(key) + plain
                 args = (self._tombstone_ms,)
                 return scripts.run(client, scripts.READ_OR_MOVE, names, args)  # type: ignore[no-any-return]
-            payload = execute(client, "GET", self.data_name(key))
+            payload = client.execute_command("GET", self.data_name(key))
             if payload is not None:
                 return payload
             taken = scripts.run(client, scripts.TAKE, plain, (self._tombstone_ms,))
@@ -325,15 +326,15 @@ class RedisLayer:
         try:
             plain = self._plain_names(key)
             if plain is None:
-                payload: bytes | None = await aexecute(
-                    client, "GET", self.data_name(key)
+                payload: bytes | None = await client.execute_command(
+                    "GET", self.data_name(key)
                 )
                 return payload
             if not is_cluster(client):
                 names = self._names(key) + plain
                 args = (self._tombstone_ms,)
                 return await scripts.arun(client, scripts.READ_OR_MOVE, names, args)  # type: ignore[no-any-return]
-            payload = await aexecute(client, "GET", self.data_name(key))
+            payload = await client.execute_command("GET", self.data_name(key))
             if payload is not None:
                 return payload
             taken = await scripts.arun(
@@ -355,7 +356,7 @@ class RedisLayer:
         # TYPE, not EXISTS: a list or hash under the name is not a session.
         client = self._client()
         for name, _ in self._forms(key):
-            if execute(client, "TYPE", name) in (b"string", "string"):
+            if client.execute_command("TYPE", name) in (b"string", "string"):
                 return True
         return False
 
@@ -365,7 +366,7 @@ class RedisLayer:
             return False
         client = self._async_client()
         for name, _ in self._forms(key):
-            if await aexecute(client, "TYPE", name) in (b"string", "string"):
+            if await client.execute_command("TYPE", name) in (b"string", "string"):
                 return True
         return False
 
@@ -375,7 +376,7 @@ class RedisLayer:
             return None
         client = self._client()
         for name, _ in self._forms(key):
-            seconds = _seconds(execute(client, "PTTL", name))
+            seconds = _seconds(client.execute_command("PTTL", name))
             if seconds is not None:
                 return seconds
         return None
@@ -386,7 +387,7 @@ class RedisLayer:
             return None
         client = self._async_client()
         for name, _ in self._forms(key):
-            seconds = _seconds(await aexecute(client, "PTTL", name))
+            seconds = _seconds(await client.execute_command("PTTL", name))
             if seconds is not None:
                 return seconds
         return None
@@ -516,14 +517,16 @@ class RedisLayer:
         """
         name = self.tombstone_name(key)
         ttl_ms = max(1, ttl_milliseconds(ttl))
-        return bool(execute(self._client(), "SET", name, b"1", "PX", ttl_ms, "NX"))
+        return bool(
+            self._client().execute_command("SET", name, b"1", "PX", ttl_ms, "NX")
+        )
 
     async def aleave_tombstone(self, key: str, ttl: float) -> bool:
         """See leave_tombstone()."""
         name = self.tombstone_name(key)
         ttl_ms = max(1, ttl_milliseconds(ttl))
-        reply = await aexecute(
-            self._async_client(), "SET", name, b"1", "PX", ttl_ms, "NX"
+        reply = await self._async_client().execute_command(
+            "SET", name, b"1", "PX", ttl_ms, "NX"
         )
         return bool(reply)
 
@@ -610,7 +613,7 @@ class RedisLayer:
             if index is not None:
                 evicted = _ids(scripts.run(client, *self._index_call(key, index)))
             if expected is None:
-                reply = execute(client, "SET", name, payload, "PX", ttl_ms, "XX")
+                reply = client.execute_command("SET", name, payload, "PX", ttl_ms, "XX")
                 outcome: Outcome | Conflict = _written(reply)
             else:
                 args = (payload, ttl_ms, _digest(expected))
@@ -670,7 +673,9 @@ class RedisLayer:
                 call = self._index_call(key, index)
                 evicted = _ids(await scripts.arun(client, *call))
             if expected is None:
-                reply = await aexecute(client, "SET", name, payload, "PX", ttl_ms, "XX")
+                reply = await client.execute_command(
+                    "SET", name, payload, "PX", ttl_ms, "XX"
+                )
                 outcome: Outcome | Conflict = _written(reply)
             else:
                 args = (payload, ttl_ms, _digest(expected))
@@ -700,7 +705,7 @@ class RedisLayer:
             self.destroy(key)
             return Outcome.EXPIRED
         name = self.data_name(key)
-        return _written(execute(self._client(), "PEXPIRE", name, ttl_ms))
+        return _written(self._client().execute_command("PEXPIRE", name, ttl_ms))
 
     async def atouch(self, key: str, ttl: float) -> Outcome:
         """See touch()."""
@@ -711,7 +716,7 @@ class RedisLayer:
             await self.adestroy(key)
             return Outcome.EXPIRED
         name = self.data_name(key)
-        reply = await aexecute(self._async_client(), "PEXPIRE", name, ttl_ms)
+        reply = await self._async_client().execute_command("PEXPIRE", name, ttl_ms)
         return _written(reply)
 
     def destroy(self, key: str, user_id: str | None = None) -> bool:

@@ -17,8 +17,6 @@ from typing import Any, NamedTuple
 
 from redis.exceptions import NoScriptError
 
-from django_redis_sessions.fast_path import aexecute, execute
-
 
 class Outcome(enum.IntEnum):
     """What a write did; the scripts return these numbers."""
@@ -440,10 +438,10 @@ def run(client: Any, script: str, keys: Sequence[str], args: Sequence[Any]) -> A
     """
     sha = _SHAS[script]
     try:
-        return execute(client, "EVALSHA", sha, len(keys), *keys, *args)
+        return client.execute_command("EVALSHA", sha, len(keys), *keys, *args)
     except NoScriptError:
-        execute(client, "SCRIPT LOAD", script)
-        return execute(client, "EVALSHA", sha, len(keys), *keys, *args)
+        client.execute_command("SCRIPT LOAD", script)
+        return client.execute_command("EVALSHA", sha, len(keys), *keys, *args)
 
 
 async def arun(
@@ -452,10 +450,10 @@ async def arun(
     """See run()."""
     sha = _SHAS[script]
     try:
-        return await aexecute(client, "EVALSHA", sha, len(keys), *keys, *args)
+        return await client.execute_command("EVALSHA", sha, len(keys), *keys, *args)
     except NoScriptError:
-        await aexecute(client, "SCRIPT LOAD", script)
-        return await aexecute(client, "EVALSHA", sha, len(keys), *keys, *args)
+        await client.execute_command("SCRIPT LOAD", script)
+        return await client.execute_command("EVALSHA", sha, len(keys), *keys, *args)
 
 
 def sha(script: str) -> str:
