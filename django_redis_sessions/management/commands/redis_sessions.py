@@ -356,10 +356,11 @@ class Command(BaseCommand):
         return progress.count
 
     def _rehash(self, layer: RedisLayer, *, dry_run: bool) -> None:
-        if conf.HASH_IDS is False:
+        if conf.HASH_IDS is False or conf.HASH_IDS == "prepare":
             raise CommandError(
-                "SESSION_REDIS['HASH_IDS'] is False, so sessions are meant to "
-                'stay under their plain keys; set it to "migrate" first.'
+                f"SESSION_REDIS['HASH_IDS'] is {conf.HASH_IDS!r}, so sessions "
+                'are meant to stay under their plain keys; set it to "migrate" '
+                "first."
             )
         if dry_run:
             with (
@@ -389,6 +390,8 @@ class Command(BaseCommand):
             for names in layer.scan(remember=0):
                 if plain := layer.plain_names(names):
                     progress.add(layer.move_to_ids(plain))
+            # No plain form is left for an id ended meanwhile to refuse.
+            layer.settle_markers()
         self.stdout.write(f"Moved {_sessions(progress.count)} to their ids.")
 
     def _user(
