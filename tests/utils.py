@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
+import math
+import random
 import socket
 import threading
 from collections.abc import Callable
@@ -288,3 +291,28 @@ def shard_with_a_replica(cluster: Any) -> int:
         for shard, (primary, replica) in enumerate(pairs)
         if primary.process.poll() is None and replica.process.poll() is None
     )
+
+
+#: How many schedules a forced-interleaving scenario plays at least.
+SCHEDULES = 500
+
+
+def interleavings(steps: list[int], seed: int) -> list[list[int]]:
+    """Orders of the steps of requests taking ``steps[i]`` round trips each.
+
+    An order lists, for each round trip, which request runs its next step:
+    every distinct order when there are at most ``SCHEDULES``, else a seeded
+    sample of ``SCHEDULES`` distinct ones.
+    """
+    slots = [index for index, count in enumerate(steps) for _ in range(count)]
+    total = math.factorial(len(slots))
+    for count in steps:
+        total //= math.factorial(count)
+    if total <= SCHEDULES:
+        return [list(order) for order in sorted(set(itertools.permutations(slots)))]
+    rng = random.Random(seed)
+    sampled: set[tuple[int, ...]] = set()
+    while len(sampled) < SCHEDULES:
+        rng.shuffle(slots)
+        sampled.add(tuple(slots))
+    return [list(order) for order in sorted(sampled)]
