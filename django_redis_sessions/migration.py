@@ -13,15 +13,18 @@ back a session that was logged out.
   its data; a key a logout tombstoned stays dead; undecodable data is counted,
   logged without its key and left where it is.
 * The read-through window (``SESSION_REDIS["MIGRATE_FROM"]``): a load that
-  misses in Redis asks the source (``read_through``), and a session found
-  there is created in Redis under the same key (the one client key this
-  engine adopts: the source vouches for it) and deleted from the source. While
+  misses in Redis asks the source (``read_through``), claims the session
+  found there (``Source.claim``: a delete that reports whether it removed
+  what was read) and creates what it claimed in Redis under the same key
+  (the one client key this engine adopts: the source vouches for it). While
   the window is open, a delete, flush or ``cycle_key`` also deletes the key
   from the source (``forget``).
 
-The tombstone check of a miss rides on the adopting create: ``CREATE``
-refuses a tombstoned key atomically, where a check before the source lookup
-could be overtaken by a logout; the source's copy is deleted either way.
+A logout between the lookup and the write stays final wherever it ran: on a
+process of the old engine it removed the session before the claim, which
+then finds nothing; on a process of this engine, or of the handover engine
+(``backends/handover.py``, what old processes run during a rolling deploy),
+it also left a tombstone, which the adopting ``CREATE`` refuses atomically.
 
 Sources (``source_for``): Django's ``db`` and ``cached_db`` (keyset pages of
 the session model), ``cache`` (SCAN of a Redis cache: Django's ``RedisCache``

@@ -1059,3 +1059,26 @@ def test_the_handover_engine_needs_migrate_from(settings: Any) -> None:
         handover.SessionStore  # noqa: B018
     use(settings, HANDOVER, migrate_from=DB)
     assert issubclass(handover.SessionStore, DatabaseStore)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_logout_on_an_old_process_is_final_on_a_cluster(
+    settings: Any, cluster: redis.cluster.RedisCluster, prefix: str, call: Any
+) -> None:
+    keys = add_rows(2)
+    use(settings, THIS_ENGINE, migrate_from=DB)
+    old = handover.store_class(DB)
+    for key in keys:
+        assert call(SessionStore(key), "load") == {"n": 1}  # moved by a new process
+    # One logout lands on an old process, whose own engine forgot the key...
+    session = old(keys[0])
+    assert call(session, "get", "n") is None
+    call(session, "flush")
+    # ...the other is a login there, which ends the key as well.
+    session = old(keys[1])
+    assert call(session, "get", "n") is None
+    call(session, "cycle_key")
+    for key in keys:
+        assert call(SessionStore(key), "load") == {}
+        assert cluster.exists(data_name(prefix, key)) == 0
+        assert cluster.exists(tombstone_name(prefix, key)) == 1
