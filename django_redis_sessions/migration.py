@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 from importlib import import_module
+from time import monotonic
 from typing import Any
 
 import redis
@@ -738,10 +739,11 @@ def read_through(layer: RedisLayer, key: str, payloads: Payloads) -> bytes | Non
         found = source.fetch(key)
         if found is None or _adoptable(found, payloads) is None:
             return None
+        started = monotonic()
         claimed = source.claim(found)
         if claimed is not None:
             adoptable = _adoptable(claimed, payloads)
-            if adoptable is None:
+            if adoptable is None or _too_late(layer, started):
                 return None
             payload, index = adoptable
             outcome = layer.create(key, payload, claimed.seconds, index)
@@ -764,10 +766,11 @@ async def aread_through(
         found = await source.afetch(key)
         if found is None or _adoptable(found, payloads) is None:
             return None
+        started = monotonic()
         claimed = await source.aclaim(found)
         if claimed is not None:
             adoptable = _adoptable(claimed, payloads)
-            if adoptable is None:
+            if adoptable is None or _too_late(layer, started):
                 return None
             payload, index = adoptable
             outcome = await layer.acreate(key, payload, claimed.seconds, index)
@@ -775,6 +778,17 @@ async def aread_through(
                 return await layer.aread(key)
             return payload if outcome is Outcome.WRITTEN else None
     return None
+
+
+def _too_late(layer: RedisLayer, started: float) -> bool:
+    """Whether a claim that started at ``started`` may no longer be written.
+
+    A logout after the claim removed the session from the source leaves only
+    a tombstone in Redis, and the create obeys it while it lives: a write
+    later than that (a process stalled for ``TOMBSTONE_SECONDS``) is dropped,
+    which logs the visitor out rather than risk bringing a logout back.
+    """
+    return monotonic() - started >= layer.tombstone_seconds
 
 
 def forget(key: str) -> None:

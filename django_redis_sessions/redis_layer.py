@@ -218,6 +218,11 @@ class RedisLayer:
         self._client = client
         self._async_client = async_client
 
+    @property
+    def tombstone_seconds(self) -> float:
+        """How long a destroyed session's tombstone refuses writes."""
+        return self._tombstone_ms / 1000
+
     def session_id(self, key: str) -> str:
         """The id the session of ``key`` (a session key or an id) is stored under."""
         if not self._hashing or is_hashed_id(key):

@@ -1082,3 +1082,18 @@ def test_a_logout_on_an_old_process_is_final_on_a_cluster(
         assert call(SessionStore(key), "load") == {}
         assert cluster.exists(data_name(prefix, key)) == 0
         assert cluster.exists(tombstone_name(prefix, key)) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_claim_written_later_than_a_tombstone_lives_is_dropped(
+    settings: Any, monkeypatch: pytest.MonkeyPatch, redis_keys: Keys, call: Any
+) -> None:
+    [key] = add_rows(1)
+    use(settings, THIS_ENGINE, migrate_from=DB)
+    # The process stalls between the claim and the write for as long as a
+    # tombstone of a logout in between would live.
+    clock = iter([0.0, float(get_layer().tombstone_seconds)])
+    monkeypatch.setattr(migration, "monotonic", lambda: next(clock))
+    assert call(SessionStore(key), "load") == {}
+    assert redis_keys() == set()
+    assert not Session.objects.exists()
