@@ -546,3 +546,25 @@ def test_an_id_ended_whose_reply_is_lost_still_ends_the_plain_form(
         lapse_tombstones(raw_redis, prefix)
         assert SessionStore(key).load() == {}
     assert raw_redis.exists(data_key(prefix, key)) == 0
+
+
+def test_a_prepare_process_loads_and_logs_out_in_one_round_trip_each(
+    session_redis: dict[str, Any], prefix: str
+) -> None:
+    log = CommandLog()
+    session_redis["OPTIONS"] = {"connection_class": log.connection_class}
+    session_redis["HASH_IDS"] = "prepare"
+    [key, moved] = plain_sessions(prefix, 2)
+    RedisLayer(hash_ids="migrate", prefix=prefix).read(moved)
+    SessionStore("x" * 32).load()  # connects and loads the scripts
+    SessionStore("x" * 32).flush()
+    log.take()
+    session = SessionStore(key)
+    assert session.load() == {"n": key}
+    session.flush()
+    assert log.take() == ["EVALSHA", "EVALSHA"]
+    # Moved to its id meanwhile: the load ends it, the logout has no more to do.
+    session = SessionStore(moved)
+    assert session.load() == {}
+    session.flush()
+    assert log.take() == ["EVALSHA"]
