@@ -16,9 +16,10 @@ import redis.cluster
 from django.contrib.auth import get_user_model
 from django.contrib.sessions.backends.base import UpdateError
 from django.core.management.base import CommandError
-from django.test import AsyncClient, Client
+from django.test import AsyncClient, Client, override_settings
 
 from django_redis_sessions.backends.redis import SessionStore
+from django_redis_sessions.checks import check_settings
 from django_redis_sessions.keys import data_key, glob_escape, tombstone_key
 from django_redis_sessions.redis_layer import RedisLayer
 from django_redis_sessions.scripts import Outcome
@@ -568,3 +569,20 @@ def test_a_prepare_process_loads_and_logs_out_in_one_round_trip_each(
     assert session.load() == {}
     session.flush()
     assert log.take() == ["EVALSHA"]
+
+
+@pytest.mark.parametrize(
+    ("value", "errors"),
+    [
+        (True, []),
+        (False, []),
+        ("migrate", []),
+        ("prepare", []),
+        ("Prepare", ["django_redis_sessions.E023"]),
+        ("yes", ["django_redis_sessions.E023"]),
+    ],
+)
+def test_hash_ids_takes_its_two_rollout_modes(value: Any, errors: list[str]) -> None:
+    with override_settings(SESSION_REDIS={"HASH_IDS": value}):
+        found = [message.id for message in check_settings(None)]
+    assert found == errors
