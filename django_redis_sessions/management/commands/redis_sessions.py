@@ -103,8 +103,10 @@ class Command(BaseCommand):
             help="Move sessions still under their plain key to their id.",
             description=(
                 'With HASH_IDS "migrate", move every session still stored under '
-                "its plain key (the cookie) to its id, batch by batch. Safe to "
-                "stop and run again; afterwards HASH_IDS can be True."
+                "its plain key (the cookie) to its id, batch by batch, then give "
+                "the tombstones of sessions ended by their id meanwhile their "
+                "usual lifetime back. Safe to stop and run again; afterwards "
+                "HASH_IDS can be True."
             ),
         )
         self._add_common_arguments(rehash)
