@@ -72,6 +72,9 @@ from django_redis_sessions.user_index import IndexWrite, entry_for, marked
 logger = logging.getLogger(__name__)
 
 THIS_ENGINE = "django_redis_sessions.backends.redis"
+#: What old processes run during a rolling switch: the engine MIGRATE_FROM
+#: names, whose endings also reach Redis (``backends/handover.py``).
+HANDOVER_ENGINE = "django_redis_sessions.backends.handover"
 
 #: The classmethod a third-party engine defines to be importable.
 LIST_METHOD = "list_session_keys"
@@ -109,6 +112,9 @@ def engine_problem(engine: object) -> str | None:
     """Why ``engine`` is not a session engine sessions can move from; None if it is."""
     if not isinstance(engine, str) or not engine:
         return "it is not a dotted module path"
+    if engine == HANDOVER_ENGINE:
+        # Its SessionStore is the very engine this setting names.
+        return "it is the handover engine, which stands in for the engine named here"
     try:
         module = import_module(engine)
     # Importing runs the user's module, which can raise anything.

@@ -1097,3 +1097,11 @@ def test_a_claim_written_later_than_a_tombstone_lives_is_dropped(
     assert call(SessionStore(key), "load") == {}
     assert redis_keys() == set()
     assert not Session.objects.exists()
+
+
+def test_the_handover_engine_is_no_engine_to_move_from(settings: Any) -> None:
+    with pytest.raises(ImproperlyConfigured, match="it is the handover engine"):
+        migration.source_for(HANDOVER)
+    use(settings, HANDOVER, migrate_from=HANDOVER)
+    with pytest.raises(ImproperlyConfigured, match="it is the handover engine"):
+        handover.SessionStore  # noqa: B018
