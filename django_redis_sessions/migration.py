@@ -743,12 +743,14 @@ def read_through(layer: RedisLayer, key: str, payloads: Payloads) -> bytes | Non
         return None
     for _ in range(CLAIM_ATTEMPTS):
         found = source.fetch(key)
-        if found is None or _adoptable(found, payloads) is None:
+        adoptable = _adoptable(found, payloads)
+        if found is None or adoptable is None:
             return None
         started = monotonic()
         claimed = source.claim(found)
         if claimed is not None:
-            adoptable = _adoptable(claimed, payloads)
+            if claimed is not found:  # a file read again as it was taken
+                adoptable = _adoptable(claimed, payloads)
             if adoptable is None or _too_late(layer, started):
                 return None
             payload, index = adoptable
@@ -770,12 +772,14 @@ async def aread_through(
         return None
     for _ in range(CLAIM_ATTEMPTS):
         found = await source.afetch(key)
-        if found is None or _adoptable(found, payloads) is None:
+        adoptable = _adoptable(found, payloads)
+        if found is None or adoptable is None:
             return None
         started = monotonic()
         claimed = await source.aclaim(found)
         if claimed is not None:
-            adoptable = _adoptable(claimed, payloads)
+            if claimed is not found:  # a file read again as it was taken
+                adoptable = _adoptable(claimed, payloads)
             if adoptable is None or _too_late(layer, started):
                 return None
             payload, index = adoptable
