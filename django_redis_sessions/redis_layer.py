@@ -688,9 +688,11 @@ class RedisLayer:
     def destroy(self, key: str, user_id: str | None = None) -> bool:
         """Delete the session and leave a tombstone; True if it was live.
 
-        In "migrate" mode both forms end; on Cluster, where they live on
-        different slots, one round trip each. With ``user_id``, the session's
-        entry leaves that user's index too (in the same script on one server).
+        In "migrate" and "prepare" mode both forms end; on Cluster, where
+        they live on different slots, one round trip each. In "migrate" mode
+        an id's tombstone is then kept without expiry (one more round trip,
+        see ``_ended_for_good``). With ``user_id``, the session's entry leaves
+        that user's index too (in the same script on one server).
         """
         if not is_valid_key(key):
             return False
