@@ -150,6 +150,10 @@ def _name(key: str) -> str:
     return f"{SETTING_NAME}[{key!r}]"
 
 
+#: The values of HASH_IDS besides True and False.
+_HASH_MODES = ("prepare", "migrate")
+
+
 def _unless(is_valid: Callable[[Any], bool]) -> Callable[[Any], str | None]:
     """A ``_Rule.problem`` for a check that needs no explanation."""
     return lambda value: None if is_valid(value) else ""
@@ -455,11 +459,12 @@ _RULES: dict[str, _Rule] = {
     ),
     "HASH_IDS": _Rule(
         "E023",
-        'True, False or "migrate"',
+        'True, False, "prepare" or "migrate"',
         "Set HASH_IDS to True to keep sessions under ids that no cookie can "
         'name, to "migrate" while sessions written under plain keys still '
-        "live, or to False for the plain layout.",
-        _unless(lambda value: value is True or value is False or value == "migrate"),
+        'live, to "prepare" for the first step of a rollout to "migrate", or '
+        "to False for the plain layout.",
+        _unless(lambda value: value is True or value is False or value in _HASH_MODES),
     ),
     "USER_INDEX": _Rule(
         "E025",

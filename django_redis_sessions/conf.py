@@ -110,9 +110,9 @@ class Settings:
 
     @property
     def HASH_IDS(self) -> bool | str:
-        """True, False or "migrate"."""
+        """True, False, "prepare" or "migrate"."""
         value = self._get("HASH_IDS")
-        return "migrate" if value == "migrate" else bool(value)
+        return value if value in ("prepare", "migrate") else bool(value)
 
     @property
     def USER_INDEX(self) -> bool:

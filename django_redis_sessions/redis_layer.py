@@ -208,10 +208,14 @@ class RedisLayer:
     ) -> None:
         self.prefix = conf.PREFIX if prefix is None else prefix
         mode = conf.HASH_IDS if hash_ids is None else hash_ids
-        self._hashing = mode is not False
+        self._hashing = mode is not False and mode != "prepare"
         # "migrate": sessions written under their plain key before ids were
         # hashed are still read, and moved to their id on first load.
         self._migrating = mode == "migrate"
+        # "prepare": the plain layout, but every ending also ends the hashed
+        # form, which processes already on "migrate" may have moved the
+        # session to during the rollout.
+        self._preparing = mode == "prepare"
         self.scan_count = conf.SCAN_COUNT if scan_count is None else scan_count
         seconds = (
             conf.TOMBSTONE_SECONDS if tombstone_seconds is None else tombstone_seconds
@@ -225,6 +229,11 @@ class RedisLayer:
         self._cap = conf.MAX_SESSIONS_PER_USER or 0
         self._client = client
         self._async_client = async_client
+
+    @property
+    def tombstone_seconds(self) -> float:
+        """How long a destroyed session's tombstone refuses writes."""
+        return self._tombstone_ms / 1000
 
     def session_id(self, key: str) -> str:
         """The id the session of ``key`` (a session key or an id) is stored under."""
@@ -280,18 +289,40 @@ class RedisLayer:
         plain = self._plain_names(key)
         return [self._names(key)] if plain is None else [self._names(key), plain]
 
+    def _ended_forms(self, key: str) -> list[tuple[str, str]]:
+        """The (data, tombstone) names a destroy or a cycle ends.
+
+        Every form the session may have, and in "prepare" mode its hashed
+        form as well: during a rollout to "migrate" a process on the new
+        setting may have moved the session there, and a logout on a process
+        still on the plain layout must end it too, or the cookie would keep
+        working on every process that reads ids.
+        """
+        if not self._preparing or is_hashed_id(key):
+            return self._forms(key)
+        hashed = hashed_id(key)
+        return [
+            self._names(key),
+            (data_key(self.prefix, hashed), tombstone_key(self.prefix, hashed)),
+        ]
+
     # --- Reading ------------------------------------------------------------
 
     def read(self, key: str) -> bytes | None:
         """The stored bytes of the session, or None (also for a key no session has).
 
         In "migrate" mode a session still under its plain key is moved to its
-        id: one script on one server, one more round trip on Cluster.
+        id: one script on one server, one more round trip on Cluster. In
+        "prepare" mode a key without a plain form ends its id form, if it
+        has one (``scripts.READ_OR_END``): one script on one server, one more
+        round trip on Cluster for a miss.
         """
         if not is_valid_key(key):
             return None
         client = self._client()
         try:
+            if self._preparing and not is_hashed_id(key):
+                return self._read_or_end(client, key)
             plain = self._plain_names(key)
             if plain is None:
                 payload: bytes | None = client.execute_command(
@@ -324,6 +355,8 @@ class RedisLayer:
             return None
         client = self._async_client()
         try:
+            if self._preparing and not is_hashed_id(key):
+                return await self._aread_or_end(client, key)
             plain = self._plain_names(key)
             if plain is None:
                 payload: bytes | None = await client.execute_command(
@@ -348,6 +381,28 @@ class RedisLayer:
         payload, ttl_ms = taken
         created = await self.acreate(key, payload, int(ttl_ms) / 1000)
         return payload if created is Outcome.WRITTEN else None
+
+    def _read_or_end(self, client: Any, key: str) -> bytes | None:
+        """``read()`` in "prepare" mode; see ``scripts.READ_OR_END``."""
+        [plain, moved] = self._ended_forms(key)
+        args = (self._tombstone_ms,)
+        if not is_cluster(client):
+            return scripts.run(client, scripts.READ_OR_END, plain + moved, args)  # type: ignore[no-any-return]
+        payload: bytes | None = client.execute_command("GET", plain[0])
+        if payload is None:
+            scripts.run(client, scripts.END_MOVED, moved, args)
+        return payload
+
+    async def _aread_or_end(self, client: Any, key: str) -> bytes | None:
+        """See _read_or_end()."""
+        [plain, moved] = self._ended_forms(key)
+        args = (self._tombstone_ms,)
+        if not is_cluster(client):
+            return await scripts.arun(client, scripts.READ_OR_END, plain + moved, args)  # type: ignore[no-any-return]
+        payload: bytes | None = await client.execute_command("GET", plain[0])
+        if payload is None:
+            await scripts.arun(client, scripts.END_MOVED, moved, args)
+        return payload
 
     def exists(self, key: str) -> bool:
         """Whether a live session holds ``key`` (a tombstone is not one)."""
@@ -722,9 +777,11 @@ class RedisLayer:
     def destroy(self, key: str, user_id: str | None = None) -> bool:
         """Delete the session and leave a tombstone; True if it was live.
 
-        In "migrate" mode both forms end; on Cluster, where they live on
-        different slots, one round trip each. With ``user_id``, the session's
-        entry leaves that user's index too (in the same script on one server).
+        In "migrate" and "prepare" mode both forms end; on Cluster, where
+        they live on different slots, one round trip each. In "migrate" mode
+        an id's tombstone is then kept without expiry (one more round trip,
+        see ``_ended_for_good``). With ``user_id``, the session's entry leaves
+        that user's index too (in the same script on one server).
         """
         if not is_valid_key(key):
             return False
@@ -734,6 +791,8 @@ class RedisLayer:
             removed += scripts.run(client, script, keys, args)
         if user_id is not None and is_cluster(client):
             client.hdel(self._index_name(user_id), self.session_id(key))
+        if (marker := self._ended_for_good(key)) is not None:
+            client.execute_command("PERSIST", marker)
         return bool(removed)
 
     async def adestroy(self, key: str, user_id: str | None = None) -> bool:
@@ -746,6 +805,8 @@ class RedisLayer:
             removed += await scripts.arun(client, script, keys, args)
         if user_id is not None and is_cluster(client):
             await client.hdel(self._index_name(user_id), self.session_id(key))
+        if (marker := self._ended_for_good(key)) is not None:
+            await client.execute_command("PERSIST", marker)
         return bool(removed)
 
     def _destroy_calls(
@@ -753,7 +814,7 @@ class RedisLayer:
     ) -> list[tuple[str, tuple[str, ...], tuple[Any, ...]]]:
         """Each DESTROY to run: every form at once, or one per slot on Cluster."""
         args = (self._tombstone_ms, retry_token())
-        forms = self._forms(key)
+        forms = self._ended_forms(key)
         if is_cluster(client):
             return [(scripts.DESTROY, names, args) for names in forms]
         keys = tuple(name for names in forms for name in names)
@@ -761,6 +822,42 @@ class RedisLayer:
             return [(scripts.DESTROY, keys, args)]
         indexed_keys = (*keys, self._index_name(user_id))
         return [(scripts.DESTROY_INDEXED, indexed_keys, (*args, self.session_id(key)))]
+
+    def _ended_for_good(self, key: str) -> str | None:
+        """The tombstone that must outlive a plain form nobody can name.
+
+        In "migrate" mode a session ended by its id (admin code, a user's
+        logout everywhere, the cap) may still live under its plain key,
+        which cannot be derived from the id. Every move from a plain key
+        refuses an id that has a tombstone (``READ_OR_MOVE``, ``MOVE``, the
+        create after ``TAKE``), so that tombstone is kept without expiry: a
+        cookie loaded after any delay finds its plain form and ends it.
+        ``settle_markers()`` (run by ``rehash``, once no plain form is left)
+        gives such tombstones their usual lifetime back.
+        """
+        if self._migrating and is_hashed_id(key):
+            return tombstone_key(self.prefix, key)
+        return None
+
+    def settle_markers(self) -> int:
+        """Give every tombstone kept without expiry its usual lifetime back.
+
+        For ``rehash`` once every plain form has moved: the tombstones kept
+        by ``destroy`` in "migrate" mode (see ``_ended_for_good``) have
+        nothing left to refuse. One script per SCAN batch on each primary;
+        returns how many were settled.
+        """
+        pattern = glob_escape(self.prefix) + "{#*}" + TOMBSTONE_SUFFIX
+        settled = 0
+        for node in scan_nodes(self._client()):
+            cursor: Any = 0
+            while True:
+                args = (cursor, pattern, self.scan_count, self._tombstone_ms)
+                cursor, count = scripts.run(node, scripts.SETTLE_BATCH, (), args)
+                settled += int(count)
+                if not int(cursor):
+                    break
+        return settled
 
     def _end(self, session_ids: list[str]) -> None:
         """End the sessions pushed out of an index by MAX_SESSIONS_PER_USER."""
@@ -861,7 +958,9 @@ class RedisLayer:
         ttl: float,
         index: IndexWrite | None,
     ) -> tuple[str, tuple[str, ...], tuple[Any, ...]]:
-        old_names = tuple(name for names in self._forms(old_key) for name in names)
+        old_names = tuple(
+            name for names in self._ended_forms(old_key) for name in names
+        )
         keys = self._names(new_key) + old_names
         args = (payload, ttl_milliseconds(ttl), self._tombstone_ms, retry_token())
         if index is None:

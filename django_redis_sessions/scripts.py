@@ -155,6 +155,37 @@ end
 return false
 """
 
+# HASH_IDS "prepare", Redis Cluster: the end of a session a process on
+# "migrate" moved to its id, once this process (plain layout) found no plain
+# form. It cannot serve the session, and the visitor's browser drops the
+# cookie on this very response; ended, the key also stops working on the
+# processes that read ids, so a logout here is final there too.
+# KEYS[1] id data name, KEYS[2] id tombstone name
+# ARGV[1] tombstone lifetime in milliseconds (> 0)
+# returns 1 if a session was ended, else 0; a key nobody holds writes nothing
+END_MOVED = """
+if redis.call('DEL', KEYS[1]) == 1 then
+  redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
+  return 1
+end
+return 0
+"""
+
+# HASH_IDS "prepare", one server: the load of a session under its plain key,
+# and if there is none, END_MOVED of its id form, in one round trip.
+# KEYS[1] plain data name, KEYS[2] plain tombstone name (unused, for the
+# slot), KEYS[3] id data name, KEYS[4] id tombstone name
+# ARGV[1] tombstone lifetime in milliseconds (> 0)
+# returns the payload, or false
+READ_OR_END = """
+local payload = redis.call('GET', KEYS[1])
+if payload then return payload end
+if redis.call('DEL', KEYS[3]) == 1 then
+  redis.call('SET', KEYS[4], '1', 'PX', ARGV[1])
+end
+return false
+"""
+
 # ``redis_sessions rehash``, one server: move one session from its plain name
 # to its id, as READ_OR_MOVE does on a load.
 # KEYS[1] plain data name, KEYS[2] plain tombstone name,
@@ -385,6 +416,27 @@ end
 return removed
 """
 
+# ``redis_sessions rehash``, once no plain form is left: the tombstones that
+# "migrate" mode kept without expiry (an id ended while its plain form could
+# not be named) get their usual lifetime back.
+# KEYS: none; the names come from SCAN on the node the script runs on, which
+# on Cluster is the primary that owns them.
+# ARGV[1] SCAN cursor, ARGV[2] MATCH pattern, ARGV[3] COUNT,
+# ARGV[4] tombstone lifetime in milliseconds (> 0)
+# returns {next cursor, how many tombstones it settled}
+SETTLE_BATCH = """
+local page = redis.call(
+  'SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[3], 'TYPE', 'string')
+local settled = 0
+for _, name in ipairs(page[2]) do
+  if redis.call('PTTL', name) == -1 then
+    redis.call('PEXPIRE', name, ARGV[4])
+    settled = settled + 1
+  end
+end
+return {page[1], settled}
+"""
+
 # --- Clearing one node of a Redis Cluster ---------------------------------------
 #
 # KEYS: none; the names come from SCAN on the node the script runs on.
@@ -412,6 +464,8 @@ ALL = (
     DESTROY,
     CYCLE,
     READ_OR_MOVE,
+    READ_OR_END,
+    END_MOVED,
     MOVE,
     TAKE,
     INDEX_WRITE,
@@ -420,6 +474,7 @@ ALL = (
     CYCLE_INDEXED,
     DESTROY_INDEXED,
     MEASURE,
+    SETTLE_BATCH,
     CLEAR_BATCH,
 )
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import io
+import itertools
+import math
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -355,3 +358,28 @@ def _extract_tests(sdist: Path, package: str, target: Path) -> None:
             assert source is not None
             with source, destination.open("wb") as file:
                 shutil.copyfileobj(source, file)
+
+
+#: How many schedules a forced-interleaving scenario plays at least.
+SCHEDULES = 500
+
+
+def interleavings(steps: list[int], seed: int) -> list[list[int]]:
+    """Orders of the steps of requests taking ``steps[i]`` round trips each.
+
+    An order lists, for each round trip, which request runs its next step:
+    every distinct order when there are at most ``SCHEDULES``, else a seeded
+    sample of ``SCHEDULES`` distinct ones.
+    """
+    slots = [index for index, count in enumerate(steps) for _ in range(count)]
+    total = math.factorial(len(slots))
+    for count in steps:
+        total //= math.factorial(count)
+    if total <= SCHEDULES:
+        return [list(order) for order in sorted(set(itertools.permutations(slots)))]
+    rng = random.Random(seed)
+    sampled: set[tuple[int, ...]] = set()
+    while len(sampled) < SCHEDULES:
+        rng.shuffle(slots)
+        sampled.add(tuple(slots))
+    return [list(order) for order in sorted(sampled)]
