@@ -14,7 +14,7 @@ import asyncio
 import statistics
 import tempfile
 import time
-from contextlib import ExitStack, suppress
+from contextlib import ExitStack
 from typing import Any, NamedTuple
 
 import redis
@@ -118,9 +118,10 @@ def measure(server: Server, clients: int, seconds: float) -> Slice:
         return await asyncio.gather(*tasks)
 
     latencies: list[float] = []
-    start, app, used = time.perf_counter(), cpu(server.workers), redis_cpu(server)
+    start, app = time.perf_counter(), common.cpu(server.workers)
+    used = common.redis_cpu(server.redis)
     wrong = sum(asyncio.run(run()))
-    app, used = cpu(server.workers) - app, redis_cpu(server) - used
+    app, used = common.cpu(server.workers) - app, common.redis_cpu(server.redis) - used
     return Slice(time.perf_counter() - start, latencies, wrong, app, used)
 
 
@@ -128,21 +129,6 @@ class Server(NamedTuple):
     port: int
     workers: list[int]
     redis: redis.Redis
-
-
-def cpu(pids: list[int]) -> float:
-    """Seconds of CPU these processes used so far (Linux; 0 elsewhere)."""
-    ticks = 0
-    for pid in pids:
-        with suppress(OSError):  # the fields after the command's name
-            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-            ticks += int(fields[11]) + int(fields[12])  # utime, stime
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def redis_cpu(server: Server) -> float:
-    info = server.redis.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def main() -> None:
