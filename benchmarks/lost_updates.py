@@ -94,7 +94,8 @@ class Tally:
     lost: int = 0  # of those, items missing from the cart afterwards
     refused: int = 0  # add requests answered otherwise (SessionInterrupted...)
     lossy: int = 0  # rounds that lost an item
-    scripts: int = 0  # scripts the adds ran (EVALSHA)
+    sessions: int = 0  # sessions started
+    scripts: int = 0  # scripts run (EVALSHA): one per start, one per save sent
     requests: int = 0  # all of them: starts, adds, carts
     app_cpu: float = 0  # seconds, of the gunicorn workers
     redis_cpu: float = 0
@@ -122,8 +123,9 @@ async def add(
     return status
 
 
-async def start(connections: list[common.Streams]) -> list[str]:
+async def start(connections: list[common.Streams], tally: Tally) -> list[str]:
     """A new session on each connection: their keys."""
+    tally.sessions += len(connections)
     started = await asyncio.gather(
         *(common.request(streams, "POST", "/start/", "") for streams in connections)
     )
@@ -141,7 +143,7 @@ async def adds(
 ) -> tuple[set[int], float]:
     """Item ``first + n`` added over connection n, all at once: the items
     answered 200, and the seconds all took."""
-    scripts, begin = scripts_run(server), time.perf_counter()
+    begin = time.perf_counter()
     answers = await asyncio.gather(
         *(
             add(streams, first + index, cookie, tally.latencies)
@@ -151,7 +153,6 @@ async def adds(
         )
     )
     seconds = time.perf_counter() - begin
-    tally.scripts += scripts_run(server) - scripts
     tally.requests += len(answers)
     added = {first + index for index, status in enumerate(answers) if status == 200}
     tally.added += len(added)
@@ -189,11 +190,11 @@ async def turn(
     """
     seconds = 0.0
     if not shared:
-        cookies = await start(connections)
+        cookies = await start(connections, tally)
         everything: set[int] = set()
     for index in range(rounds):
         if shared:
-            cookies = await start(connections[:1]) * PARALLEL
+            cookies = await start(connections[:1], tally) * PARALLEL
         added, took = await adds(connections, cookies, index * PARALLEL, server, tally)
         seconds += took
         if shared:
@@ -221,11 +222,12 @@ def run(server: Server, rounds: int, shared: bool, tally: Tally) -> None:
             for _, writer in connections:
                 writer.close()
 
-    sent = tally.added + tally.refused
+    sent, scripts = tally.added + tally.refused, scripts_run(server)
     app, used = common.cpu(server.workers), common.redis_cpu(server.redis)
     seconds = asyncio.run(main())
     tally.app_cpu += common.cpu(server.workers) - app
     tally.redis_cpu += common.redis_cpu(server.redis) - used
+    tally.scripts += scripts_run(server) - scripts
     tally.slices.append((tally.added + tally.refused - sent, seconds))
 
 
@@ -274,7 +276,8 @@ def report(tallies: dict[tuple[str, str], Tally], args: Any) -> None:
     for (name, kind), tally in tallies.items():
         sent = tally.added + tally.refused
         # Only this engine retries: a save that met a conflict runs again.
-        retries = f"{(tally.scripts - sent) / sent:.2f}" if name == MERGING else "-"
+        again = tally.scripts - tally.sessions - sent
+        retries = f"{again / sent:.2f}" if name == MERGING else "-"
         cells = [tally.added, tally.lost, round(tally.lost * 1000 / tally.added)]
         cells += [tally.refused, tally.lossy]
         rows.append([name, kind, *(f"{cell:,}" for cell in cells), retries])
