@@ -138,7 +138,6 @@ async def adds(
     connections: list[common.Streams],
     cookies: list[str],
     first: int,
-    server: Server,
     tally: Tally,
 ) -> tuple[set[int], float]:
     """Item ``first + n`` added over connection n, all at once: the items
@@ -175,11 +174,7 @@ async def lost(
 
 
 async def turn(
-    connections: list[common.Streams],
-    rounds: int,
-    shared: bool,
-    server: Server,
-    tally: Tally,
+    connections: list[common.Streams], rounds: int, shared: bool, tally: Tally
 ) -> float:
     """``rounds`` rounds of adds; the seconds the adds took.
 
@@ -195,7 +190,7 @@ async def turn(
     for index in range(rounds):
         if shared:
             cookies = await start(connections[:1], tally) * PARALLEL
-        added, took = await adds(connections, cookies, index * PARALLEL, server, tally)
+        added, took = await adds(connections, cookies, index * PARALLEL, tally)
         seconds += took
         if shared:
             missing = await lost(connections[:1], cookies, added)
@@ -217,7 +212,7 @@ def run(server: Server, rounds: int, shared: bool, tally: Tally) -> None:
             for _ in range(PARALLEL)
         ]
         try:
-            return await turn(connections, rounds, shared, server, tally)
+            return await turn(connections, rounds, shared, tally)
         finally:
             for _, writer in connections:
                 writer.close()
@@ -234,9 +229,7 @@ def run(server: Server, rounds: int, shared: bool, tally: Tally) -> None:
 def main() -> None:
     parser = common.parser(__doc__)
     parser.set_defaults(rounds=1000)
-    parser.add_argument(
-        "--slices", type=int, default=20, help="turns the rounds are cut into"
-    )
+    parser.add_argument("--slices", type=int, default=20, help="turns, default 20")
     parser.add_argument("--warmup", type=int, default=20, help="rounds, default 20")
     args = parser.parse_args()
     kinds = {"one session": True, "a session each": False}
