@@ -42,12 +42,12 @@ CART = "cart:"  # one session key per item: distinct items are distinct keys
 class LastWriteWins(common.SessionStore):
     """This engine without the versioned save: the reference of the cost.
 
-    ``_loaded_payload()`` is the one private hook of the package a benchmark
-    uses, and the narrowest way to switch the merge off: the save asks it
+    ``_loaded_payload()`` is the one private method of the package a benchmark
+    overrides, and the narrowest way to switch the merge off: the save asks it
     which version the request loaded and, told none, sends the plain update
-    script, as before the merge existed (no version compared, so no conflict
-    and no merge; the later save replaces the whole session). Everything else,
-    the loads, the payloads, the script loader, stays the engine's, so the
+    (``SET XX``), as before the merge existed: no version compared, so no
+    conflict and no merge, and the later save replaces the whole session.
+    Everything else (loads, payloads, creates) stays the engine's, so the
     difference between the two is what the versioned save and the merge cost.
     """
 
