@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import django
@@ -75,6 +76,10 @@ class SessionStore(SessionBase):
         self._indexed: tuple[str, int] | None = None
         #: What ``SessionMetadataMiddleware`` collected for a new index entry.
         self.client_metadata: dict[str, str] = {}
+        #: Set by ``SessionMetadataMiddleware``: called when a load misses
+        #: because another request ended the session (a tombstone holds its
+        #: key). Only a load that misses asks; a live session costs nothing.
+        self.on_ended_elsewhere: Callable[[], None] | None = None
         # A cookie that is no key of this engine: while MIGRATE_FROM names
         # signed_cookies, it may be a session to adopt (see _get_session()).
         self._foreign_cookie = session_key if self.session_key is None else None
@@ -265,6 +270,9 @@ class SessionStore(SessionBase):
         if payload is None:
             # Only a miss pays for the window: a hit stays one GET.
             payload = migration.read_through(self._layer, key, self._payloads)
+            if payload is None and self.on_ended_elsewhere is not None:
+                if self._layer.tombstoned(key):
+                    self.on_ended_elsewhere()
         return self._accept_loaded(key, payload)
 
     def exists(self, session_key: str | None) -> bool:
@@ -393,6 +401,9 @@ class SessionStore(SessionBase):
                 payload = await migration.aread_through(
                     self._layer, key, self._payloads
                 )
+                if payload is None and self.on_ended_elsewhere is not None:
+                    if await self._layer.atombstoned(key):
+                        self.on_ended_elsewhere()
             return self._accept_loaded(key, payload)
 
         async def aexists(self, session_key: str | None) -> bool:
