@@ -10,8 +10,6 @@ Where one is missing the test is skipped, naming it, except in CI
 from __future__ import annotations
 
 import importlib
-import os
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from django.contrib.auth.models import User
 
-from tests.utils import FIREFOX_ON_WINDOWS
+from tests.utils import FIREFOX_ON_WINDOWS, cannot_run, installed
 
 if TYPE_CHECKING:
     from selenium.webdriver.remote.webdriver import WebDriver
@@ -57,27 +55,6 @@ CHROME_FLAGS = [
 CHROME_ON_LINUX = "Chrome on Linux"
 
 
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-
-
-def cannot_run(reason: str) -> None:
-    """Skip for ``reason`` on a developer's machine; fail in CI."""
-    if in_ci():
-        pytest.fail(f"{reason} CI must run the browser tests.", pytrace=False)
-    pytest.skip(reason)
-
-
-def installed(binary: str) -> str:
-    path = shutil.which(binary)
-    if path is None:
-        cannot_run(
-            f"{binary} is not installed: apt-get install chromium chromium-driver."
-        )
-    assert path is not None
-    return path
-
-
 @pytest.fixture
 def chrome(tmp_path: Path) -> Iterator[Callable[..., WebDriver]]:
     """Starts Chromium instances, each with a new profile of its own."""
@@ -85,7 +62,8 @@ def chrome(tmp_path: Path) -> Iterator[Callable[..., WebDriver]]:
         webdriver: Any = importlib.import_module("selenium.webdriver")
     except ImportError:
         cannot_run("selenium is not installed: pip install -e '.[browser]'.")
-    browser, driver = installed("chromium"), installed("chromedriver")
+    browser = installed("chromium", "chromium")
+    driver = installed("chromedriver", "chromium-driver")
     started: list[WebDriver] = []
 
     def start(profile: str, *flags: str) -> WebDriver:

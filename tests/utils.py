@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import shutil
 import socket
 import threading
 from collections.abc import Callable
@@ -24,6 +26,27 @@ Keys = Callable[[], set[str]]
 needs_async_backend = pytest.mark.skipif(
     django.VERSION < (5, 1), reason="SessionBase has asyncio methods from Django 5.1"
 )
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def cannot_run(reason: str) -> None:
+    """Skip for ``reason`` on a developer's machine; fail in CI."""
+    if in_ci():
+        pytest.fail(f"{reason} CI must run this test.", pytrace=False)
+    pytest.skip(reason)
+
+
+def installed(binary: str, package: str) -> str:
+    """The path of ``binary``; skipped (failed in CI) where it is missing."""
+    path = shutil.which(binary)
+    if path is None:
+        cannot_run(f"{binary} is not installed: apt-get install {package}.")
+    assert path is not None
+    return path
+
 
 #: Browsers other than the test client, for the sessions page's metadata.
 FIREFOX_ON_WINDOWS = (
