@@ -33,6 +33,8 @@ from django.contrib import messages
 from django.contrib.admin.utils import quote, unquote
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template import TemplateDoesNotExist
+from django.template.loader import get_template
 from django.urls import URLPattern, path, reverse
 from django.utils.decorators import method_decorator
 from django.utils.translation import gettext as _
@@ -87,6 +89,7 @@ class UserSessionsAdminMixin(_Base):
     ) -> HttpResponse:
         context = dict(extra_context or {})
         user = self.get_object(request, unquote(object_id))
+        context["user_sessions_parent"] = self._parent_template()
         if user is not None and self.has_change_permission(request, user):
             context["user_sessions"] = self._rows(request, user)
             context["user_sessions_show_ip"] = "ip" in conf.USER_INDEX_METADATA
@@ -130,6 +133,25 @@ class UserSessionsAdminMixin(_Base):
             self.log_change(request, user, text)
         self.message_user(request, text)
         return HttpResponseRedirect(self._panel_url(user))
+
+    def _parent_template(self) -> str:
+        """The change form the admin would use without the panel.
+
+        The same search as ``ModelAdmin.render_change_form()``, so that a
+        project's own ``admin/<app>/<model>/change_form.html`` still applies.
+        """
+        app_label, model_name = self.opts.app_label, self.opts.model_name
+        names = [
+            f"admin/{app_label}/{model_name}/change_form.html",
+            f"admin/{app_label}/change_form.html",
+        ]
+        for name in names:
+            try:
+                get_template(name)
+            except TemplateDoesNotExist:
+                continue
+            return name
+        return "admin/change_form.html"
 
     def _changeable_user(self, request: HttpRequest, object_id: str) -> Any:
         user = self.get_object(request, unquote(object_id))
