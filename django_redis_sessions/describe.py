@@ -23,6 +23,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.humanize.templatetags.humanize import naturaltime
+from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from django_redis_sessions import get_store
@@ -153,9 +154,9 @@ class Row:
 
     @property
     def last_active(self) -> str:
-        if self.is_current:
-            return _("Now")
-        return relative(self.session.last_seen_at)
+        # This very request is the session's latest.
+        moment = timezone.now() if self.is_current else self.session.last_seen_at
+        return relative(moment)
 
     @property
     def expires(self) -> str:
@@ -163,7 +164,7 @@ class Row:
 
 
 def relative(moment: datetime) -> str:
-    """"3 hours ago", "in 2 weeks": Django's ``naturaltime``, translated."""
+    """ "3 hours ago", "in 2 weeks": Django's ``naturaltime``, translated."""
     return str(naturaltime(moment))
 
 

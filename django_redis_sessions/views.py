@@ -132,7 +132,7 @@ class EndOtherSessionsView(_ListContext):
 
 
 def _after_logout() -> str:
-    """Where logging this device out leads: ``LOGOUT_REDIRECT_URL``, else ``LOGIN_URL``."""
+    """Where logging this device out leads: LOGOUT_REDIRECT_URL, else LOGIN_URL."""
     target = getattr(settings, "LOGOUT_REDIRECT_URL", None) or settings.LOGIN_URL
     return str(resolve_url(target))
 

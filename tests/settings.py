@@ -19,6 +19,7 @@ INSTALLED_APPS = [
     "django.contrib.humanize",
     "django.contrib.messages",
     "django.contrib.sessions",
+    "django.contrib.staticfiles",
     "django_redis_sessions",
 ]
 MIDDLEWARE = [

@@ -210,7 +210,10 @@ def test_staff_who_may_only_view_users_see_no_panel_and_end_nothing(
     response = client.get(change_url(alice))
     assert response.status_code == 200
     assert 'id="sessions"' not in response.content.decode()
-    assert client.post(end_url(alice), {"session": hashed_id(key(phone))}).status_code == 403
+    assert (
+        client.post(end_url(alice), {"session": hashed_id(key(phone))}).status_code
+        == 403
+    )
     assert client.post(end_all_url(alice)).status_code == 403
     assert get_store().exists(key(phone))
 
@@ -223,7 +226,10 @@ def test_the_actions_are_post_only_with_csrf(alice: User) -> None:
 
     assert client.get(end_url(alice)).status_code == 405
     assert client.get(end_all_url(alice)).status_code == 405
-    assert client.post(end_url(alice), {"session": hashed_id(key(phone))}).status_code == 403
+    assert (
+        client.post(end_url(alice), {"session": hashed_id(key(phone))}).status_code
+        == 403
+    )
     assert client.post(end_all_url(alice)).status_code == 403
     assert get_store().exists(key(phone))
 

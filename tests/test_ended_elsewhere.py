@@ -80,9 +80,7 @@ def test_a_device_an_admin_logged_out_is_told_why(alice: User) -> None:
     assert told(response.wsgi_request) == [NOTICE]
 
 
-def test_a_live_session_costs_no_extra_round_trip(
-    alice: User, log: CommandLog
-) -> None:
+def test_a_live_session_costs_no_extra_round_trip(alice: User, log: CommandLog) -> None:
     phone = logged_in(alice)
     log.take()
 

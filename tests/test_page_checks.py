@@ -92,7 +92,9 @@ def test_the_hint_says_where_the_middleware_goes(settings: Any) -> None:
 def test_without_metadata_the_middleware_is_not_required(
     settings: Any, metadata: Any
 ) -> None:
-    settings.SESSION_REDIS = {} if metadata is None else {"USER_INDEX_METADATA": metadata}
+    settings.SESSION_REDIS = (
+        {} if metadata is None else {"USER_INDEX_METADATA": metadata}
+    )
     settings.MIDDLEWARE = [SESSION, AUTH]
 
     assert check_metadata_middleware(None) == []

@@ -476,7 +476,7 @@ def without_ua_parser(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
             raise ImportError(name)
         return real(name, package)
 
-    monkeypatch.setattr(describe.importlib, "import_module", import_module)
+    monkeypatch.setattr(importlib, "import_module", import_module)
     describe._parsed.cache_clear()
     yield
     describe._parsed.cache_clear()
@@ -491,7 +491,7 @@ class FakeGeoIP2:
         self.opened.append(path)
 
     def city(self, ip: str) -> dict[str, Any]:
-        places = {
+        places: dict[str, dict[str, Any]] = {
             "203.0.113.7": {"city": "Lyon", "country_name": "France"},
             "198.51.100.4": {"city": None, "country_name": "Brazil"},
         }

@@ -270,9 +270,9 @@ class SessionStore(SessionBase):
         if payload is None:
             # Only a miss pays for the window: a hit stays one GET.
             payload = migration.read_through(self._layer, key, self._payloads)
-            if payload is None and self.on_ended_elsewhere is not None:
-                if self._layer.tombstoned(key):
-                    self.on_ended_elsewhere()
+            notice = self.on_ended_elsewhere
+            if payload is None and notice is not None and self._layer.tombstoned(key):
+                notice()
         return self._accept_loaded(key, payload)
 
     def exists(self, session_key: str | None) -> bool:
@@ -401,9 +401,10 @@ class SessionStore(SessionBase):
                 payload = await migration.aread_through(
                     self._layer, key, self._payloads
                 )
-                if payload is None and self.on_ended_elsewhere is not None:
-                    if await self._layer.atombstoned(key):
-                        self.on_ended_elsewhere()
+                notice = self.on_ended_elsewhere
+                layer = self._layer
+                if payload is None and notice and await layer.atombstoned(key):
+                    notice()
             return self._accept_loaded(key, payload)
 
         async def aexists(self, session_key: str | None) -> bool:
