@@ -60,6 +60,7 @@ from django_redis_sessions.keys import (
     session_names,
     tombstone_key,
     user_index_key,
+    user_index_pattern,
 )
 from django_redis_sessions.payloads import log_corrupt
 from django_redis_sessions.scripts import Conflict, Outcome
@@ -584,6 +585,23 @@ class RedisLayer:
             "SET", name, b"1", "PX", ttl_ms, "NX"
         )
         return bool(reply)
+
+    def tombstoned(self, key: str) -> bool:
+        """Whether a tombstone holds ``key``: its session was ended moments ago.
+
+        One ``EXISTS``, asked only after a load missed (the "Your sessions"
+        page tells a device signed out from elsewhere why).
+        """
+        if not is_valid_key(key):
+            return False
+        return bool(self._client().execute_command("EXISTS", self.tombstone_name(key)))
+
+    async def atombstoned(self, key: str) -> bool:
+        """See tombstoned()."""
+        if not is_valid_key(key):
+            return False
+        name = self.tombstone_name(key)
+        return bool(await self._async_client().execute_command("EXISTS", name))
 
     def set(self, key: str, payload: bytes, ttl: float) -> Outcome:
         """Write unless a tombstone blocks ``key`` (TOMBSTONED)."""
@@ -1196,6 +1214,19 @@ class RedisLayer:
                     yield batch
                 if not int(cursor):
                     break
+
+    def count_indexed_users(self) -> int:
+        """How many users have an index under the prefix: one SCAN pass.
+
+        Names SCAN repeats are dropped as in ``scan``; on Cluster every
+        primary is scanned at once.
+        """
+        pattern = user_index_pattern(self.prefix)
+        sources = [
+            partial(node_batches, node, pattern, self.scan_count, None, DEDUPE_BATCHES)
+            for node in scan_nodes(self._client())
+        ]
+        return sum(len(batch) for batch in merged(sources))
 
     def inspect(self, key: str) -> Inspected:
         """The session of ``key`` (a session key or an id) as Redis holds it.

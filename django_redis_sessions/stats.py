@@ -278,6 +278,7 @@ def collect(
         lifetime_seconds=totals.lifetimes.distribution(LIFETIME_EDGES),
         memory_bytes=MemorySample.of(totals.memory or [], totals.live),
         primaries=dict(sorted(totals.primaries.items())) if cluster else None,
+        indexed_users=layer.count_indexed_users() if layer.user_index else None,
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import django
@@ -84,6 +85,10 @@ class SessionStore(SessionBase):
         self._assigned: set[str] = set()
         #: What ``SessionMetadataMiddleware`` collected for a new index entry.
         self.client_metadata: dict[str, str] = {}
+        #: Set by ``SessionMetadataMiddleware``: called when a load misses
+        #: because another request ended the session (a tombstone holds its
+        #: key). Only a load that misses asks; a live session costs nothing.
+        self.on_ended_elsewhere: Callable[[], None] | None = None
         # A cookie that is no key of this engine: while MIGRATE_FROM names
         # signed_cookies, it may be a session to adopt (see _get_session()).
         self._foreign_cookie = session_key if self.session_key is None else None
@@ -287,6 +292,9 @@ class SessionStore(SessionBase):
         if payload is None:
             # Only a miss pays for the window: a hit stays one GET.
             payload = migration.read_through(self._layer, key, self._payloads)
+            notice = self.on_ended_elsewhere
+            if payload is None and notice is not None and self._layer.tombstoned(key):
+                notice()
         return self._accept_loaded(key, payload)
 
     def exists(self, session_key: str | None) -> bool:
@@ -477,6 +485,10 @@ class SessionStore(SessionBase):
                 payload = await migration.aread_through(
                     self._layer, key, self._payloads
                 )
+                notice = self.on_ended_elsewhere
+                layer = self._layer
+                if payload is None and notice and await layer.atombstoned(key):
+                    notice()
             return self._accept_loaded(key, payload)
 
         async def aset(self, key: str, value: Any) -> None:
