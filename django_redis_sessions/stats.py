@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from django_redis_sessions.keys import is_hashed_id
 from django_redis_sessions.payloads import Payloads
 from django_redis_sessions.redis_layer import NO_TTL, RedisLayer
 from django_redis_sessions.user_index import INDEX_MARK, USER_ID_KEY, parse_entry
@@ -433,6 +434,9 @@ class SessionReport:
     #: The per-user index's entry for this session (when it was indexed,
     #: its metadata); None while the store keeps no such index.
     index: dict[str, Any] | None = None
+    #: The payload is encrypted (``ENCRYPTION``); without the session key
+    #: ``data`` and ``user_id`` are None.
+    encrypted: bool = False
 
 
 def inspect(layer: RedisLayer, key_or_id: str, payloads: Payloads) -> SessionReport:
@@ -451,7 +455,15 @@ def inspect(layer: RedisLayer, key_or_id: str, payloads: Payloads) -> SessionRep
         state = "destroyed"
     else:
         state = "missing"
-    data = payloads.loads(found.payload) if found.payload is not None else None
+    data = None
+    encrypted = False
+    if found.payload is not None:
+        encryption = payloads.encryption
+        encrypted = encryption is not None and encryption.is_sealed(found.payload)
+        if encryption is None or not is_hashed_id(key_or_id):
+            data = payloads.loads(found.payload, key_or_id)
+        elif not encrypted:  # stored before encryption ("migrate")
+            data = payloads.loads_without_key(found.payload)
     if data is not None:
         data.pop(INDEX_MARK, None)  # the engine's bookkeeping, not the session's
     user_id = None if data is None else data.get(USER_ID_KEY)
@@ -478,4 +490,5 @@ def inspect(layer: RedisLayer, key_or_id: str, payloads: Payloads) -> SessionRep
         user_id=None if user_id is None else str(user_id),
         data=data,
         index=index,
+        encrypted=encrypted,
     )

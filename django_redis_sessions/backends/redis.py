@@ -67,8 +67,9 @@ class SessionStore(SessionBase):
         self.accessed = False
         self.modified = False
         self.serializer = _serializer(settings.SESSION_SERIALIZER)
-        # (key, payload) as last read from or written to Redis: an unmodified
-        # save of the same bytes under the same key only refreshes the TTL.
+        # (key, serialized data) as last read from or written to Redis, in
+        # plain (before encryption): an unmodified save of the same bytes
+        # under the same key only refreshes the TTL.
         self._stored: tuple[str, bytes] | None = None
         # The user whose index holds this session, and the expiry (ms) its
         # entry records: read from the data, so knowing costs no round trip.
@@ -98,15 +99,18 @@ class SessionStore(SessionBase):
 
     def _accept_loaded(self, key: str | None, payload: bytes | None) -> dict[str, Any]:
         """The data read under ``key``; forget the key if there is none."""
-        data = self._payloads.loads(payload)
+        loaded = None if key is None else self._payloads.load(payload, key)
         self._indexed = None
-        if key is None or payload is None or data is None:
+        if key is None or loaded is None:
             # Never keep a key the client chose: the next save creates a
             # fresh random one (no session fixation).
             self._session_key = None
             self._stored = None
             return {}
-        self._stored = (key, payload)
+        data = loaded.data
+        # A value stored before encryption was on is written again (now
+        # encrypted) by the next save, even an unmodified one.
+        self._stored = None if loaded.unencrypted else (key, loaded.plain)
         until = data.pop(INDEX_MARK, None)
         if isinstance(until, int) and data.get(USER_ID_KEY) is not None:
             self._indexed = (str(data[USER_ID_KEY]), until)
@@ -115,7 +119,10 @@ class SessionStore(SessionBase):
     def _prepared(
         self, data: dict[str, Any], ttl: float, *, moving: bool = False
     ) -> tuple[bytes, IndexWrite | None]:
-        """The payload to store, and the index entry to write with it, if any.
+        """The serialized data, and the index entry to write with it, if any.
+
+        The data is not encrypted yet: that needs the key it is written under
+        (``Payloads.seal()``), and an unmodified session is compared in plain.
 
         An entry is written when the session gets a user or a new id, or when
         its expiry moved more than the slack past the entry's: most saves of a
@@ -123,7 +130,7 @@ class SessionStore(SessionBase):
         """
         user = data.get(USER_ID_KEY)
         if user is None or not self._layer.user_index:
-            return self._payloads.dumps(data), None
+            return self._payloads.serialize(data), None
         user = str(user)
         expires_ms = now_ms() + ttl_milliseconds(ttl)
         index = None
@@ -140,7 +147,7 @@ class SessionStore(SessionBase):
             until = expires_ms
         else:
             until = self._indexed[1]
-        return self._payloads.dumps({**data, INDEX_MARK: until}), index
+        return self._payloads.serialize({**data, INDEX_MARK: until}), index
 
     def _entry_metadata(self) -> dict[str, str]:
         wanted = self._layer.index_metadata
@@ -289,13 +296,15 @@ class SessionStore(SessionBase):
         ttl = self.get_expiry_age()
         payload, index = self._prepared(data, ttl)
         if must_create:
-            operation, outcome = "create", self._layer.create(key, payload, ttl, index)
+            sealed = self._payloads.seal(payload, key)
+            operation, outcome = "create", self._layer.create(key, sealed, ttl, index)
         elif index is None and self._only_needs_touch(key, payload):
             if self._layer.disable_touch:
                 return None
             operation, outcome = "touch", self._layer.touch(key, ttl)
         else:
-            operation, outcome = "update", self._layer.update(key, payload, ttl, index)
+            sealed = self._payloads.seal(payload, key)
+            operation, outcome = "update", self._layer.update(key, sealed, ttl, index)
         if signals.listening():
             events = signals.after_write(
                 operation, outcome, key, refused_if_missing=True
@@ -318,7 +327,8 @@ class SessionStore(SessionBase):
             migration.forget(old_key)
         for _ in range(CREATE_ATTEMPTS):
             key = self._get_new_session_key()
-            outcome = self._layer.cycle(old_key, key, payload, ttl, index)
+            sealed = self._payloads.seal(payload, key)
+            outcome = self._layer.cycle(old_key, key, sealed, ttl, index)
             if signals.listening():
                 events = signals.after_write(
                     "cycle", outcome, key, old_key=old_key, refused_if_missing=True
@@ -422,14 +432,16 @@ class SessionStore(SessionBase):
             layer = self._layer
             if must_create:
                 operation = "create"
-                outcome = await layer.acreate(key, payload, ttl, index)
+                sealed = self._payloads.seal(payload, key)
+                outcome = await layer.acreate(key, sealed, ttl, index)
             elif index is None and self._only_needs_touch(key, payload):
                 if self._layer.disable_touch:
                     return None
                 operation, outcome = "touch", await layer.atouch(key, ttl)
             else:
                 operation = "update"
-                outcome = await layer.aupdate(key, payload, ttl, index)
+                sealed = self._payloads.seal(payload, key)
+                outcome = await layer.aupdate(key, sealed, ttl, index)
             if signals.listening():
                 events = signals.after_write(
                     operation, outcome, key, refused_if_missing=True
@@ -450,7 +462,8 @@ class SessionStore(SessionBase):
                 await migration.aforget(old_key)
             for _ in range(CREATE_ATTEMPTS):
                 key = await self._aget_new_session_key()
-                outcome = await self._layer.acycle(old_key, key, payload, ttl, index)
+                sealed = self._payloads.seal(payload, key)
+                outcome = await self._layer.acycle(old_key, key, sealed, ttl, index)
                 if signals.listening():
                     events = signals.after_write(
                         "cycle", outcome, key, old_key=old_key, refused_if_missing=True

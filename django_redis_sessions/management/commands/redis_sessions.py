@@ -527,8 +527,12 @@ def _show_lines(report: stats.SessionReport, *, decode: bool) -> list[str]:
         rows.append(("expires in", f"{stats.format_seconds(seconds)} ({seconds:,} s)"))
     if report.size is not None:
         rows.append(("size", f"{report.size:,} bytes"))
+    if report.encrypted:
+        rows.append(("payload", "encrypted; only the session key opens it"))
     if report.state == "live":
-        if report.data is None:
+        if report.data is None and report.encrypted:
+            user = "unknown (the payload is encrypted: give the session key)"
+        elif report.data is None:
             user = "unknown (the payload cannot be decoded, or has expired)"
         else:
             user = "anonymous" if report.user_id is None else report.user_id
