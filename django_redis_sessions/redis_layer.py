@@ -86,6 +86,9 @@ class Measured(NamedTuple):
     #: ``MEMORY USAGE`` of the batch's first sessions while the sample lasts;
     #: None once the server refused it (an old server, a proxy, an ACL).
     memory: list[int] | None = None
+    #: b"1" per session stored encrypted, b"0" per other, in the order of
+    #: ``sizes``; empty unless ``measure()`` was asked to tell them apart.
+    encrypted: bytes = b""
 
 
 class Inspected(NamedTuple):
@@ -962,7 +965,9 @@ class RedisLayer:
         async for names in batches:
             yield await aunlink_on(client, names), names
 
-    def measure(self, *, sample: int = 0) -> Iterator[Measured]:
+    def measure(
+        self, *, sample: int = 0, count_encrypted: bool = False
+    ) -> Iterator[Measured]:
         """Every session under the prefix with its size and TTL, a batch at a time.
 
         One script per SCAN batch (``scripts.MEASURE``) on each primary: the
@@ -970,6 +975,8 @@ class RedisLayer:
         (SCAN walks the whole keyspace, whatever it matches). Names SCAN
         repeats are dropped as in ``scan``. The first ``sample`` sessions
         are also sized with ``MEMORY USAGE``, one pipeline per batch.
+        ``count_encrypted`` also tells the sessions stored encrypted (one
+        ``GETRANGE`` of a byte per session, on the server).
         """
         recent = RecentKeys(DEDUPE_BATCHES)
         pattern = glob_escape(self.prefix) + "{*"
@@ -981,13 +988,14 @@ class RedisLayer:
             cursor: Any = 0
             while True:
                 args = (cursor, pattern, self.scan_count)
-                reply = scripts.run(node, scripts.MEASURE, (), (*args, 1))
+                counted = int(count_encrypted)
+                reply = scripts.run(node, scripts.MEASURE, (), (*args, 1, counted))
                 names = reply[1].split(b"\n") if reply[1] else []
                 if len(names) != int(reply[7]):
                     # A name holds the separator: the same batch as a list.
-                    reply = scripts.run(node, scripts.MEASURE, (), (*args, 0))
+                    reply = scripts.run(node, scripts.MEASURE, (), (*args, 0, counted))
                     names = reply[1]
-                cursor, _, sizes, ttls, largest, longest, tombstones, _ = reply
+                cursor, _, sizes, ttls, largest, longest, tombstones, _, sealed = reply
                 batch = Measured(
                     name,
                     _buckets(sizes),
@@ -995,6 +1003,7 @@ class RedisLayer:
                     int(tombstones),
                     int(largest),
                     int(longest),
+                    encrypted=bytes(sealed),
                 )
                 fresh = session_names(recent.fresh(names))
                 if len(fresh) != len(names):
@@ -1116,6 +1125,9 @@ def _without_repeats(
     return batch._replace(
         sizes=[batch.sizes[index] for index in kept],
         ttls=[batch.ttls[index] for index in kept],
+        encrypted=bytes(batch.encrypted[index] for index in kept)
+        if batch.encrypted
+        else b"",
         tombstones=sum(1 for name in fresh if name.endswith(TOMBSTONE_END)),
     )
 

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from django_redis_sessions.conf import conf
 from django_redis_sessions.keys import is_hashed_id
 from django_redis_sessions.payloads import Payloads
 from django_redis_sessions.redis_layer import NO_TTL, RedisLayer
@@ -204,6 +205,9 @@ class Stats:
     #: Users with at least one session in the per-user index; None while the
     #: store keeps no such index.
     indexed_users: int | None = None
+    #: Live sessions still stored unencrypted; None while ``ENCRYPTION`` is
+    #: off. In "migrate" mode, 0 means ENCRYPTION can be set to True.
+    unencrypted: int | None = None
 
     def as_json(self) -> dict[str, Any]:
         """The ``--json`` document; README's "Operating it" lists the fields."""
@@ -214,6 +218,7 @@ class Stats:
             "live_sessions": self.live_sessions,
             "tombstones": self.tombstones,
             "indexed_users": self.indexed_users,
+            "unencrypted": self.unencrypted,
             "without_expiry": self.without_expiry,
             "payload_bytes": _json_or_none(self.payload_bytes),
             "lifetime_seconds": _json_or_none(self.lifetime_seconds),
@@ -235,6 +240,7 @@ class _Totals:
     lifetimes: Histogram = field(default_factory=Histogram)
     memory: list[int] | None = None
     primaries: Counter[str] = field(default_factory=Counter)
+    encrypted: int = 0
 
 
 def collect(
@@ -251,7 +257,9 @@ def collect(
     """
     totals = _Totals(memory=[] if sample > 0 else None)
     cluster = False
-    for batch in layer.measure(sample=sample):
+    encryption = conf.ENCRYPTION is not False
+    for batch in layer.measure(sample=sample, count_encrypted=encryption):
+        totals.encrypted += batch.encrypted.count(b"1")
         live = len(batch.sizes)
         totals.live += live
         totals.tombstones += batch.tombstones
@@ -279,6 +287,7 @@ def collect(
         lifetime_seconds=totals.lifetimes.distribution(LIFETIME_EDGES),
         memory_bytes=MemorySample.of(totals.memory or [], totals.live),
         primaries=dict(sorted(totals.primaries.items())) if cluster else None,
+        unencrypted=totals.live - totals.encrypted if encryption else None,
     )
 
 
@@ -313,6 +322,11 @@ def render(stats: Stats, *, where: str, unicode: bool = True) -> str:
             + (
                 [("Without expiry", f"{stats.without_expiry:,}")]
                 if stats.without_expiry
+                else []
+            )
+            + (
+                [("Not encrypted yet", f"{stats.unencrypted:,}")]
+                if stats.unencrypted is not None
                 else []
             )
         ),

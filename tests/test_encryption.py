@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import sys
@@ -18,6 +19,7 @@ from django.core.management import call_command
 from django.test import AsyncClient, Client
 from django.utils import timezone
 
+from django_redis_sessions import scripts
 from django_redis_sessions.backends.redis import SessionStore
 from django_redis_sessions.checks import check_settings
 from django_redis_sessions.encryption import (
@@ -648,3 +650,79 @@ def test_manage_py_check_reports_the_encryption_checks(settings: Any) -> None:
 
     with pytest.raises(SystemCheckError, match=r"django_redis_sessions\.E104"):
         call_command("check")
+
+
+def test_stats_counts_the_sessions_still_stored_unencrypted(
+    session_redis: dict[str, Any], settings: Any
+) -> None:
+    settings.SESSION_REDIS = {**session_redis, "HASH_IDS": True}
+    RedisSessionStore().create(OTHER, {"plain": True}, ttl=60)
+    figures = json.loads(redis_sessions("stats", "--json"))
+    assert figures["live_sessions"] == 1
+    assert figures["unencrypted"] is None  # encryption off: not counted
+    settings.SESSION_REDIS = encryption_config(session_redis, "migrate")
+    RedisSessionStore().create(KEY, {"sealed": True}, ttl=60)
+    figures = json.loads(redis_sessions("stats", "--json"))
+    assert (figures["live_sessions"], figures["unencrypted"]) == (2, 1)
+    assert re.search(r"Not encrypted yet: +1$", redis_sessions("stats"), re.MULTILINE)
+    # Its next save encrypts it.
+    session = SessionStore(OTHER)
+    session["n"] = 1
+    session.save()
+    figures = json.loads(redis_sessions("stats", "--json"))
+    assert (figures["live_sessions"], figures["unencrypted"]) == (2, 0)
+
+
+def test_stats_counts_unencrypted_sessions_on_every_cluster_primary(
+    cluster: redis.cluster.RedisCluster, settings: Any
+) -> None:
+    settings.SESSION_REDIS = {**settings.SESSION_REDIS, "HASH_IDS": True}
+    plain = [f"plain{index:03d}aaaaaaaaaaaaaaaaaaaaaaa" for index in range(12)]
+    for key in plain:
+        RedisSessionStore().create(key, {"plain": True}, ttl=60)
+    settings.SESSION_REDIS = encryption_config(settings.SESSION_REDIS, "migrate")
+    for index in range(7):
+        key = f"sealed{index:03d}aaaaaaaaaaaaaaaaaaaaaa"
+        RedisSessionStore().create(key, {"sealed": True}, ttl=60)
+    figures = json.loads(redis_sessions("stats", "--json"))
+    assert (figures["live_sessions"], figures["unencrypted"]) == (19, 12)
+    assert len(figures["primaries"]) == 3
+
+
+def test_stats_counts_a_session_scan_repeats_once_as_encrypted_or_not(
+    session_redis: dict[str, Any], settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings.SESSION_REDIS = {**session_redis, "HASH_IDS": True}
+    for index in range(5):
+        RedisSessionStore().create(f"plain{index:03d}" + "a" * 24, {}, ttl=60)
+    settings.SESSION_REDIS = encryption_config(session_redis, "migrate")
+    for index in range(6):
+        RedisSessionStore().create(f"seal{index:03d}" + "a" * 25, {}, ttl=60)
+    pages: list[Any] = []
+    run_script = scripts.run
+
+    def repeating(client: Any, script: str, keys: Any, args: Any) -> Any:
+        reply = run_script(client, script, keys, args)
+        if script is scripts.MEASURE and reply[1]:
+            pages.append(reply)
+            if len(pages) == 2:
+                # The second page repeats the first, as SCAN may while the
+                # keyspace is being rehashed.
+                first = pages[0]
+                joined = [first[1] + b"\n" + reply[1], first[2] + reply[2]]
+                return [
+                    reply[0],
+                    *joined,
+                    first[3] + reply[3],
+                    max(first[4], reply[4]),
+                    max(first[5], reply[5]),
+                    first[6] + reply[6],
+                    first[7] + reply[7],
+                    first[8] + reply[8],
+                ]
+        return reply
+
+    monkeypatch.setattr(scripts, "run", repeating)
+    figures = json.loads(redis_sessions("stats", "--json", "--scan-count", "3"))
+    assert len(pages) >= 2  # the second one was sent twice
+    assert (figures["live_sessions"], figures["unencrypted"]) == (11, 5)
