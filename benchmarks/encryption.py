@@ -88,6 +88,14 @@ def save(stores: list[SessionStore]) -> None:
         store.save()
 
 
+def request(keys: list[str]) -> None:
+    """What a request that changes its session does: a load, then a save."""
+    for key in keys:
+        store = SessionStore(key)
+        store["n"] = store.get("n", 0) + 1
+        store.save()
+
+
 def main() -> None:
     parser = common.parser(__doc__.splitlines()[0])
     parser.add_argument("--ops", type=int, default=2_000, help="default 2,000")
@@ -100,7 +108,11 @@ def main() -> None:
         added: list[list[str]] = [["operation", "plain µs", "encrypted µs", "added µs"]]
         for size in SIZES:
             data = data_of(size)
-            for name, run, setup in (("load", load, sessions), ("save", save, loaded)):
+            for name, run, setup in (
+                ("load", load, sessions),
+                ("save", save, loaded),
+                ("load + save", request, sessions),
+            ):
                 title = f"{name}, {size:,} B payload"
                 per_op = common.compare(
                     title,
