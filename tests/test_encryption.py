@@ -90,6 +90,28 @@ def test_a_sealed_value_opens_with_its_session_key_and_names_its_server_key() ->
     assert encryption.open(sealed, KEY) == (Opening.OPENED, b'{"a":1}')
 
 
+def test_the_value_is_the_documented_layout_computed_independently(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    nonce = bytes(range(12))
+    monkeypatch.setattr("os.urandom", lambda size: nonce[:size])
+    sealed = Encryption([NEW_SECRET]).seal(b'{"a":1}', KEY)
+    derived = HKDF(
+        algorithm=hashes.SHA256(),
+        length=32,
+        salt=NEW_SECRET.encode(),
+        info=b"django_redis_sessions session key v1",
+    ).derive(KEY.encode())
+    header = b"\x01" + fingerprint(NEW_SECRET)
+    associated = header + hashed_id(KEY).encode()
+    expected = AESGCM(derived).encrypt(nonce, b'{"a":1}', associated)
+    assert sealed == header + nonce + expected
+
+
 def test_the_same_data_never_seals_to_the_same_bytes() -> None:
     encryption = Encryption([NEW_SECRET])
     values = {encryption.seal(b"{}", KEY) for _ in range(50)}
