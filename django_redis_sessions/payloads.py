@@ -156,6 +156,20 @@ class Payloads:
             return plain
         return self.encryption.seal(plain, key)
 
+    def resealed(self, payload: bytes, key: str) -> bytes:
+        """``payload`` encrypted for ``key`` if "migrate" mode still reads it plain.
+
+        Anything else stays as it is: an encrypted value, and a plain value
+        while ``ENCRYPTION`` is True, which nothing vouches for (sealing it
+        would make a forged value trusted).
+        """
+        encryption = self.encryption
+        if encryption is None or not encryption.migrate:
+            return payload
+        if encryption.is_sealed(payload):
+            return payload
+        return encryption.seal(payload, key)
+
     def load(self, payload: bytes | None, key: str) -> Loaded | None:
         """The session stored as ``payload`` under ``key``; None if absent, corrupt,
         foreign, over, or (with encryption) a value that does not open."""

@@ -1052,23 +1052,32 @@ class RedisLayer:
             if not is_hashed_id(session_key_from(self.prefix, name))
         ]
 
-    def move_to_ids(self, names: list[bytes]) -> int:
+    def move_to_ids(
+        self,
+        names: list[bytes],
+        reseal: Callable[[bytes, str], bytes] | None = None,
+    ) -> int:
         """Move the sessions under these plain data names to their ids.
 
         One pipeline of scripts on one server; on Cluster, where the two names
         of a session live on different slots, a take and a create each. The
         plain form always ends; returns how many now live under their id.
+        ``reseal(payload, key)`` gives what to store under the id (encryption
+        needs the key, which only a plain name still holds); with it, a take
+        and a create each on one server too.
         """
         client = self._client()
         keys = [session_key_from(self.prefix, name) for name in names]
         args = (self._tombstone_ms,)
-        if is_cluster(client):
+        if is_cluster(client) or reseal is not None:
             moved = 0
             for key in keys:
                 plain = (data_key(self.prefix, key), tombstone_key(self.prefix, key))
                 taken = scripts.run(client, scripts.TAKE, plain, args)
                 if taken:
                     payload, ttl_ms = taken
+                    if reseal is not None:
+                        payload = reseal(payload, key)
                     created = self.create(key, payload, int(ttl_ms) / 1000)
                     moved += created is Outcome.WRITTEN
             return moved

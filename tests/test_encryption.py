@@ -748,3 +748,44 @@ def test_stats_counts_a_session_scan_repeats_once_as_encrypted_or_not(
     figures = json.loads(redis_sessions("stats", "--json", "--scan-count", "3"))
     assert len(pages) >= 2  # the second one was sent twice
     assert (figures["live_sessions"], figures["unencrypted"]) == (11, 5)
+
+
+@pytest.mark.parametrize("server", ["one", "cluster"])
+def test_rehash_encrypts_the_plain_sessions_it_moves_in_migrate_mode(
+    server: str,
+    request: pytest.FixtureRequest,
+    session_redis: dict[str, Any],
+    raw_redis: redis.Redis,
+    settings: Any,
+    prefix: str,
+) -> None:
+    raw: Any = raw_redis
+    if server == "cluster":
+        raw = request.getfixturevalue("cluster")
+    base = dict(settings.SESSION_REDIS)
+    keys = [f"rehash{index:03d}" + "k" * 23 for index in range(5)]
+    settings.SESSION_REDIS = {**base, "HASH_IDS": False}
+    for key in keys[:3]:
+        RedisSessionStore().create(key, {"note": MARKER}, ttl=60)
+    settings.SESSION_REDIS = encryption_config(base, "migrate", NEW_SECRET)
+    settings.SESSION_REDIS["HASH_IDS"] = False
+    for key in keys[3:]:  # sealed already, under their plain key
+        RedisSessionStore().create(key, {"note": MARKER}, ttl=60)
+    settings.SESSION_REDIS["HASH_IDS"] = "migrate"
+    assert redis_sessions("rehash") == "Moved 5 sessions to their ids.\n"
+    for key in keys:
+        assert raw.exists(data_key(prefix, key)) == 0
+        value = stored(raw, prefix, key)
+        assert value[:1] == VERSION
+        assert MARKER.encode() not in value
+        assert SessionStore(key).load() == {"note": MARKER}
+
+
+def test_only_migrate_mode_reseals_a_plain_value() -> None:
+    migrating = Payloads(encryption=Encryption([NEW_SECRET], migrate=True))
+    sealed = migrating.resealed(b'{"a":1}', KEY)
+    assert migrating.loads(sealed, KEY) == {"a": 1}
+    assert migrating.resealed(sealed, KEY) == sealed
+    # With ENCRYPTION True nothing vouches for a plain value: it stays refused.
+    strict = Payloads(encryption=Encryption([NEW_SECRET]))
+    assert strict.resealed(b'{"a":1}', KEY) == b'{"a":1}'

@@ -386,9 +386,13 @@ class Command(BaseCommand):
         ):
             # Moved names vanish from the plain pattern, so a second run only
             # sees what is left: stopping at any point loses nothing.
+            # A plain name is the one place a session key is still at hand:
+            # a session stored unencrypted is encrypted as it moves.
+            payloads = get_payloads()
+            reseal = payloads.resealed if payloads.encryption is not None else None
             for names in layer.scan(remember=0):
                 if plain := layer.plain_names(names):
-                    progress.add(layer.move_to_ids(plain))
+                    progress.add(layer.move_to_ids(plain, reseal))
         self.stdout.write(f"Moved {_sessions(progress.count)} to their ids.")
 
     def _user(
