@@ -151,7 +151,9 @@ class RedisSessionStore:
         """Write only if neither a live session nor a tombstone holds ``key``.
 
         Creating the same data twice reports True both times: that is how a
-        retry after a lost reply is recognized.
+        retry after a lost reply is recognized. With ``ENCRYPTION`` on, the
+        same data never seals to the same bytes, so only that retry (the
+        same command sent again) reports True; another call reports False.
         """
         payload, seconds, index = self._prepared(key, data, self._ttl(data, ttl))
         outcome = self._layer.create(key, payload, seconds, index)

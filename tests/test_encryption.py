@@ -9,6 +9,7 @@ import re
 import sys
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -31,11 +32,17 @@ from django_redis_sessions.encryption import (
     SessionKeyRequired,
     fingerprint,
 )
-from django_redis_sessions.keys import data_key, hashed_id
+from django_redis_sessions.keys import data_key, glob_escape, hashed_id
 from django_redis_sessions.payloads import Payloads
 from django_redis_sessions.store import RedisSessionStore
 from django_redis_sessions.testing import CommandLog
-from tests.utils import Monitor, everything_in, needs_async_backend, redis_sessions
+from tests.utils import (
+    Monitor,
+    ReplyDroppingProxy,
+    everything_in,
+    needs_async_backend,
+    redis_sessions,
+)
 
 KEY = "abcdefgh12345678abcdefgh12345678"
 OTHER = "zyxwvuts87654321zyxwvuts87654321"
@@ -789,3 +796,47 @@ def test_only_migrate_mode_reseals_a_plain_value() -> None:
     # With ENCRYPTION True nothing vouches for a plain value: it stays refused.
     strict = Payloads(encryption=Encryption([NEW_SECRET]))
     assert strict.resealed(b'{"a":1}', KEY) == b'{"a":1}'
+
+
+@pytest.mark.parametrize("operation", ["create", "cycle_key"])
+def test_a_lost_reply_and_its_retry_leave_one_encrypted_session(
+    encrypted: dict[str, Any],
+    settings: Any,
+    redis_url: str,
+    raw_redis: redis.Redis,
+    prefix: str,
+    call: Any,
+    operation: str,
+) -> None:
+    # The retry resends the very bytes sealed for the first run, so the
+    # script recognizes itself despite the random nonce.
+    parts = urlsplit(redis_url)
+    assert parts.hostname is not None
+    assert parts.port is not None
+    with ReplyDroppingProxy(parts.hostname, parts.port) as proxy:
+        settings.SESSION_REDIS = {**encrypted, "URL": proxy.url}
+        old = saved(call, note=MARKER)  # also connects and loads the scripts
+        session = SessionStore(None if operation == "create" else old)
+        session["note"] = MARKER
+        proxy.drop_next_reply("EVALSHA")
+        call(session, "save" if operation == "create" else "cycle_key")
+        assert proxy.dropped == 1
+        key = session.session_key
+        assert key not in (None, old)
+        names = {
+            name.decode()
+            for name in raw_redis.scan_iter(match=glob_escape(prefix) + "{*}")
+        }
+        expected = {data_key(prefix, hashed_id(key))}
+        if operation == "create":
+            expected.add(data_key(prefix, hashed_id(old)))
+        assert names == expected
+        assert call(SessionStore(key), "load") == {"note": MARKER}
+
+
+def test_creating_the_same_data_twice_is_refused_the_second_time(
+    encrypted: dict[str, Any], call: Any
+) -> None:
+    store = RedisSessionStore()
+    assert call(store, "create", KEY, {"a": 1}, ttl=60) is True
+    assert call(store, "create", KEY, {"a": 1}, ttl=60) is False
