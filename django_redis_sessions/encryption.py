@@ -121,7 +121,8 @@ class Encryption:
 
     ``keys``: the server secrets, the first seals, all open. ``migrate``:
     values stored unencrypted are read (``Opening.PLAIN``) rather than
-    refused. Thread-safe: it keeps no state but the secrets.
+    refused. Thread-safe: besides the secrets it keeps only a cache of
+    derived keys, and an ``AESGCM`` object may be shared.
     """
 
     def __init__(self, keys: Sequence[str | bytes], *, migrate: bool = False) -> None:
