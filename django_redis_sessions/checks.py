@@ -13,6 +13,7 @@ and a value under a name that may hold one is never shown.
 from __future__ import annotations
 
 import difflib
+import hmac
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,11 @@ from django.core import checks
 from django.utils.module_loading import import_string
 
 from django_redis_sessions.conf import DEFAULTS, SETTING_NAME, is_secret, redact_url
+from django_redis_sessions.encryption import (
+    MIN_SECRET_LENGTH,
+    cryptography_missing,
+    secret_bytes,
+)
 from django_redis_sessions.migration import engine_problem
 from django_redis_sessions.redis_arguments import (
     ARGUMENT_TYPES,
@@ -92,6 +98,7 @@ def check_settings(
     errors.extend(_check_client(effective))
     errors.extend(_check_cluster(effective))
     errors.extend(_check_connection_arguments(effective))
+    errors.extend(_check_encryption(config))
     return errors
 
 
@@ -858,3 +865,114 @@ def _login_url_problem(login_url: Any) -> str | None:
     except Resolver404:
         return "matches no URL pattern"
     return None
+
+
+# --- Encryption at rest (ENCRYPTION, ENCRYPTION_KEYS) ----------------------------
+
+
+def _check_encryption(config: Mapping[str, Any]) -> list[checks.CheckMessage]:
+    """Encryption that would fail, or protect nothing, at the first request.
+
+    The keys are checked even while encryption is off, so that turning it on
+    is never the moment a bad key shows. No message shows a secret of
+    ``ENCRYPTION_KEYS``, only its position.
+    """
+    errors: list[checks.CheckMessage] = []
+    mode = config.get("ENCRYPTION", DEFAULTS["ENCRYPTION"])
+    if not (mode is True or mode is False or mode == "migrate"):
+        errors.append(
+            _error(
+                "E101",
+                f'{_name("ENCRYPTION")} must be False, True or "migrate", not '
+                f"{_shown(mode)}.",
+                'Set ENCRYPTION to True, or to "migrate" while sessions written '
+                "before it was on are still stored unencrypted.",
+            )
+        )
+        mode = False
+    keys = config.get("ENCRYPTION_KEYS", DEFAULTS["ENCRYPTION_KEYS"])
+    listed = isinstance(keys, (list, tuple))
+    if not listed:
+        errors.append(
+            _error(
+                "E103",
+                f"{_name('ENCRYPTION_KEYS')} must be a list of secrets, not a "
+                f"{type(keys).__name__}.",
+                _KEYS_HINT,
+            )
+        )
+        keys = []
+    for position, key in enumerate(keys):
+        if not isinstance(key, (str, bytes)) or len(key) < MIN_SECRET_LENGTH:
+            what = (
+                f"{len(key)} long"
+                if isinstance(key, (str, bytes))
+                else f"a {type(key).__name__}"
+            )
+            errors.append(
+                _error(
+                    "E104",
+                    f"{_name('ENCRYPTION_KEYS')}[{position}] must be a str or bytes "
+                    f"of at least {MIN_SECRET_LENGTH} characters; it is {what}.",
+                    "Use secrets.token_urlsafe(32) or longer.",
+                )
+            )
+        elif _is_secret_key(key):
+            errors.append(
+                _error(
+                    "E105",
+                    f"{_name('ENCRYPTION_KEYS')}[{position}] is SECRET_KEY (or one "
+                    "of SECRET_KEY_FALLBACKS).",
+                    "Use a secret of its own: rotating SECRET_KEY must not make "
+                    "every session unreadable, and a leak of one must not open "
+                    "the other's data.",
+                )
+            )
+    if mode is False:
+        return errors
+    if listed and not keys:
+        errors.append(
+            _error(
+                "E103",
+                f"{_name('ENCRYPTION_KEYS')} is empty while ENCRYPTION is on.",
+                _KEYS_HINT,
+            )
+        )
+    if (missing := cryptography_missing()) is not None:
+        errors.append(
+            _error(
+                "E102",
+                f"{_name('ENCRYPTION')} is on but the cryptography package cannot "
+                f"be imported ({missing}).",
+                "Install it with the extra: pip install "
+                "'django-redis-session-engine[encryption]'.",
+            )
+        )
+    if config.get("HASH_IDS", DEFAULTS["HASH_IDS"]) is False:
+        errors.append(
+            _error(
+                "E106",
+                f"{_name('ENCRYPTION')} is on but {_name('HASH_IDS')} is False.",
+                'Set HASH_IDS to True (or "migrate"): with plain ids every '
+                "session's key is in Redis, and the key is what opens its data.",
+            )
+        )
+    return errors
+
+
+_KEYS_HINT = (
+    f"List one random secret of at least {MIN_SECRET_LENGTH} characters, e.g. "
+    "secrets.token_urlsafe(32), read from the environment; the first encrypts, "
+    "every one decrypts."
+)
+
+
+def _is_secret_key(key: str | bytes) -> bool:
+    candidates = [getattr(settings, "SECRET_KEY", None)]
+    candidates += list(getattr(settings, "SECRET_KEY_FALLBACKS", None) or [])
+    key_bytes = secret_bytes(key)
+    return any(
+        isinstance(candidate, (str, bytes))
+        and hmac.compare_digest(secret_bytes(candidate), key_bytes)
+        for candidate in candidates
+    )

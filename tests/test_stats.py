@@ -80,6 +80,7 @@ def expected_document(prefix: str, lifetime_max: int) -> dict[str, Any]:
         "live_sessions": 20,
         "tombstones": 3,
         "indexed_users": 0,
+        "unencrypted": None,
         "without_expiry": 0,
         "payload_bytes": {
             "p50": 50,
@@ -500,6 +501,7 @@ def test_stats_counts_a_name_scan_repeats_once(
                     max(first[5], reply[5]),
                     first[6] + reply[6],
                     first[7] + reply[7],
+                    first[8] + reply[8],
                 ]
         return reply
 

@@ -122,3 +122,17 @@ urlpatterns += [
     path("async-logout/", async_log_out),
     path("async-whoami/", async_whoami),
 ]
+
+
+def note(request: HttpRequest) -> HttpResponse:
+    """Keep ``?text=`` in the session (what a leak scan looks for)."""
+    request.session["note"] = request.GET["text"]
+    return HttpResponse(request.session["note"])
+
+
+async def async_note(request: HttpRequest) -> HttpResponse:
+    await request.session.aset("note", request.GET["text"])
+    return HttpResponse(await request.session.aget("note"))
+
+
+urlpatterns += [path("note/", note), path("async-note/", async_note)]
