@@ -1,4 +1,5 @@
-"""count(), all() and clear() of the store against a raw redis-py SCAN loop."""
+"""count(), all() and clear() of the store against a raw redis-py SCAN loop, on a
+keyspace of sessions of many users, each user with its index (``USER_INDEX``)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from django.core.signing import JSONSerializer
 
 from benchmarks import common
 
-PAYLOAD = json.dumps(common.SESSION, separators=(",", ":")).encode()
+#: How long the benchmark's sessions live (they are deleted at the end).
+TTL = 3600.0
 
 
 def base(size: int) -> str:
@@ -34,31 +36,42 @@ def prefix(size: int) -> str:
     return f"{base(size)}[s]:"
 
 
+def session_key(index: int) -> str:
+    """The cookie of the ``index``-th session, as Django draws them (32 of a-z0-9)."""
+    return f"k{index:031d}"
+
+
 def fill(client: redis.Redis, size: int, *, extras: bool = False) -> None:
-    """``size`` sessions laid out as the store writes them, under ids (as with
-    ``HASH_IDS`` on: "#" and 43 characters); with ``extras`` also tombstones
-    (1 %) and decoys, which every SCAN must skip."""
-    pipe, start = client.pipeline(transaction=False), prefix(size)
-    for index in range(size):
-        pipe.set(f"{start}{{#{index:043x}}}", PAYLOAD, px=3_600_000)
-        if len(pipe) == 10_000:
-            pipe.execute()
-    for index in range(size // 100 if extras else 0):
-        pipe.set(f"{start}{{#t{index:042x}}}:tombstone", "1", px=3_600_000)
+    """``size`` sessions, each logged in as a user of its own, created by the
+    engine with ``USER_INDEX`` on (so beside each session its user's index);
+    with ``extras`` also tombstones (1 %, through ``destroy()``) and decoys,
+    which every SCAN must skip. Run again after a ``clear()``, it writes back
+    the sessions (and index entries) the clear deleted."""
+    sessions = (
+        (session_key(index), {**common.SESSION, "_auth_user_id": str(index)})
+        for index in range(size)
+    )
+    common.create_sessions(sessions, ttl=TTL, prefix=prefix(size))
+    if not extras:
+        return
+    store = common.store(PREFIX=prefix(size))
+    for index in range(size // 100):
+        store.destroy(session_key(size + index))
     # Outside the pattern; the first would match it if "[s]" were not escaped.
-    for index in range(max(300, size // 1000) if extras else 0):
+    pipe = client.pipeline(transaction=False)
+    for index in range(max(300, size // 1000)):
         decoy = ("{}s:{{{}}}", "{}[s]:plain-{}", "{}[s]x:{{{}}}")[index % 3]
-        pipe.set(decoy.format(base(size), f"{index:032x}"), PAYLOAD, px=3_600_000)
+        pipe.set(decoy.format(base(size), f"{index:032x}"), b"{}", px=3_600_000)
     pipe.execute()
 
 
 def raw_count(client: redis.Redis, pattern: str) -> int:
-    return sum(len(keys) for keys in common.scan_pages(client, pattern))
+    return sum(len(keys) for keys in common.scan_pages(client, pattern, "string"))
 
 
 def raw_all(client: redis.Redis, pattern: str) -> int:
     decode, found = JSONSerializer().loads, 0  # the store's default serializer
-    for keys in common.scan_pages(client, pattern):
+    for keys in common.scan_pages(client, pattern, "string"):
         values: list[Any] = client.mget(keys)
         for value in values:
             if value is not None:
@@ -68,16 +81,17 @@ def raw_all(client: redis.Redis, pattern: str) -> int:
 
 
 def raw_clear(client: redis.Redis, pattern: str) -> int:
-    return sum(client.unlink(*keys) for keys in common.scan_pages(client, pattern))
+    pages = common.scan_pages(client, pattern, "string")
+    return sum(client.unlink(*keys) for keys in pages)
 
 
 def naive_clear(client: redis.Redis, pattern: str) -> int:
     """The memory control: every key in one list first, then UNLINK."""
-    keys = list(client.scan_iter(match=pattern, count=1000))
+    keys = list(client.scan_iter(match=pattern, count=1000, _type="string"))
     return sum(client.unlink(*keys[i : i + 1000]) for i in range(0, len(keys), 1000))
 
 
-RAW = "raw SCAN COUNT 1000"
+RAW = "raw SCAN COUNT 1000 TYPE string"
 #: Each comparison: the reference loop, and the same done by the store.
 COMPARISONS: dict[str, tuple[Callable[..., int], Callable[[common.Store], int]]] = {
     "count": (raw_count, lambda store: store.count()),
@@ -101,7 +115,12 @@ def bench(client: redis.Redis, size: int, args: argparse.Namespace) -> None:
         for count in args.scan_counts
     }
     fill(client, size, extras=True)
-    extras = f"{size // 100:,} tombstones, {max(300, size // 1000):,} decoys"
+    under = common.glob_escape(base(size)) + "*"
+    keys = sum(len(names) for names in common.scan_pages(client, under))
+    extras = (
+        f"{size:,} users, {size // 100:,} tombstones, "
+        f"{max(300, size // 1000):,} decoys: {keys:,} keys"
+    )
     for method, (raw, of_store) in COMPARISONS.items():
         # clear() runs on a refilled store; count() has warmed every client up.
         setup = partial(fill, client) if method == "clear" else None
@@ -166,9 +185,9 @@ def status_kib(field: str) -> int:
 def main() -> None:
     parser = common.parser(__doc__)
     numbers = lambda text: [int(n) for n in text.split(",")]  # noqa: E731
-    parser.add_argument("--quick", action="store_true", help="20,000 and 100,000")
-    parser.add_argument("--sizes", type=numbers, help="default 100000,1000000")
-    parser.add_argument("--scan-counts", type=numbers, default=[100, 1000, 5000])
+    parser.add_argument("--quick", action="store_true", help="20,000 sessions")
+    parser.add_argument("--sizes", type=numbers, help="default 100000")
+    parser.add_argument("--scan-counts", type=numbers, default=[1000])
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--prefix", help=argparse.SUPPRESS)
@@ -176,7 +195,7 @@ def main() -> None:
     if args.child:
         child(args.child, args.redis_url, args.prefix)
         return
-    sizes = args.sizes or ([20_000, 100_000] if args.quick else [100_000, 1_000_000])
+    sizes = args.sizes or ([20_000] if args.quick else [100_000])
     growth = {}
     with common.server(args.redis_url) as url:
         options = {"connection_class": common.LOG.connection_class}
