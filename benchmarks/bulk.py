@@ -12,7 +12,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import argparse
 import gc
 import json
+import statistics
 import subprocess
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -108,7 +110,56 @@ def checked(size: int, name: str, action: Callable[[], int]) -> Callable[[int], 
     return run
 
 
-def bench(client: redis.Redis, size: int, args: argparse.Namespace) -> None:
+class CpuMeter:
+    """The CPU time of each run: this process's and the server's.
+
+    A machine shared with other work stretches elapsed time with waits for a
+    core; CPU time it does not. The server's is read with ``INFO cpu``
+    (``used_cpu_user`` + ``used_cpu_sys``, every thread of the server)
+    before and after each run, on a client of its own (``info``), so that
+    the two ``INFO`` commands are not counted as the variant's round trips.
+    """
+
+    def __init__(self, info: redis.Redis) -> None:
+        self._info = info
+        self.runs: dict[str, list[tuple[float, float]]] = {}
+
+    def _server(self) -> float:
+        cpu: dict[str, float] = self._info.info("cpu")
+        return cpu["used_cpu_user"] + cpu["used_cpu_sys"]
+
+    def measured(self, name: str, run: Callable[[int], None]) -> Callable[[int], None]:
+        def timed(argument: int) -> None:
+            server, client = self._server(), time.process_time()
+            run(argument)
+            client, server = time.process_time() - client, self._server() - server
+            self.runs.setdefault(name, []).append((client, server))
+
+        return timed
+
+    def table(self, names: list[str], rounds: int) -> str:
+        """Median CPU ms per run, and the total over the first's, per round."""
+        runs = {name: self.runs[name][-rounds:] for name in names}
+        reference = [sum(run) for run in runs[names[0]]]
+        rows = [["variant", "client ms", "server ms", "CPU ratio", "range"]]
+        for name, found in runs.items():
+            ratios = [sum(run) / ref for run, ref in zip(found, reference, strict=True)]
+            rows.append(
+                [
+                    name,
+                    f"{statistics.median(run[0] for run in found) * 1000:,.0f}",
+                    f"{statistics.median(run[1] for run in found) * 1000:,.0f}",
+                    f"{statistics.median(ratios):.2f}x",
+                    f"{min(ratios):.2f}-{max(ratios):.2f}",
+                ]
+            )
+        self.runs.clear()
+        return common.table(rows)
+
+
+def bench(
+    client: redis.Redis, size: int, args: argparse.Namespace, meter: CpuMeter
+) -> None:
     pattern = common.scan_pattern(prefix(size))
     stores = {
         f"store SCAN_COUNT={count}": common.store(PREFIX=prefix(size), SCAN_COUNT=count)
@@ -124,15 +175,18 @@ def bench(client: redis.Redis, size: int, args: argparse.Namespace) -> None:
     for method, (raw, of_store) in COMPARISONS.items():
         # clear() runs on a refilled store; count() has warmed every client up.
         setup = partial(fill, client) if method == "clear" else None
-        action = partial(raw, client, pattern)
-        variants = [common.Variant(RAW, checked(size, RAW, action), setup)]
+        actions: dict[str, Callable[[], int]] = {RAW: partial(raw, client, pattern)}
         for name, store in stores.items():
-            action = partial(of_store, store)
-            variants.append(common.Variant(name, checked(size, name, action), setup))
+            actions[name] = partial(of_store, store)
+        variants = [
+            common.Variant(name, meter.measured(name, checked(size, name, act)), setup)
+            for name, act in actions.items()
+        ]
         title = f"{method}() of {size:,} sessions ({extras}), {args.rounds} rounds"
         common.compare(
             title, variants, size, rounds=args.rounds, warmup=not setup, per_op=False
         )
+        print(f"\n{meter.table(list(actions), args.rounds)}", flush=True)
 
 
 def peak_memory(
@@ -200,9 +254,13 @@ def main() -> None:
     with common.server(args.redis_url) as url:
         options = {"connection_class": common.LOG.connection_class}
         common.configure(url, session_redis={"OPTIONS": options})
-        with redis.Redis.from_url(url, **options) as client:
+        with (
+            redis.Redis.from_url(url, **options) as client,
+            redis.Redis.from_url(url) as info,
+        ):
+            meter = CpuMeter(info)
             for size in sizes:
-                bench(client, size, args)
+                bench(client, size, args, meter)
                 if not args.skip_memory:
                     growth[size] = peak_memory(client, url, size, args)
                 common.delete_under(client, base(size))
