@@ -1,4 +1,5 @@
-"""count(), all() and clear() of the store against a raw redis-py SCAN loop."""
+"""count(), all() and clear() of the store against a raw redis-py SCAN loop, on a
+keyspace of sessions of many users, each user with its index (``USER_INDEX``)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import argparse
 import gc
 import json
+import statistics
 import subprocess
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -21,7 +24,8 @@ from django.core.signing import JSONSerializer
 
 from benchmarks import common
 
-PAYLOAD = json.dumps(common.SESSION, separators=(",", ":")).encode()
+#: How long the benchmark's sessions live (they are deleted at the end).
+TTL = 3600.0
 
 
 def base(size: int) -> str:
@@ -34,31 +38,42 @@ def prefix(size: int) -> str:
     return f"{base(size)}[s]:"
 
 
+def session_key(index: int) -> str:
+    """The cookie of the ``index``-th session, as Django draws them (32 of a-z0-9)."""
+    return f"k{index:031d}"
+
+
 def fill(client: redis.Redis, size: int, *, extras: bool = False) -> None:
-    """``size`` sessions laid out as the store writes them, under ids (as with
-    ``HASH_IDS`` on: "#" and 43 characters); with ``extras`` also tombstones
-    (1 %) and decoys, which every SCAN must skip."""
-    pipe, start = client.pipeline(transaction=False), prefix(size)
-    for index in range(size):
-        pipe.set(f"{start}{{#{index:043x}}}", PAYLOAD, px=3_600_000)
-        if len(pipe) == 10_000:
-            pipe.execute()
-    for index in range(size // 100 if extras else 0):
-        pipe.set(f"{start}{{#t{index:042x}}}:tombstone", "1", px=3_600_000)
+    """``size`` sessions, each logged in as a user of its own, created by the
+    engine with ``USER_INDEX`` on (so beside each session its user's index);
+    with ``extras`` also tombstones (1 %, through ``destroy()``) and decoys,
+    which every SCAN must skip. Run again after a ``clear()``, it writes back
+    the sessions (and index entries) the clear deleted."""
+    sessions = (
+        (session_key(index), {**common.SESSION, "_auth_user_id": str(index)})
+        for index in range(size)
+    )
+    common.create_sessions(sessions, ttl=TTL, prefix=prefix(size))
+    if not extras:
+        return
+    store = common.store(PREFIX=prefix(size))
+    for index in range(size // 100):
+        store.destroy(session_key(size + index))
     # Outside the pattern; the first would match it if "[s]" were not escaped.
-    for index in range(max(300, size // 1000) if extras else 0):
+    pipe = client.pipeline(transaction=False)
+    for index in range(max(300, size // 1000)):
         decoy = ("{}s:{{{}}}", "{}[s]:plain-{}", "{}[s]x:{{{}}}")[index % 3]
-        pipe.set(decoy.format(base(size), f"{index:032x}"), PAYLOAD, px=3_600_000)
+        pipe.set(decoy.format(base(size), f"{index:032x}"), b"{}", px=3_600_000)
     pipe.execute()
 
 
 def raw_count(client: redis.Redis, pattern: str) -> int:
-    return sum(len(keys) for keys in common.scan_pages(client, pattern))
+    return sum(len(keys) for keys in common.scan_pages(client, pattern, "string"))
 
 
 def raw_all(client: redis.Redis, pattern: str) -> int:
     decode, found = JSONSerializer().loads, 0  # the store's default serializer
-    for keys in common.scan_pages(client, pattern):
+    for keys in common.scan_pages(client, pattern, "string"):
         values: list[Any] = client.mget(keys)
         for value in values:
             if value is not None:
@@ -68,16 +83,17 @@ def raw_all(client: redis.Redis, pattern: str) -> int:
 
 
 def raw_clear(client: redis.Redis, pattern: str) -> int:
-    return sum(client.unlink(*keys) for keys in common.scan_pages(client, pattern))
+    pages = common.scan_pages(client, pattern, "string")
+    return sum(client.unlink(*keys) for keys in pages)
 
 
 def naive_clear(client: redis.Redis, pattern: str) -> int:
     """The memory control: every key in one list first, then UNLINK."""
-    keys = list(client.scan_iter(match=pattern, count=1000))
+    keys = list(client.scan_iter(match=pattern, count=1000, _type="string"))
     return sum(client.unlink(*keys[i : i + 1000]) for i in range(0, len(keys), 1000))
 
 
-RAW = "raw SCAN COUNT 1000"
+RAW = "raw SCAN COUNT 1000 TYPE string"
 #: Each comparison: the reference loop, and the same done by the store.
 COMPARISONS: dict[str, tuple[Callable[..., int], Callable[[common.Store], int]]] = {
     "count": (raw_count, lambda store: store.count()),
@@ -94,26 +110,83 @@ def checked(size: int, name: str, action: Callable[[], int]) -> Callable[[int], 
     return run
 
 
-def bench(client: redis.Redis, size: int, args: argparse.Namespace) -> None:
+class CpuMeter:
+    """The CPU time of each run: this process's and the server's.
+
+    A machine shared with other work stretches elapsed time with waits for a
+    core; CPU time it does not. The server's is read with ``INFO cpu``
+    (``used_cpu_user`` + ``used_cpu_sys``, every thread of the server)
+    before and after each run, on a client of its own (``info``), so that
+    the two ``INFO`` commands are not counted as the variant's round trips.
+    """
+
+    def __init__(self, info: redis.Redis) -> None:
+        self._info = info
+        self.runs: dict[str, list[tuple[float, float]]] = {}
+
+    def _server(self) -> float:
+        cpu: dict[str, float] = self._info.info("cpu")
+        return cpu["used_cpu_user"] + cpu["used_cpu_sys"]
+
+    def measured(self, name: str, run: Callable[[int], None]) -> Callable[[int], None]:
+        def timed(argument: int) -> None:
+            server, client = self._server(), time.process_time()
+            run(argument)
+            client, server = time.process_time() - client, self._server() - server
+            self.runs.setdefault(name, []).append((client, server))
+
+        return timed
+
+    def table(self, names: list[str], rounds: int) -> str:
+        """Median CPU ms per run, and the total over the first's, per round."""
+        runs = {name: self.runs[name][-rounds:] for name in names}
+        reference = [sum(run) for run in runs[names[0]]]
+        rows = [["variant", "client ms", "server ms", "CPU ratio", "range"]]
+        for name, found in runs.items():
+            ratios = [sum(run) / ref for run, ref in zip(found, reference, strict=True)]
+            rows.append(
+                [
+                    name,
+                    f"{statistics.median(run[0] for run in found) * 1000:,.0f}",
+                    f"{statistics.median(run[1] for run in found) * 1000:,.0f}",
+                    f"{statistics.median(ratios):.2f}x",
+                    f"{min(ratios):.2f}-{max(ratios):.2f}",
+                ]
+            )
+        self.runs.clear()
+        return common.table(rows)
+
+
+def bench(
+    client: redis.Redis, size: int, args: argparse.Namespace, meter: CpuMeter
+) -> None:
     pattern = common.scan_pattern(prefix(size))
     stores = {
         f"store SCAN_COUNT={count}": common.store(PREFIX=prefix(size), SCAN_COUNT=count)
         for count in args.scan_counts
     }
     fill(client, size, extras=True)
-    extras = f"{size // 100:,} tombstones, {max(300, size // 1000):,} decoys"
+    under = common.glob_escape(base(size)) + "*"
+    keys = sum(len(names) for names in common.scan_pages(client, under))
+    extras = (
+        f"{size:,} users, {size // 100:,} tombstones, "
+        f"{max(300, size // 1000):,} decoys: {keys:,} keys"
+    )
     for method, (raw, of_store) in COMPARISONS.items():
         # clear() runs on a refilled store; count() has warmed every client up.
         setup = partial(fill, client) if method == "clear" else None
-        action = partial(raw, client, pattern)
-        variants = [common.Variant(RAW, checked(size, RAW, action), setup)]
+        actions: dict[str, Callable[[], int]] = {RAW: partial(raw, client, pattern)}
         for name, store in stores.items():
-            action = partial(of_store, store)
-            variants.append(common.Variant(name, checked(size, name, action), setup))
+            actions[name] = partial(of_store, store)
+        variants = [
+            common.Variant(name, meter.measured(name, checked(size, name, act)), setup)
+            for name, act in actions.items()
+        ]
         title = f"{method}() of {size:,} sessions ({extras}), {args.rounds} rounds"
         common.compare(
             title, variants, size, rounds=args.rounds, warmup=not setup, per_op=False
         )
+        print(f"\n{meter.table(list(actions), args.rounds)}", flush=True)
 
 
 def peak_memory(
@@ -166,9 +239,9 @@ def status_kib(field: str) -> int:
 def main() -> None:
     parser = common.parser(__doc__)
     numbers = lambda text: [int(n) for n in text.split(",")]  # noqa: E731
-    parser.add_argument("--quick", action="store_true", help="20,000 and 100,000")
-    parser.add_argument("--sizes", type=numbers, help="default 100000,1000000")
-    parser.add_argument("--scan-counts", type=numbers, default=[100, 1000, 5000])
+    parser.add_argument("--quick", action="store_true", help="20,000 sessions")
+    parser.add_argument("--sizes", type=numbers, help="default 100000")
+    parser.add_argument("--scan-counts", type=numbers, default=[1000])
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--prefix", help=argparse.SUPPRESS)
@@ -176,14 +249,18 @@ def main() -> None:
     if args.child:
         child(args.child, args.redis_url, args.prefix)
         return
-    sizes = args.sizes or ([20_000, 100_000] if args.quick else [100_000, 1_000_000])
+    sizes = args.sizes or ([20_000] if args.quick else [100_000])
     growth = {}
     with common.server(args.redis_url) as url:
         options = {"connection_class": common.LOG.connection_class}
         common.configure(url, session_redis={"OPTIONS": options})
-        with redis.Redis.from_url(url, **options) as client:
+        with (
+            redis.Redis.from_url(url, **options) as client,
+            redis.Redis.from_url(url) as info,
+        ):
+            meter = CpuMeter(info)
             for size in sizes:
-                bench(client, size, args)
+                bench(client, size, args, meter)
                 if not args.skip_memory:
                     growth[size] = peak_memory(client, url, size, args)
                 common.delete_under(client, base(size))

@@ -17,7 +17,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,17 +33,20 @@ from django.test.utils import override_settings
 # internals touches nothing else: the public API, and for the overhead and
 # memory scripts the names a session lives under and the create script, for
 # the Cluster one how clear() walks a single primary, for the encryption one
-# the payload codec and a key like the engine's.
+# the payload codec and a key like the engine's, for the bulk one the
+# import's way of creating many sessions with their index entries.
 from django_redis_sessions import get_store
 from django_redis_sessions import scripts as scripts
 from django_redis_sessions.backends.redis import SessionStore as SessionStore
 from django_redis_sessions.backends.redis import random_key as random_key
 from django_redis_sessions.bulk import cleared_on as cleared_on
 from django_redis_sessions.keys import user_index_key as user_index_key
+from django_redis_sessions.payloads import Payloads
 from django_redis_sessions.payloads import get_payloads as get_payloads
 from django_redis_sessions.redis_layer import RedisLayer as RedisLayer
 from django_redis_sessions.testing import CommandLog, RedisServer
 from django_redis_sessions.testing import RedisClusterServers as RedisClusterServers
+from django_redis_sessions.user_index import entry_for, marked
 
 if TYPE_CHECKING:
     from django.core.handlers.wsgi import WSGIHandler
@@ -198,11 +201,14 @@ def server(url: str | None) -> Iterator[str]:
             delete_under(client, NAMESPACE)
 
 
-def scan_pages(client: redis.Redis, pattern: str) -> Iterator[list[Any]]:
-    """A raw redis-py loop: each non-empty page of SCAN MATCH pattern COUNT 1000."""
+def scan_pages(
+    client: redis.Redis, pattern: str, kind: str | None = None
+) -> Iterator[list[Any]]:
+    """A raw redis-py loop: each non-empty page of SCAN MATCH pattern COUNT 1000
+    (TYPE kind, if given)."""
     cursor = None
     while cursor != 0:
-        cursor, keys = client.scan(cursor or 0, match=pattern, count=1000)
+        cursor, keys = client.scan(cursor or 0, match=pattern, count=1000, _type=kind)
         if keys:
             yield keys
 
@@ -244,9 +250,36 @@ class Store(Protocol):
     """What the bulk benchmark uses of ``get_store()``."""
 
     def exists(self, key: str) -> bool: ...
+    def destroy(self, key: str) -> bool: ...
     def count(self) -> int: ...
     def all(self) -> Iterator[tuple[str, dict[str, Any]]]: ...
     def clear(self) -> int: ...
+
+
+def create_sessions(
+    sessions: Iterable[tuple[str, dict[str, Any]]], *, ttl: float, prefix: str
+) -> None:
+    """Create ``(key, data)`` sessions under ``prefix`` as the import command
+    does: the engine's own payloads, each session with its entry in its
+    user's index (``USER_INDEX``), 5,000 to a pipeline. Whatever shape the
+    index has, the engine writes it. A session that exists already is left
+    as it is."""
+    layer, payloads = RedisLayer(prefix=prefix), Payloads(None)
+    items: list[Any] = []
+
+    def create() -> None:
+        outcomes = {outcome.name for outcome in layer.create_many(items)}
+        if outcomes - {"WRITTEN", "EXISTS"}:
+            raise SystemExit(f"Some of {len(items):,} sessions were not created.")
+        items.clear()
+
+    for key, data in sessions:
+        index = entry_for(data, ttl)
+        items.append((key, payloads.dumps(marked(data, index), key), ttl, index))
+        if len(items) == 5_000:
+            create()
+    if items:
+        create()
 
 
 def store(**session_redis: Any) -> Store:

@@ -49,33 +49,46 @@ class RecentKeys:
         self._limit = batches
         self._current: set[bytes] = set()
         self._previous: set[bytes] = set()
-        self._current_batches = 0
+        # The fresh keys of each batch of the current generation: their union
+        # is ``_current``, rebuilt from them when a page repeats a key.
+        self._batches: list[list[bytes]] = []
 
     def fresh(self, keys: Iterable[bytes]) -> list[bytes]:
         page = keys if isinstance(keys, list) else list(keys)
         if not self._limit:
             return page
-        current, previous = self._current, self._previous
-        # The common case, no repeat at all, stays in C: two lookups and one
-        # insertion per key. This is the whole cost of deduplicating.
-        if current.isdisjoint(page) and previous.isdisjoint(page):
+        # The common case, no repeat at all, stays in C: a lookup and an
+        # insertion per key, the whole cost of deduplicating. The insertion
+        # tells whether a key was there already: the set grows by less.
+        if self._previous.isdisjoint(page):
+            current = self._current
             before = len(current)
             current.update(page)
             if len(current) - before == len(page):
                 fresh = page
             else:
-                fresh = list(dict.fromkeys(page))
+                self._current = set().union(*self._batches)
+                fresh = self._unseen(page)
         else:
-            candidates = dict.fromkeys(page)
-            fresh = [k for k in candidates if k not in current and k not in previous]
-            current.update(fresh)
+            fresh = self._unseen(page)
         if fresh:
             # An empty page visited no key, so it must not push out of the
             # window the batches whose keys SCAN may still repeat.
-            self._current_batches += 1
-            if self._current_batches >= self._limit:
-                self._previous, self._current = current, set()
-                self._current_batches = 0
+            self._batches.append(fresh)
+            if len(self._batches) >= self._limit:
+                self._previous, self._current = self._current, set()
+                self._batches = []
+        return fresh
+
+    def _unseen(self, page: list[bytes]) -> list[bytes]:
+        """The keys of ``page`` in neither generation, each once, now seen."""
+        current, previous = self._current, self._previous
+        fresh = [
+            key
+            for key in dict.fromkeys(page)
+            if key not in current and key not in previous
+        ]
+        current.update(fresh)
         return fresh
 
 
@@ -130,7 +143,11 @@ async def anode_batches(
 
 
 def _scan_args(pattern: str, count: int, kind: str | None) -> tuple[Any, ...]:
-    """What follows the cursor in a SCAN, as ``scan()`` sends it."""
+    """What follows the cursor in a SCAN, as redis-py's ``scan()`` sends it.
+
+    Sent with ``execute_command``, which a client and an asyncio
+    ``ClusterNode`` both have (the latter no ``scan()``).
+    """
     args: tuple[Any, ...] = ("MATCH", pattern, "COUNT", count)
     return args if kind is None else (*args, "TYPE", kind)
 

@@ -1131,14 +1131,23 @@ class RedisLayer:
             yield session_names(batch) if sessions_only else batch
 
     def clear_batches(self, *, remember: int = 0) -> Iterator[tuple[int, list[bytes]]]:
-        """Delete every name of the session pattern, batch by batch.
+        """Delete every session under the prefix, batch by batch.
+
+        A session is a string under the session pattern, what ``scan()``
+        finds: a value of another type there is no session and is left, as
+        ``count()`` and ``all()`` skip it. Tombstones are not touched, nor
+        are the users' indexes: a login running meanwhile may just have
+        entered its new session in its index, behind the SCAN's cursor, so
+        deleting an index could unlist a live session (the index invariant).
+        An index whose sessions are gone lists stale entries, which its
+        user's next write or read prunes, and expires after the last.
 
         Yields how many each batch deleted, and its names (``UNLINK`` counts
         only names that existed, so SCAN's repeats need no filtering for the
-        total; ``remember`` drops them from the names). Tombstones are not
-        touched. On Cluster every primary is cleared at once, each batch by a
-        script on its own node (``bulk.cleared_on``); there the names come
-        back only with ``remember``.
+        total; ``remember`` drops them from the names). On Cluster every
+        primary is cleared at once, each batch by a script on its own node
+        (``bulk.cleared_on``); there the names come back only with
+        ``remember``.
         """
         pattern = scan_pattern(self.prefix)
         client = self._client()
@@ -1150,7 +1159,11 @@ class RedisLayer:
                 ]
             )
             return
-        for names in node_batches(client, pattern, self.scan_count, None, remember):
+        # TYPE string: SCAN matches the pattern only against strings, so the
+        # users' indexes, as many names as the sessions, cost the server
+        # nothing beyond being walked past.
+        batches = node_batches(client, pattern, self.scan_count, "string", remember)
+        for names in batches:
             yield unlink_on(client, names), names
 
     async def aclear_batches(
@@ -1167,7 +1180,7 @@ class RedisLayer:
             async for deleted in amerged(sources):
                 yield deleted
             return
-        batches = anode_batches(client, pattern, self.scan_count, None, remember)
+        batches = anode_batches(client, pattern, self.scan_count, "string", remember)
         async for names in batches:
             yield await aunlink_on(client, names), names
 

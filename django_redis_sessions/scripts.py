@@ -446,7 +446,8 @@ return {page[1], settled}
 
 # --- Clearing one node of a Redis Cluster ---------------------------------------
 #
-# KEYS: none; the names come from SCAN on the node the script runs on.
+# KEYS: none; the names come from SCAN on the node the script runs on (TYPE
+# string: what clear() deletes are the sessions, see RedisLayer.clear_batches).
 # ARGV: cursor, MATCH pattern, COUNT, "1" to send the names back (else "0").
 # Returns {next cursor, how many names existed and were unlinked, names or {}}.
 # One UNLINK per name: on Redis Cluster no command may span two slots, and a
@@ -455,7 +456,8 @@ return {page[1], settled}
 # slot, about a thousand commands to pack and replies to parse, which kept
 # concurrent walks of several primaries from running at once.
 CLEAR_BATCH = """
-local page = redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[3])
+local page = redis.call(
+  'SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[3], 'TYPE', 'string')
 local unlink, deleted = redis.call, 0
 for _, name in ipairs(page[2]) do
   deleted = deleted + unlink('UNLINK', name)

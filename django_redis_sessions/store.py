@@ -337,10 +337,12 @@ class RedisSessionStore:
         return sum([len(names) async for names in self._layer.ascan()])
 
     def clear(self) -> int:
-        """Delete every name of the session pattern; how many were deleted.
+        """Delete every session under the prefix; how many were deleted.
 
-        Tombstones are not touched (not re-armed, not removed). If it fails
-        half-way, running it again finishes the job.
+        Tombstones are not touched (not re-armed, not removed), nor are the
+        users' indexes: their entries go stale and are pruned by the index
+        itself (see ``RedisLayer.clear_batches``). If it fails half-way,
+        running it again finishes the job.
         """
         return sum(cleared(self._layer, type(self)))
 

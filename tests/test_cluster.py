@@ -162,6 +162,24 @@ def test_bulk_operations_scan_every_primary(
     assert cluster_store.count() == 0
 
 
+def test_bulk_operations_skip_and_keep_the_users_indexes_and_foreign_values(
+    cluster_store: Any, cluster_client: redis.cluster.RedisCluster, prefix: str
+) -> None:
+    arrange = RedisSessionStore()
+    keys = [f"withuser{n:04d}" for n in range(30)]
+    for n, key in enumerate(keys):
+        assert arrange.create(key, {"_auth_user_id": str(n % 10)}, ttl=3600)
+    cluster_client.rpush(data_name(prefix, "a-list"), b"x")  # no session
+    names = {name.decode() for name in cluster_client.scan_iter(match=prefix + "*")}
+    indexes = names - {data_name(prefix, key) for key in keys}
+    assert len(indexes) >= 10 + 1
+    assert cluster_store.count() == 30
+    assert len(dict(cluster_store.all())) == 30
+    assert cluster_store.clear() == 30
+    left = {name.decode() for name in cluster_client.scan_iter(match=prefix + "*")}
+    assert left == indexes  # the list among them
+
+
 def test_clear_tells_every_session_it_ended_once_and_keeps_tombstones(
     cluster_store: Any, cluster_client: redis.cluster.RedisCluster, prefix: str
 ) -> None:

@@ -326,6 +326,31 @@ def test_clear_does_not_rearm_tombstones(
     assert 0 < raw.pttl(tombstone_name(prefix, "session000000")) <= 5000
 
 
+def test_users_indexes_are_never_counted_listed_or_cleared(
+    store: Any, store_keys: Keys, prefix: str
+) -> None:
+    """SCAN walks each user's index beside the sessions; none of it is one."""
+    keys = fill(store, 0)
+    for n in range(12):
+        key = f"session{n:06d}"
+        assert store.create(key, {"_auth_user_id": str(n % 4), "n": n}, ttl=600)
+        keys.append(key)
+    indexes = store_keys() - {data_name(prefix, key) for key in keys}
+    assert len(indexes) >= 4
+    assert all(name.startswith(prefix + "{u:") for name in indexes)
+    assert store.count() == 12
+    assert dict(store.all()) == {
+        store.session_id(key): {"_auth_user_id": str(n % 4), "n": n}
+        for n, key in enumerate(keys)
+    }
+    assert store.clear() == 12
+    # Left to expire: an index entry a login wrote while clear() ran may be
+    # the only listing of a live session.
+    assert store_keys() == indexes
+    assert store.count() == 0
+    assert store.user_sessions("0") == []
+
+
 def test_keys_outside_the_prefix_are_never_touched(
     make_store: Callable[..., Any], raw: redis.Redis, prefix: str
 ) -> None:
@@ -362,9 +387,12 @@ def test_foreign_values_under_the_prefix_are_skipped_and_cleared(
     assert store.exists("a-list") is False
     assert store.count() == 2
     assert dict(store.all()) == {store.session_id(k): {"n": k} for k in keys}
-    # clear deletes every name of this store's layout, whatever it holds.
-    assert store.clear() == 5
+    # clear deletes the strings of this store's layout, the sessions, and
+    # leaves what cannot be one, as count and all skip it.
+    assert store.clear() == 3
     assert store.count() == 0
+    assert raw.type(data_name(prefix, "a-list")) == b"list"
+    assert raw.type(data_name(prefix, "a-hash")) == b"hash"
 
 
 def test_a_create_already_over_writes_nothing(store: Any, store_keys: Keys) -> None:
@@ -437,8 +465,8 @@ class ScanProxy:
         return getattr(self.client, name)
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
-        # Every command comes here: the store sends each through
-        # execute_command.
+        # Every command comes here: the store's walks send SCAN and UNLINK
+        # with execute_command.
         name = args[0]
         if name == "MGET":
             for key in self.vanish_before_mget:

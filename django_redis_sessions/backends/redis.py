@@ -3,9 +3,9 @@
 Serialization and expiry live here, Redis in ``redis_layer.py``, the merge
 of a concurrent save in ``merge.py``. Round trips: load 1, create 1, save 1
 (a TTL refresh when the session did not change; one more per other request's
-save it merges), delete 1, cycle_key 1 (two on Redis Cluster). While ``MIGRATE_FROM`` is set
-(``migration.py``), a load that misses also asks that engine, and delete and
-cycle_key also delete the key there.
+save it merges), delete 1, cycle_key 1 (two on Redis Cluster). While
+``MIGRATE_FROM`` is set (``migration.py``), a load that misses also asks that
+engine, and delete and cycle_key also delete the key there.
 """
 
 from __future__ import annotations
