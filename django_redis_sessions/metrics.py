@@ -17,7 +17,7 @@ No key, id or user id is ever an attribute: each would be a new time series
 per session. Without the package, ``recorded`` returns the method itself,
 so there is no cost at all; with the API but no SDK configured, the API's
 no-op instruments cost about half a microsecond per operation, and with the
-SDK its own bookkeeping about 12 (README, "Metrics"). Instruments come
+SDK its own bookkeeping about 12 (``docs/operating.rst``). Instruments come
 from the global meter provider, so an application that configures the SDK
 after this module is imported still gets them (the API's proxy meter).
 """

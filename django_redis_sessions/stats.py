@@ -210,7 +210,7 @@ class Stats:
     unencrypted: int | None = None
 
     def as_json(self) -> dict[str, Any]:
-        """The ``--json`` document; README's "Operating it" lists the fields."""
+        """The ``--json`` document; ``docs/operating.rst`` lists the fields."""
         memory = self.memory_bytes
         return {
             "schema": SCHEMA,

@@ -1,7 +1,7 @@
 """Staff tools: a user's sessions on the user's admin change page.
 
 The test project registers ``UserSessionsAdminMixin`` on Django's
-``UserAdmin`` (``tests/urls.py``), as the README says.
+``UserAdmin`` (``tests/urls.py``), as ``docs/page.rst`` says.
 """
 
 from __future__ import annotations

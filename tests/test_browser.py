@@ -6,7 +6,7 @@ run deselects: run it with ``python runtests.py -m browser`` (or ``tox -e
 browser``). It needs Debian's ``chromium`` and ``chromium-driver`` and the
 ``browser`` extra (Selenium). Where one is missing the test is skipped,
 naming it, except in CI (``CI=true``), where a browser test that cannot run
-is a failure. With ``UPDATE_SCREENSHOTS=1`` the screenshots the README shows
+is a failure. With ``UPDATE_SCREENSHOTS=1`` the screenshots the docs show
 are written to ``docs/``.
 """
 
@@ -57,7 +57,7 @@ CHROME_FLAGS = [
 
 #: Chromium's own User-Agent on Linux, as the page names it (ua-parser).
 CHROME_ON_LINUX = "HeadlessChrome on Linux"
-#: Where ``UPDATE_SCREENSHOTS=1`` writes the README's screenshots.
+#: Where ``UPDATE_SCREENSHOTS=1`` writes the screenshots of ``docs/page.rst``.
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 PHONE = (390, 844)
 DESKTOP = (1280, 800)

@@ -46,7 +46,7 @@ def log_out_others(request: HttpRequest) -> HttpResponse:
 
 
 class PasswordChangeView(auth_views.PasswordChangeView):
-    """The README's password change that ends every other session."""
+    """The password change of ``docs/users.rst`` that ends every other session."""
 
     success_url = "/read/"
 
@@ -62,7 +62,7 @@ def whoami(request: HttpRequest) -> HttpResponse:
 
 
 class SessionsUserAdmin(UserSessionsAdminMixin, UserAdmin):  # type: ignore[type-arg]
-    """The README's admin: the user's sessions on the user's change page."""
+    """The admin of ``docs/page.rst``: the user's sessions on the user's change page."""
 
 
 if admin.site.is_registered(User):
