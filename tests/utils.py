@@ -223,6 +223,11 @@ def data_name(prefix: str, key: str) -> str:
     return RedisLayer(prefix=prefix).data_name(key)
 
 
+def index_names(prefix: str, user_id: object) -> set[str]:
+    """The Redis names of a user's index under the configured layout."""
+    return set(RedisLayer(prefix=prefix).index_names(str(user_id)))
+
+
 def tombstone_name(prefix: str, key: str) -> str:
     """The Redis name of the tombstone of ``key`` under the configured layout."""
     return RedisLayer(prefix=prefix).tombstone_name(key)
