@@ -890,7 +890,9 @@ class RedisLayer:
         ``on_evicted``) the ids of those that were still live when ended.
         """
         excess = _beyond_cap(self.user_entries(user_id), kept, self._cap)
-        ended = [session_id for session_id in excess if self.destroy(session_id, user_id)]
+        ended = [
+            session_id for session_id in excess if self.destroy(session_id, user_id)
+        ]
         if ended and self.on_evicted is not None:
             self.on_evicted(ended)
         return ended
@@ -1013,12 +1015,13 @@ class RedisLayer:
         client = self._client()
         pattern = glob_escape(self.prefix) + "{u:*}:sessions"
         for node in scan_nodes(client):
-            for name in node.scan_iter(match=pattern, count=self.scan_count, _type="hash"):
+            for name in node.scan_iter(
+                match=pattern, count=self.scan_count, _type="hash"
+            ):
                 index = name.decode()
                 names = (index, index.removesuffix(":sessions") + ":expiry")
                 fields = [
-                    field.decode(errors="replace")
-                    for field in client.hkeys(index)
+                    field.decode(errors="replace") for field in client.hkeys(index)
                 ]
                 if plain := [field for field in fields if not is_hashed_id(field)]:
                     args = self._rekey_args(plain)

@@ -64,13 +64,21 @@ return 1
 # returns the number of live forms removed (0: none was live); every tombstone
 # is set either way, so a write racing a logout of an already expired session
 # stays refused. A first tombstone holding this call's own token means the
-# call already ran and its reply was lost: the retry reports a removal.
+# call already ran and its reply was lost: the retry reports what that run
+# did, which the token records ("+": it removed a live form, "-": none).
 DESTROY = """
-if redis.call('GET', KEYS[2]) == ARGV[2] then return 1 end
+local mark = redis.call('GET', KEYS[2])
+if mark == ARGV[2] .. '+' then return 1 end
+if mark == ARGV[2] .. '-' then return 0 end
 local removed = 0
-for i = 1, #KEYS, 2 do
-  removed = removed + redis.call('DEL', KEYS[i])
-  redis.call('SET', KEYS[i + 1], ARGV[2], 'PX', ARGV[1])
+for i = 1, #KEYS, 2 do removed = removed + redis.call('DEL', KEYS[i]) end
+mark = ARGV[2] .. (removed > 0 and '+' or '-')
+for i = 2, #KEYS, 2 do
+  -- A destroy that ended nothing keeps the tombstone's token: the call that
+  -- did end the session may be waiting for its retry.
+  if removed > 0 or redis.call('PEXPIRE', KEYS[i], ARGV[1]) == 0 then
+    redis.call('SET', KEYS[i], mark, 'PX', ARGV[1])
+  end
 end
 return removed
 """
@@ -374,11 +382,16 @@ for i = 3, #ARGV do
   redis.call('HDEL', KEYS[#KEYS - 1], ARGV[i])
   redis.call('ZREM', KEYS[#KEYS], ARGV[i])
 end
-if redis.call('GET', KEYS[2]) == ARGV[2] then return 1 end
+local mark = redis.call('GET', KEYS[2])
+if mark == ARGV[2] .. '+' then return 1 end
+if mark == ARGV[2] .. '-' then return 0 end
 local removed = 0
-for i = 1, #KEYS - 2, 2 do
-  removed = removed + redis.call('DEL', KEYS[i])
-  redis.call('SET', KEYS[i + 1], ARGV[2], 'PX', ARGV[1])
+for i = 1, #KEYS - 2, 2 do removed = removed + redis.call('DEL', KEYS[i]) end
+mark = ARGV[2] .. (removed > 0 and '+' or '-')
+for i = 2, #KEYS - 2, 2 do
+  if removed > 0 or redis.call('PEXPIRE', KEYS[i], ARGV[1]) == 0 then
+    redis.call('SET', KEYS[i], mark, 'PX', ARGV[1])
+  end
 end
 return removed
 """
