@@ -246,9 +246,12 @@ return {
 #   sessions are live, ends the oldest live ones (destroy, then unlist) and
 #   prunes dead entries, so a dead entry never counts and a retried script
 #   changes nothing twice.
+#: How many expired entries one index write removes at most.
+PRUNE_BATCH = 64
+
 _INDEX_FUNCTIONS = """
 local unpack = unpack or table.unpack
-local PRUNE_BATCH = 64
+local PRUNE_BATCH = PRUNE_BATCH_SIZE
 local function over_cap(exp, cap)
   cap = tonumber(cap)
   if cap > 0 and redis.call('ZCARD', exp) > cap then return 1 end
@@ -305,7 +308,7 @@ local function index_write(idx, exp, at)
   end
   return over_cap(exp, ARGV[at + 4])
 end
-"""
+""".replace("PRUNE_BATCH_SIZE", str(PRUNE_BATCH))
 
 # The index entry alone, on the user's slot (Redis Cluster, and ``store.set``).
 # KEYS[1] index hash, KEYS[2] expiry set; ARGV: the index arguments (see

@@ -17,7 +17,6 @@ import itertools
 import json
 import secrets
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -33,32 +32,13 @@ from django_redis_sessions.scripts import Outcome
 from django_redis_sessions.user_index import SLACK_MS, IndexWrite, now_ms
 from tests.utils import (
     Interleaving,
+    Server,
     interleavings,
-    load_scripts,
     needs_async_backend,
 )
 
 SCHEDULES = 500
 TTL = 600.0
-
-
-@dataclass
-class Server:
-    """Where a scenario runs: a plain client on it, and whether it is a Cluster."""
-
-    raw: Any
-    cluster: bool
-
-
-@pytest.fixture(params=["one server", "cluster"])
-def server(request: pytest.FixtureRequest, raw_redis: redis.Redis) -> Server:
-    """The server, with every script loaded: a schedule counts no reload."""
-    if request.param == "cluster":
-        cluster = request.getfixturevalue("cluster")
-        load_scripts(cluster)
-        return Server(cluster, True)
-    load_scripts(raw_redis)
-    return Server(raw_redis, False)
 
 
 @pytest.fixture(params=["sync", pytest.param("async", marks=needs_async_backend)])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import io
 import itertools
 import math
@@ -238,6 +239,14 @@ def load_scripts(client: Any) -> None:
 def data_name(prefix: str, key: str) -> str:
     """The Redis name of the session of ``key`` under the configured layout."""
     return RedisLayer(prefix=prefix).data_name(key)
+
+
+@dataclasses.dataclass
+class Server:
+    """Where a test runs: a plain client on it, and whether it is a Cluster."""
+
+    raw: Any
+    cluster: bool
 
 
 def index_names(prefix: str, user_id: object) -> set[str]:
