@@ -934,7 +934,9 @@ class RedisLayer:
         """See unindex()."""
         await scripts.arun(self._async_client(), *self._forget_call(user_id, key))
 
-    def user_entries(self, user_id: str) -> list[tuple[str, str, int | None]]:
+    def user_entries(
+        self, user_id: str, *, pending: bool = False
+    ) -> list[tuple[str, str, int | None]]:
         """The user's live sessions: (id, entry, real expiry in ms or None).
 
         Two round trips: the index, then every session's ``PTTL`` in one
@@ -946,6 +948,13 @@ class RedisLayer:
         move to their id first; in "migrate" mode their session too, if it
         still lives under its plain name, so that it is found, and ended, by
         its id.
+
+        With ``pending``, also the entries of sessions not there (yet) but
+        younger than the slack, with None as their expiry: on Cluster a
+        session being created or moved to a new key (``cycle``) has its entry
+        before it exists, and a logout that means to end every session of
+        the user ends those too (a destroy leaves a tombstone, which refuses
+        the create still in flight).
         """
         client = self._client()
         names = self.index_names(user_id)
@@ -961,12 +970,14 @@ class RedisLayer:
         pipeline = client.pipeline(transaction=False)
         for session_id in entries:
             pipeline.pttl(self.data_name(session_id))
-        live, dead = _sorted_out(entries, pipeline.execute(), now_ms())
+        live, dead = _sorted_out(entries, pipeline.execute(), now_ms(), pending)
         if dead:
             scripts.run(client, scripts.INDEX_PRUNE, names, dead)
         return live
 
-    async def auser_entries(self, user_id: str) -> list[tuple[str, str, int | None]]:
+    async def auser_entries(
+        self, user_id: str, *, pending: bool = False
+    ) -> list[tuple[str, str, int | None]]:
         """See user_entries()."""
         client = self._async_client()
         names = self.index_names(user_id)
@@ -983,7 +994,8 @@ class RedisLayer:
         pipeline = client.pipeline(transaction=False)
         for session_id in entries:
             pipeline.pttl(self.data_name(session_id))
-        live, dead = _sorted_out(entries, await pipeline.execute(), now_ms())
+        ttls = await pipeline.execute()
+        live, dead = _sorted_out(entries, ttls, now_ms(), pending)
         if dead:
             await scripts.arun(client, scripts.INDEX_PRUNE, names, dead)
         return live
@@ -1227,13 +1239,14 @@ class RedisLayer:
 
 
 def _sorted_out(
-    entries: dict[str, str], ttls: list[Any], now: int
+    entries: dict[str, str], ttls: list[Any], now: int, pending: bool = False
 ) -> tuple[list[tuple[str, str, int | None]], list[str]]:
     """The live sessions of a listing, and the dead entries it may prune.
 
     A dead entry is pruned only once it is older than the slack: a younger one
     may belong to a session being written right now (its entry comes first on
-    Cluster). The pruning gets each entry as read, as ``(field, entry)``.
+    Cluster), and is listed with ``pending``. The pruning gets each entry as
+    read, as ``(field, entry)``.
     """
     live: list[tuple[str, str, int | None]] = []
     dead: list[str] = []
@@ -1245,6 +1258,8 @@ def _sorted_out(
             live.append((session_id, entry, None))
         elif seen_ms(entry) + SLACK_MS < now:
             dead += [session_id, entry]
+        elif pending:
+            live.append((session_id, entry, None))
     return live, dead
 
 

@@ -399,6 +399,9 @@ def test_a_listing_between_an_entry_and_its_session_prunes_nothing(
     call(layer, "index", key, written)
     assert call(store, "user_sessions", "7") == []
     assert index_fields(server, "7") == {layer.session_id(key)}
+    # A logout that must end everything sees it as pending.
+    [(session_id, _, expiry)] = call(layer, "user_entries", "7", pending=True)
+    assert (session_id, expiry) == (layer.session_id(key), None)
     assert call(store, "create", key, user_data("7"), 60) is True
     assert [s.id for s in call(store, "user_sessions", "7")] == [layer.session_id(key)]
 
