@@ -30,7 +30,6 @@ from django_redis_sessions import get_store
 from django_redis_sessions import scripts as scripts
 from django_redis_sessions.backends.redis import SessionStore as SessionStore
 from django_redis_sessions.bulk import cleared_on as cleared_on
-from django_redis_sessions.keys import user_index_key as user_index_key
 from django_redis_sessions.redis_layer import RedisLayer as RedisLayer
 from django_redis_sessions.testing import CommandLog, RedisServer
 from django_redis_sessions.testing import RedisClusterServers as RedisClusterServers
