@@ -38,6 +38,9 @@ from tests.utils import (
 )
 
 SCHEDULES = 500
+#: Schedules with a lost reply: each one is played until a script's reply
+#: was lost, at a position that moves from one schedule to the next.
+LOST_SCHEDULES = 125
 TTL = 600.0
 
 
@@ -156,7 +159,9 @@ def listed_once_saved(
     # perhaps a prune. On Cluster, one more each: the asyncio client's first
     # command of a new event loop may be redirected (MOVED) and sent again.
     turns = [3, 4, 3, 6, 6] if server.cluster else [1, 1, 1, 3, 3]
-    orders = interleavings(with_retries(turns, server, lose), SCHEDULES, seed)
+    orders = interleavings(
+        with_retries(turns, server, lose), LOST_SCHEDULES if lose else SCHEDULES, seed
+    )
     for n, order in enumerate(orders):
         for lose_at in losses(order, n, lose):
             if once_listed(server, scenario, order, f"u{n}-{lose_at}", lose_at):
@@ -166,9 +171,12 @@ def listed_once_saved(
 
 
 def with_retries(turns: list[int], server: Server, lose: bool) -> list[int]:
-    """``turns`` with room for what a lost reply adds on Cluster, where the
-    client also learns the slots again and may be redirected once more."""
-    return [n + 2 for n in turns] if lose and server.cluster else turns
+    """``turns`` with room for the retry of a lost reply, and on Cluster for
+    what it adds there (the client learns the slots again and may be
+    redirected once more)."""
+    if not lose:
+        return turns
+    return [n + (3 if server.cluster else 1) for n in turns]
 
 
 def losses(order: list[int], n: int, lose: bool) -> list[int | None]:
@@ -259,7 +267,9 @@ def cap_ends_live_sessions_only(
     # then its unlisting); a listing.
     # On Cluster, one more each, as above.
     turns = [10, 10, 6] if server.cluster else [5, 5, 3]
-    orders = interleavings(with_retries(turns, server, lose), SCHEDULES, seed)
+    orders = interleavings(
+        with_retries(turns, server, lose), LOST_SCHEDULES if lose else SCHEDULES, seed
+    )
     for n, order in enumerate(orders):
         for lose_at in losses(order, n, lose):
             if once_capped(server, scenario, order, f"u{n}-{lose_at}", lose_at, ended):

@@ -376,7 +376,8 @@ class Interleaving:
     ``order`` is spent, everyone runs freely. ``sent`` lists ``(actor,
     command)`` as they ran. With ``lose_at``, the reply of the script (an
     ``EVALSHA``) sent at that position or the first one after it is lost
-    after the server ran it, and redis-py's retry sends it again, ungated.
+    after the server ran it, and redis-py's retry sends it again when its
+    turn comes: other actors may run in between, as other clients do.
 
     ``patched()`` installs the gate on redis-py's connection classes for the
     duration of a test; code outside an actor is never gated.
@@ -403,17 +404,15 @@ class Interleaving:
         return self._free or self._granted[actor] >= self._arrived[actor]
 
     def _arrive(self, actor: int, name: bytes) -> bool:
-        """Count an arrival; False if this send is a retry, which is not gated."""
-        if actor in self._retrying:
-            self._retrying.discard(actor)
-            self.sent.append((actor, name.decode() + " again"))
-            return False
+        """Count an arrival at the gate (every send, a retry too)."""
         self._arrived[actor] += 1
         return True
 
     def _went(self, actor: int, name: bytes) -> bool:
         """Record a command about to be sent; True if its reply is to be lost."""
-        self.sent.append((actor, name.decode()))
+        again = actor in self._retrying
+        self._retrying.discard(actor)
+        self.sent.append((actor, name.decode() + (" again" if again else "")))
         lose = (
             self.lose_at is not None
             and len(self.sent) - 1 >= self.lose_at
