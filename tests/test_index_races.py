@@ -159,15 +159,42 @@ def listed_once_saved(
     # perhaps a prune. On Cluster, one more each: the asyncio client's first
     # command of a new event loop may be redirected (MOVED) and sent again.
     turns = [3, 4, 3, 6, 6] if server.cluster else [1, 1, 1, 3, 3]
-    orders = interleavings(
-        with_retries(turns, server, lose), LOST_SCHEDULES if lose else SCHEDULES, seed
+    drive(
+        with_retries(turns, server, lose),
+        lose,
+        seed,
+        lambda order, user, lose_at: once_listed(
+            server, scenario, order, user, lose_at
+        ),
     )
-    for n, order in enumerate(orders):
+
+
+def drive(
+    turns: list[int],
+    lose: bool,
+    seed: int,
+    once: Callable[[list[int], str, int | None], Interleaving],
+) -> None:
+    """Play schedules until ``SCHEDULES`` distinct interleavings ran.
+
+    Distinct in the commands as they ran: an actor that sends fewer commands
+    than its turns makes several orders play the same interleaving, which
+    counts once. With ``lose``, ``LOST_SCHEDULES`` of them, each played until
+    a script's reply was lost (a fresh user each time).
+    """
+    wanted = LOST_SCHEDULES if lose else SCHEDULES
+    distinct: set[tuple[tuple[int, str], ...]] = set()
+    for n, order in enumerate(interleavings(turns, 4 * wanted, seed)):
         for lose_at in losses(order, n, lose):
-            if once_listed(server, scenario, order, f"u{n}-{lose_at}", lose_at):
+            played = once(order, f"u{n}-{lose_at}", lose_at)
+            if not lose or played.lost:
                 break
         else:
-            assert not lose, f"No reply was lost in {order}."
+            raise AssertionError(f"No reply was lost in {order}.")
+        distinct.add(tuple(played.sent))
+        if len(distinct) >= wanted:
+            return
+    raise AssertionError(f"Only {len(distinct)} distinct interleavings ran.")
 
 
 def with_retries(turns: list[int], server: Server, lose: bool) -> list[int]:
@@ -191,8 +218,8 @@ def losses(order: list[int], n: int, lose: bool) -> list[int | None]:
 
 def once_listed(
     server: Server, scenario: Scenario, order: list[int], user: str, lose_at: int | None
-) -> bool:
-    """One schedule of ``listed_once_saved``; whether a reply was lost."""
+) -> Interleaving:
+    """One schedule of ``listed_once_saved``, checked."""
     layer = scenario.layer
     old, kept, created, cycled = new_key(), new_key(), new_key(), new_key()
     for key in (old, kept):
@@ -224,7 +251,7 @@ def once_listed(
             if first_and_last(played, writer)[1] < start:
                 assert layer.session_id(key) in seen, (order, played.sent)
         assert seen <= expected | {layer.session_id(old)}
-    return played.lost == 1
+    return played
 
 
 def test_a_live_session_is_always_listed(
@@ -267,15 +294,14 @@ def cap_ends_live_sessions_only(
     # then its unlisting); a listing.
     # On Cluster, one more each, as above.
     turns = [10, 10, 6] if server.cluster else [5, 5, 3]
-    orders = interleavings(
-        with_retries(turns, server, lose), LOST_SCHEDULES if lose else SCHEDULES, seed
+    drive(
+        with_retries(turns, server, lose),
+        lose,
+        seed,
+        lambda order, user, lose_at: once_capped(
+            server, scenario, order, user, lose_at, ended
+        ),
     )
-    for n, order in enumerate(orders):
-        for lose_at in losses(order, n, lose):
-            if once_capped(server, scenario, order, f"u{n}-{lose_at}", lose_at, ended):
-                break
-        else:
-            assert not lose, f"No reply was lost in {order}."
 
 
 def once_capped(
@@ -285,8 +311,8 @@ def once_capped(
     user: str,
     lose_at: int | None,
     ended: list[str],
-) -> bool:
-    """One schedule of ``cap_ends_live_sessions_only``; whether a reply was lost."""
+) -> Interleaving:
+    """One schedule of ``cap_ends_live_sessions_only``, checked."""
     layer = scenario.layer
     oldest, dead, recent, first, second = (new_key() for _ in range(5))
     for key in (oldest, dead, recent):
@@ -306,7 +332,7 @@ def once_capped(
     assert ended == [layer.session_id(oldest)], (order, played.sent)
     assert listed_ids(layer, user) == expected
     assert layer.session_id(oldest) not in fields(server, layer, user)
-    return played.lost == 1
+    return played
 
 
 @pytest.fixture
