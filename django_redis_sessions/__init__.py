@@ -31,7 +31,7 @@ def logout_other_sessions(request: HttpRequest) -> int:
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
         return 0
-    return get_store().logout_user(user.pk, keep=_stored_key(request))
+    return get_store().logout_user(user.pk, keep=request.session.session_key)
 
 
 async def alogout_other_sessions(request: HttpRequest) -> int:
@@ -40,11 +40,4 @@ async def alogout_other_sessions(request: HttpRequest) -> int:
     user = await auser() if auser is not None else getattr(request, "user", None)
     if user is None or not user.is_authenticated:
         return 0
-    return await get_store().alogout_user(user.pk, keep=_stored_key(request))
-
-
-def _stored_key(request: HttpRequest) -> str | None:
-    # After update_session_auth_hash() (a cycle_key) the session still lives
-    # under its old key until the response saves it: that is the one to keep.
-    session = request.session
-    return getattr(session, "stored_key", session.session_key)
+    return await get_store().alogout_user(user.pk, keep=request.session.session_key)

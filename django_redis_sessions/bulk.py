@@ -23,7 +23,6 @@ import redis.asyncio.cluster
 import redis.cluster
 
 from django_redis_sessions import scripts
-from django_redis_sessions.fast_path import aexecute, execute
 
 T = TypeVar("T")
 
@@ -108,7 +107,7 @@ def node_batches(
     cursor = 0
     args = _scan_args(pattern, count, kind)
     while True:
-        cursor, names = execute(node, "SCAN", cursor, *args)
+        cursor, names = node.execute_command("SCAN", cursor, *args)
         if batch := recent.fresh(names):
             yield batch
         if not int(cursor):
@@ -123,7 +122,7 @@ async def anode_batches(
     cursor = 0
     args = _scan_args(pattern, count, kind)
     while True:
-        cursor, names = await aexecute(node, "SCAN", cursor, *args)
+        cursor, names = await node.execute_command("SCAN", cursor, *args)
         if batch := recent.fresh(list(names)):
             yield batch
         if not int(cursor):
@@ -131,13 +130,7 @@ async def anode_batches(
 
 
 def _scan_args(pattern: str, count: int, kind: str | None) -> tuple[Any, ...]:
-    """What follows the cursor in a SCAN, as ``scan()`` sends it.
-
-    The walks send SCAN through the fast path, since ``count()`` is little
-    more than this loop; a node the fast path does not take (an asyncio
-    ``ClusterNode`` among them) gets the same command from its own
-    ``execute_command``.
-    """
+    """What follows the cursor in a SCAN, as ``scan()`` sends it."""
     args: tuple[Any, ...] = ("MATCH", pattern, "COUNT", count)
     return args if kind is None else (*args, "TYPE", kind)
 
@@ -236,12 +229,12 @@ async def amerged(
 
 def unlink_on(node: Any, names: list[bytes]) -> int:
     """``UNLINK`` ``names`` on one server: one round trip; how many existed."""
-    return int(execute(node, "UNLINK", *names))
+    return int(node.execute_command("UNLINK", *names))
 
 
 async def aunlink_on(node: Any, names: list[bytes]) -> int:
     """See unlink_on()."""
-    return int(await aexecute(node, "UNLINK", *names))
+    return int(await node.execute_command("UNLINK", *names))
 
 
 def cleared_on(

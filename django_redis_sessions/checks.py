@@ -28,11 +28,12 @@ from django_redis_sessions.conf import DEFAULTS, SETTING_NAME, is_secret, redact
 from django_redis_sessions.migration import engine_problem
 from django_redis_sessions.redis_arguments import (
     ARGUMENT_TYPES,
-    PARSER_EXPECTS,
-    QUERY_PARSERS,
     accepted_arguments,
     describe_client,
     is_int,
+    query_expects,
+    query_values,
+    url_problem,
 )
 
 _ID_PREFIX = "django_redis_sessions."
@@ -149,6 +150,10 @@ def _name(key: str) -> str:
     return f"{SETTING_NAME}[{key!r}]"
 
 
+#: The values of HASH_IDS besides True and False.
+_HASH_MODES = ("prepare", "migrate")
+
+
 def _unless(is_valid: Callable[[Any], bool]) -> Callable[[Any], str | None]:
     """A ``_Rule.problem`` for a check that needs no explanation."""
     return lambda value: None if is_valid(value) else ""
@@ -171,7 +176,7 @@ def _is_port(value: Any) -> bool:
     return is_int(value) and 0 < value < 65536
 
 
-def _is_sentinel(value: Any) -> bool:
+def _is_address(value: Any) -> bool:
     return (
         isinstance(value, (list, tuple))
         and len(value) == 2
@@ -188,7 +193,9 @@ def _url_problem(value: Any) -> str | None:
         _url_database(value)
     except ValueError as exc:
         return str(exc)
-    return None
+    # Whatever else the installed redis-py refuses, such as an upper-case
+    # scheme, which older releases refuse and newer ones accept.
+    return url_problem(value)
 
 
 def _url_database(url: str) -> int | None:
@@ -355,6 +362,20 @@ _RULES: dict[str, _Rule] = {
         "Set CLUSTER to True to use Redis Cluster, or False.",
         _unless(lambda value: isinstance(value, bool)),
     ),
+    "CLUSTER_NODES": _Rule(
+        "E029",
+        "a list of (host, port) pairs",
+        "Set CLUSTER_NODES to a list of (host, port) pairs with a string host "
+        "and an integer port, e.g. [('redis-2', 7000), ('redis-3', 7000)]: "
+        "more nodes of the cluster to connect through while the node in URL "
+        "is down.",
+        _unless(
+            lambda value: (
+                isinstance(value, (list, tuple))
+                and all(_is_address(node) for node in value)
+            )
+        ),
+    ),
     "SENTINELS": _Rule(
         "E006",
         "a list of (host, port) pairs",
@@ -364,7 +385,7 @@ _RULES: dict[str, _Rule] = {
         _unless(
             lambda value: (
                 isinstance(value, (list, tuple))
-                and all(_is_sentinel(sentinel) for sentinel in value)
+                and all(_is_address(sentinel) for sentinel in value)
             )
         ),
     ),
@@ -438,11 +459,12 @@ _RULES: dict[str, _Rule] = {
     ),
     "HASH_IDS": _Rule(
         "E023",
-        'True, False or "migrate"',
+        'True, False, "prepare" or "migrate"',
         "Set HASH_IDS to True to keep sessions under ids that no cookie can "
         'name, to "migrate" while sessions written under plain keys still '
-        "live, or to False for the plain layout.",
-        _unless(lambda value: value is True or value is False or value == "migrate"),
+        'live, to "prepare" for the first step of a rollout to "migrate", or '
+        "to False for the plain layout.",
+        _unless(lambda value: value is True or value is False or value in _HASH_MODES),
     ),
     "USER_INDEX": _Rule(
         "E025",
@@ -489,7 +511,7 @@ _RULES: dict[str, _Rule] = {
 
 
 #: The keys a ``CLIENT`` factory makes meaningless: it builds the client itself.
-_REPLACED_BY_CLIENT = ("URL", "OPTIONS", "CLUSTER", "SENTINELS")
+_REPLACED_BY_CLIENT = ("URL", "OPTIONS", "CLUSTER", "CLUSTER_NODES", "SENTINELS")
 
 
 def _check_client(config: dict[str, Any]) -> list[checks.CheckMessage]:
@@ -516,9 +538,22 @@ def _is_default(key: str, value: Any) -> bool:
 
 
 def _check_cluster(config: dict[str, Any]) -> list[checks.CheckMessage]:
-    """Check the keys that contradict ``CLUSTER = True``."""
-    if config["CLUSTER"] is not True or config["CLIENT"] is not None:
-        return []  # With CLIENT, _check_client() reports CLUSTER itself.
+    """Check the keys that contradict ``CLUSTER = True``, or need it."""
+    if config["CLIENT"] is not None:
+        return []  # _check_client() reports CLUSTER and CLUSTER_NODES itself.
+    if config["CLUSTER"] is not True:
+        if not config["CLUSTER_NODES"]:
+            return []
+        return [
+            _error(
+                "E030",
+                f"{_name('CLUSTER_NODES')} must be empty when {_name('CLUSTER')} "
+                f"is not True, not {_shown(config['CLUSTER_NODES'])} (only a "
+                "Redis Cluster client connects through more than one node).",
+                "Set CLUSTER to True if URL names a node of a Redis Cluster, or "
+                "remove CLUSTER_NODES.",
+            )
+        ]
     errors: list[checks.CheckMessage] = []
     sentinels = config["SENTINELS"]
     if sentinels:
@@ -584,6 +619,7 @@ def _check_connection_arguments(
     if config["CLIENT"] is not None:
         return []  # _check_client() reports them.
     arguments = _Arguments(
+        config,
         accepted_arguments(config),
         describe_client(config),
         tls=urlsplit(config["URL"]).scheme == "rediss",
@@ -604,6 +640,7 @@ def _check_connection_arguments(
 class _Arguments:
     """Judges each argument redis-py would receive for one configuration."""
 
+    config: dict[str, Any]
     # None when the accepted names cannot be told.
     accepted: frozenset[str] | None
     # Completes "redis-py does not accept it for ...".
@@ -624,19 +661,18 @@ class _Arguments:
             return self._unknown(
                 "E017", f"{_name('URL')} has the query parameter {name!r}", name, "URL"
             )
-        parser = QUERY_PARSERS.get(name)
-        value: Any = text
-        if parser is not None:
-            try:
-                value = parser(text)
-            except (TypeError, ValueError) as exc:
-                expected = PARSER_EXPECTS.get(parser)
-                because = "" if expected else f" ({exc})"
-                return self._bad_query_value(
-                    where, expected or "a value redis-py can read", text, because
-                )
+        try:
+            values = query_values(self.config, name, text)
+        except ValueError as exc:
+            expected = query_expects(name) or ARGUMENT_TYPES.get(name, ("",))[0]
+            # parse_url() replaces its parser's reason with a generic one.
+            reason = exc.__context__ if exc.__context__ is not None else exc
+            because = "" if expected else f" ({reason})"
+            return self._bad_query_value(
+                where, expected or "a value redis-py can read", text, because
+            )
         expected, is_valid = ARGUMENT_TYPES.get(name, ("", _anything))
-        if not is_valid(value):
+        if not all(is_valid(value) for value in values):
             return self._bad_query_value(where, expected, text, "")
         return None
 

@@ -9,9 +9,11 @@ them when ``SESSION_REDIS`` changes.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 from collections.abc import AsyncGenerator
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio
@@ -20,6 +22,7 @@ import redis.asyncio.retry
 import redis.asyncio.sentinel
 import redis.cluster
 import redis.connection
+import redis.retry
 import redis.sentinel
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
@@ -31,24 +34,38 @@ from redis.connection import parse_url
 from django_redis_sessions.conf import SETTING_NAME, conf, redact_url
 
 #: Applied before ``OPTIONS``, which override them. A session lookup is on the
-#: path of every request: it must fail within seconds, not hang a worker. One
-#: retry covers a pooled connection that went stale when Redis restarted; every
-#: store command may safely run twice (see ``store.py``).
+#: path of every request: it must fail within seconds, not hang a worker.
 DEFAULT_OPTIONS: dict[str, Any] = {
     "socket_connect_timeout": 2.0,
     "socket_timeout": 5.0,
 }
+#: One retry covers a pooled connection that went stale when Redis restarted,
+#: and on Cluster a node that moved (the retry follows the refreshed slot
+#: map); every store command may safely run twice (see ``store.py``). More
+#: would only make every request wait on a dead shard: redis-py's own cluster
+#: default of 10 retries, with backoffs of up to a second, held each request
+#: for about 4 s and piled every worker up behind the shard.
 RETRIES = 1
+#: The longest wait before the retry, in seconds.
+BACKOFF_CAP = 0.2
+_BACKOFF_BASE = 0.02
+
+# Before redis-py 6 a cluster client handed ``retry`` to each node and counted
+# its own retries, with no backoff, in ``cluster_error_retry_attempts``; from
+# 6 on ``retry`` is the cluster client's own and that argument is deprecated.
+_CLUSTER_RETRY_IS_PER_NODE = redis.VERSION < (6,)
+
+
+def _backoff() -> ExponentialBackoff:
+    return ExponentialBackoff(cap=BACKOFF_CAP, base=_BACKOFF_BASE)
 
 
 def _options(asynchronous: bool) -> dict[str, Any]:
     retry_class = redis.asyncio.retry.Retry if asynchronous else redis.retry.Retry
-    options = {
-        **DEFAULT_OPTIONS,
-        "retry": retry_class(ExponentialBackoff(cap=0.2, base=0.02), RETRIES),
-    }
-    options.update(conf.OPTIONS)
-    return options
+    retry: dict[str, Any] = {"retry": retry_class(_backoff(), RETRIES)}
+    if conf.CLUSTER and _CLUSTER_RETRY_IS_PER_NODE:
+        retry = {"cluster_error_retry_attempts": RETRIES}
+    return {**DEFAULT_OPTIONS, **retry, **conf.OPTIONS}
 
 
 def build_client(*, asynchronous: bool = False) -> Any:
@@ -60,16 +77,35 @@ def build_client(*, asynchronous: bool = False) -> Any:
     if conf.SENTINELS:
         return _sentinel_primary(options, asynchronous=asynchronous)
     if conf.CLUSTER:
-        # The cluster client retries on its own, node by node.
-        options.pop("retry", None)
-        cluster_class: Any = (
-            redis.asyncio.cluster.RedisCluster
-            if asynchronous
-            else redis.cluster.RedisCluster
-        )
-        return cluster_class.from_url(conf.URL, **options)
+        return _cluster(options, asynchronous=asynchronous)
     client_class: Any = redis.asyncio.Redis if asynchronous else redis.Redis
     return client_class.from_url(conf.URL, **options)
+
+
+def _cluster(options: dict[str, Any], *, asynchronous: bool) -> Any:
+    cluster_class: Any
+    node_class: Any
+    if asynchronous:
+        cluster_class = redis.asyncio.cluster.RedisCluster
+        node_class = redis.asyncio.cluster.ClusterNode
+    else:
+        cluster_class = redis.cluster.RedisCluster
+        node_class = redis.cluster.ClusterNode
+    if "topology_refresh_min_interval" in inspect.signature(cluster_class).parameters:
+        # A request that fails on a node asks for a new slot map, which redis-py
+        # runs at most once a second by default: a retry made sooner went to
+        # the dead node again, and failed even after its replica took over.
+        # With the interval no longer than the wait before the retry, the
+        # refresh is due when the retry runs, which reads the new map.
+        options.setdefault("topology_refresh_min_interval", _backoff().compute(1))
+    # The client learns the topology from the first of these that answers,
+    # URL's node among them: with only one, a process started while that node
+    # is down could not connect at all.
+    startup_nodes = [
+        *(options.pop("startup_nodes", None) or ()),
+        *(node_class(host, port) for host, port in conf.CLUSTER_NODES),
+    ]
+    return cluster_class.from_url(conf.URL, startup_nodes=startup_nodes, **options)
 
 
 def _byte_exact(client: Any) -> Any:
@@ -129,7 +165,8 @@ def _sentinel_primary(options: dict[str, Any], *, asynchronous: bool) -> Any:
         for name, value in parse_url(conf.URL).items()  # type: ignore[no-untyped-call]
         if name not in {"host", "port", "path", "connection_class"}
     }
-    tls = conf.URL.startswith("rediss://")
+    # Not startswith("rediss://"): a scheme in capitals would silently drop TLS.
+    tls = urlsplit(conf.URL).scheme == "rediss"
     sentinel_class: Any
     connection_class: type[Any]
     if asynchronous:
@@ -274,4 +311,7 @@ def describe_target() -> str:
     if conf.SENTINELS:
         sentinels = ", ".join(f"{host}:{port}" for host, port in conf.SENTINELS)
         return f"through Sentinel service {conf.SENTINEL_SERVICE!r} at {sentinels}"
+    if conf.CLUSTER and conf.CLUSTER_NODES:
+        nodes = ", ".join(f"{host}:{port}" for host, port in conf.CLUSTER_NODES)
+        return f"at {redact_url(conf.URL)} or {nodes}"
     return f"at {redact_url(conf.URL)}"

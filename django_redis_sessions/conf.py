@@ -19,6 +19,7 @@ DEFAULTS: dict[str, Any] = {
     "URL": "redis://localhost:6379/0",
     "OPTIONS": {},
     "CLUSTER": False,
+    "CLUSTER_NODES": [],
     "SENTINELS": [],
     "SENTINEL_SERVICE": "mymaster",
     "CLIENT": None,
@@ -64,9 +65,13 @@ class Settings:
         return bool(self._get("CLUSTER"))
 
     @property
+    def CLUSTER_NODES(self) -> list[tuple[str, int]]:
+        """More nodes to learn the cluster's topology from, besides URL's."""
+        return _addresses(self._get("CLUSTER_NODES"))
+
+    @property
     def SENTINELS(self) -> list[tuple[str, int]]:
-        sentinels: Sequence[Sequence[Any]] = self._get("SENTINELS") or []
-        return [(str(host), int(port)) for host, port in sentinels]
+        return _addresses(self._get("SENTINELS"))
 
     @property
     def SENTINEL_SERVICE(self) -> str:
@@ -105,9 +110,9 @@ class Settings:
 
     @property
     def HASH_IDS(self) -> bool | str:
-        """True, False or "migrate"."""
+        """True, False, "prepare" or "migrate"."""
         value = self._get("HASH_IDS")
-        return "migrate" if value == "migrate" else bool(value)
+        return value if value in ("prepare", "migrate") else bool(value)
 
     @property
     def USER_INDEX(self) -> bool:
@@ -139,6 +144,10 @@ class Settings:
 
 
 conf = Settings()
+
+
+def _addresses(value: Sequence[Sequence[Any]] | None) -> list[tuple[str, int]]:
+    return [(str(host), int(port)) for host, port in value or []]
 
 
 def is_secret(name: str) -> bool:

@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from django_redis_sessions import __version__
-from django_redis_sessions.scripts import Outcome
+from django_redis_sessions.scripts import Conflict, Outcome
 
 Method = TypeVar("Method", bound=Callable[..., Any])
 
@@ -59,7 +59,10 @@ class Instruments:
         self._sized: dict[str, dict[str, str]] = {}
 
     def record(self, operation: str, result: Any, payload: bytes | None) -> None:
-        if isinstance(result, Outcome):
+        if isinstance(result, Conflict):  # a versioned update, to be merged
+            outcome = "conflict"
+            size = None
+        elif isinstance(result, Outcome):
             outcome = result.name.lower()
             size = len(payload) if result is Outcome.WRITTEN and payload else None
         elif isinstance(result, bool):  # destroy

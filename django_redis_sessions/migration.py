@@ -13,15 +13,18 @@ back a session that was logged out.
   its data; a key a logout tombstoned stays dead; undecodable data is counted,
   logged without its key and left where it is.
 * The read-through window (``SESSION_REDIS["MIGRATE_FROM"]``): a load that
-  misses in Redis asks the source (``read_through``), and a session found
-  there is created in Redis under the same key (the one client key this
-  engine adopts: the source vouches for it) and deleted from the source. While
+  misses in Redis asks the source (``read_through``), claims the session
+  found there (``Source.claim``: a delete that reports whether it removed
+  what was read) and creates what it claimed in Redis under the same key
+  (the one client key this engine adopts: the source vouches for it). While
   the window is open, a delete, flush or ``cycle_key`` also deletes the key
   from the source (``forget``).
 
-The tombstone check of a miss rides on the adopting create: ``CREATE``
-refuses a tombstoned key atomically, where a check before the source lookup
-could be overtaken by a logout; the source's copy is deleted either way.
+A logout between the lookup and the write stays final wherever it ran: on a
+process of the old engine it removed the session before the claim, which
+then finds nothing; on a process of this engine, or of the handover engine
+(``backends/handover.py``, what old processes run during a rolling deploy),
+it also left a tombstone, which the adopting ``CREATE`` refuses atomically.
 
 Sources (``source_for``): Django's ``db`` and ``cached_db`` (keyset pages of
 the session model), ``cache`` (SCAN of a Redis cache: Django's ``RedisCache``
@@ -35,14 +38,17 @@ but cannot be imported.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import secrets
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 from importlib import import_module
+from time import monotonic
 from typing import Any
 
 import redis
@@ -66,6 +72,9 @@ from django_redis_sessions.user_index import IndexWrite, entry_for, marked
 logger = logging.getLogger(__name__)
 
 THIS_ENGINE = "django_redis_sessions.backends.redis"
+#: What old processes run during a rolling switch: the engine MIGRATE_FROM
+#: names, whose endings also reach Redis (``backends/handover.py``).
+HANDOVER_ENGINE = "django_redis_sessions.backends.handover"
 
 #: The classmethod a third-party engine defines to be importable.
 LIST_METHOD = "list_session_keys"
@@ -80,6 +89,8 @@ class Found:
     data: SessionData | None
     #: Seconds left; not positive once it expired.
     seconds: float
+    #: What the source stored, as read, for a claim of exactly this version.
+    stored: Any = field(default=None, compare=False, repr=False)
 
 
 #: A batch of sessions and the resume token of the position after it.
@@ -101,6 +112,9 @@ def engine_problem(engine: object) -> str | None:
     """Why ``engine`` is not a session engine sessions can move from; None if it is."""
     if not isinstance(engine, str) or not engine:
         return "it is not a dotted module path"
+    if engine == HANDOVER_ENGINE:
+        # Its SessionStore is the very engine this setting names.
+        return "it is the handover engine, which stands in for the engine named here"
     try:
         module = import_module(engine)
     # Importing runs the user's module, which can raise anything.
@@ -212,6 +226,31 @@ class Source:
         """See remove()."""
         await self.store_class().adelete(key)
 
+    def claim(self, found: Found) -> Found | None:
+        """Take the session ``found`` out of the source; what was taken, or None.
+
+        None when it is no longer there: a logout (on any process, of either
+        engine) or another request's move took it first, so it must not live
+        on in Redis. The read-through writes to Redis only what it claimed.
+        An engine this class knows nothing of cannot say whether its
+        ``delete()`` removed something, so ``exists()`` asks just before: a
+        logout in between those two calls goes unseen. Django's engines and
+        those built on them are claimed exactly by their subclasses.
+        """
+        store = self.store_class()
+        if not store.exists(found.key):
+            return None
+        store.delete(found.key)
+        return found
+
+    async def aclaim(self, found: Found) -> Found | None:
+        """See claim()."""
+        store = self.store_class()
+        if not await store.aexists(found.key):
+            return None
+        await store.adelete(found.key)
+        return found
+
     # The import.
 
     def batches(self, after: str | None, size: int) -> Iterator[Batch]:
@@ -279,7 +318,39 @@ class DatabaseSource(Source):
     @staticmethod
     def _found(store: SessionBase, key: str, text: str, expires: datetime) -> Found:
         data = _decoded(store, text) if is_cookie_key(key) else None
-        return Found(key, data, (expires - timezone.now()).total_seconds())
+        seconds = (expires - timezone.now()).total_seconds()
+        return Found(key, data, seconds, (text, expires))
+
+    def _version(self, found: Found) -> Any:
+        """The row exactly as it was read: a save since then is another version."""
+        text, expires = found.stored
+        return self._manager().filter(
+            session_key=found.key, session_data=text, expire_date=expires
+        )
+
+    def claim(self, found: Found) -> Found | None:
+        # One DELETE that says whether it removed the row as it was read.
+        deleted, _ = self._version(found).delete()
+        self._drop_cached([found.key])
+        return found if deleted else None
+
+    async def aclaim(self, found: Found) -> Found | None:
+        deleted, _ = await self._version(found).adelete()
+        await self._adrop_cached(found.key)
+        return found if deleted else None
+
+    def _drop_cached(self, keys: list[str]) -> None:
+        # cached_db keeps a copy in the cache as well.
+        store = self.store_class()
+        cache = getattr(store, "_cache", None)
+        if cache is not None:
+            cache.delete_many([store.cache_key_prefix + key for key in keys])  # type: ignore[attr-defined]
+
+    async def _adrop_cached(self, key: str) -> None:
+        store = self.store_class()
+        cache = getattr(store, "_cache", None)
+        if cache is not None:
+            await cache.adelete(store.cache_key_prefix + key)  # type: ignore[attr-defined]
 
     def fetch(self, key: str) -> Found | None:
         # One query: the model's own load() would not say when the row expires.
@@ -296,10 +367,7 @@ class DatabaseSource(Source):
 
     async def aremove(self, key: str) -> None:
         await self._manager().filter(session_key=key).adelete()
-        store = self.store_class()
-        cache = getattr(store, "_cache", None)
-        if cache is not None:
-            await cache.adelete(store.cache_key_prefix + key)  # type: ignore[attr-defined]
+        await self._adrop_cached(key)
 
     def batches(self, after: str | None, size: int) -> Iterator[Batch]:
         store = self.store_class()
@@ -317,11 +385,7 @@ class DatabaseSource(Source):
 
     def remove_many(self, keys: list[str]) -> None:
         self._manager().filter(session_key__in=keys).delete()
-        # cached_db keeps a copy in the cache as well.
-        store = self.store_class()
-        cache = getattr(store, "_cache", None)
-        if cache is not None:
-            cache.delete_many([store.cache_key_prefix + key for key in keys])  # type: ignore[attr-defined]
+        self._drop_cached(keys)
 
 
 _COLUMNS = ("session_key", "session_data", "expire_date")
@@ -363,6 +427,18 @@ class CacheSource(Source):
         # Neither Redis cache has asyncio clients: their own async methods
         # run the sync ones in a thread too.
         return await sync_to_async(self.fetch)(key)
+
+    def claim(self, found: Found) -> Found | None:
+        # A cache's delete() says whether it removed the entry. What was read
+        # just before is what is moved: a save by a process of the old engine
+        # in between is lost (the session stays, one change older).
+        store = self._store()
+        return (
+            found if store._cache.delete(store.cache_key_prefix + found.key) else None
+        )
+
+    async def aclaim(self, found: Found) -> Found | None:
+        return await sync_to_async(self.claim)(found)
 
     def batches(self, after: str | None, size: int) -> Iterator[Batch]:
         store = self._store()
@@ -507,6 +583,27 @@ class FileSource(Source):
     async def afetch(self, key: str) -> Found | None:
         return await sync_to_async(self.fetch)(key)
 
+    def claim(self, found: Found) -> Found | None:
+        # Renamed away at once, then read: what was taken is exactly what the
+        # file held, whatever a process of the old engine wrote meanwhile.
+        # The private name is no session key, so nothing else reads it.
+        store: Any = self.store_class()
+        path = os.path.join(store.storage_path, store.file_prefix + found.key)
+        taken = f"{path}_claimed_{secrets.token_hex(8)}"
+        try:
+            os.rename(path, taken)
+        except FileNotFoundError:
+            return None
+        try:
+            claimed = self._read(store, found.key, taken)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(taken)
+        return None if claimed is None or claimed.seconds <= 0 else claimed
+
+    async def aclaim(self, found: Found) -> Found | None:
+        return await sync_to_async(self.claim)(found)
+
     def batches(self, after: str | None, size: int) -> Iterator[Batch]:
         store: Any = self.store_class()
         batch: list[Found] = []
@@ -546,6 +643,14 @@ class SignedCookieSource(Source):
         return None
 
     async def aremove(self, key: str) -> None:
+        return None
+
+    def claim(self, found: Found) -> Found | None:
+        # Never reached: fetch() finds nothing; adopt_cookie() claims a
+        # cookie with its tombstone instead.
+        return None
+
+    async def aclaim(self, found: Found) -> Found | None:
         return None
 
     def batches(self, after: str | None, size: int) -> Iterator[Batch]:
@@ -616,26 +721,46 @@ def _adoptable(
         return None
 
 
+#: Reads of a session that changed in the source between its read and its
+#: claim (a save by a process of the old engine) before the move gives up.
+CLAIM_ATTEMPTS = 3
+
+
 def read_through(layer: RedisLayer, key: str, payloads: Payloads) -> bytes | None:
     """The payload of ``key`` moved from ``MIGRATE_FROM``; None if it has none.
 
-    Called on a load that missed in Redis: one source lookup, and for a
-    session found there one ``CREATE`` and one delete in the source.
+    Called on a load that missed in Redis. The session is claimed from the
+    source first (a delete that reports whether it removed what was read,
+    ``Source.claim``) and only what this call claimed is created in Redis:
+    a logout on any process, of either engine, between the lookup and the
+    write leaves nothing to claim, or leaves a tombstone the create obeys.
+    A failure between the claim and the create logs the visitor out; it
+    never logs anyone back in. Round trips: one source lookup and one claim,
+    then one ``CREATE``.
     """
     source = window()
     if source is None:
         return None
-    found = source.fetch(key)
-    adoptable = _adoptable(found, payloads)
-    if found is None or adoptable is None:
-        return None
-    payload, index = adoptable
-    outcome = layer.create(key, payload, found.seconds, index)
-    source.remove(key)
-    if outcome is Outcome.EXISTS:
-        # Another request moved it first; what Redis holds now is the session.
-        return layer.read(key)
-    return payload if outcome is Outcome.WRITTEN else None
+    for _ in range(CLAIM_ATTEMPTS):
+        found = source.fetch(key)
+        adoptable = _adoptable(found, payloads)
+        if found is None or adoptable is None:
+            return None
+        started = monotonic()
+        claimed = source.claim(found)
+        if claimed is not None:
+            if claimed is not found:  # a file read again as it was taken
+                adoptable = _adoptable(claimed, payloads)
+            if adoptable is None or _too_late(layer, started):
+                return None
+            payload, index = adoptable
+            outcome = layer.create(key, payload, claimed.seconds, index)
+            if outcome is Outcome.EXISTS:
+                # Redis holds the key already (an import wrote it meanwhile):
+                # what it holds is the session.
+                return layer.read(key)
+            return payload if outcome is Outcome.WRITTEN else None
+    return None
 
 
 async def aread_through(
@@ -645,16 +770,35 @@ async def aread_through(
     source = window()
     if source is None:
         return None
-    found = await source.afetch(key)
-    adoptable = _adoptable(found, payloads)
-    if found is None or adoptable is None:
-        return None
-    payload, index = adoptable
-    outcome = await layer.acreate(key, payload, found.seconds, index)
-    await source.aremove(key)
-    if outcome is Outcome.EXISTS:
-        return await layer.aread(key)
-    return payload if outcome is Outcome.WRITTEN else None
+    for _ in range(CLAIM_ATTEMPTS):
+        found = await source.afetch(key)
+        adoptable = _adoptable(found, payloads)
+        if found is None or adoptable is None:
+            return None
+        started = monotonic()
+        claimed = await source.aclaim(found)
+        if claimed is not None:
+            if claimed is not found:  # a file read again as it was taken
+                adoptable = _adoptable(claimed, payloads)
+            if adoptable is None or _too_late(layer, started):
+                return None
+            payload, index = adoptable
+            outcome = await layer.acreate(key, payload, claimed.seconds, index)
+            if outcome is Outcome.EXISTS:
+                return await layer.aread(key)
+            return payload if outcome is Outcome.WRITTEN else None
+    return None
+
+
+def _too_late(layer: RedisLayer, started: float) -> bool:
+    """Whether a claim that started at ``started`` may no longer be written.
+
+    A logout after the claim removed the session from the source leaves only
+    a tombstone in Redis, and the create obeys it while it lives: a write
+    later than that (a process stalled for ``TOMBSTONE_SECONDS``) is dropped,
+    which logs the visitor out rather than risk bringing a logout back.
+    """
+    return monotonic() - started >= layer.tombstone_seconds
 
 
 def forget(key: str) -> None:

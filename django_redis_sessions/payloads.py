@@ -33,7 +33,10 @@ def expiry_seconds(
     """Seconds left according to the data's ``_session_expiry``, like Django.
 
     None when the data carries no expiry; ``0`` (expire at browser close)
-    keeps the session for ``SESSION_COOKIE_AGE`` on the server.
+    keeps the session for ``SESSION_COOKIE_AGE`` on the server. A date whose
+    awareness differs from ``USE_TZ`` (written before the project switched it,
+    or given to the store) is read as Django's ``DateTimeField`` reads one: a
+    naive date is wall time in ``TIME_ZONE``, whatever time zone is active.
     """
     expiry = data.get(EXPIRY_KEY)
     if expiry is None:
@@ -44,13 +47,18 @@ def expiry_seconds(
         expires_at = datetime.fromisoformat(expiry)
         if now is None:
             now = timezone.now()
-        # Django writes a naive expiry when USE_TZ is off: local wall time.
-        if timezone.is_naive(expires_at) and timezone.is_aware(now):
-            now = timezone.make_naive(now)
-        elif timezone.is_aware(expires_at) and timezone.is_naive(now):
-            now = timezone.make_aware(now)
+        if timezone.is_naive(expires_at) != timezone.is_naive(now):
+            expires_at, now = _aware(expires_at), _aware(now)
         return (expires_at - now).total_seconds()
     return float(expiry)
+
+
+def _aware(moment: datetime) -> datetime:
+    # Not the current time zone: a request may activate the user's, while a
+    # naive expiry is TIME_ZONE wall time (timezone.now() without USE_TZ).
+    if timezone.is_aware(moment):
+        return moment
+    return timezone.make_aware(moment, timezone.get_default_timezone())
 
 
 def is_expired(data: SessionData, now: datetime | None = None) -> bool:

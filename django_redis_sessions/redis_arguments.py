@@ -3,7 +3,12 @@
 For the system checks: the names the sync and asyncio clients that
 ``client.build_client()`` makes would accept, from ``URL``'s query string or
 from ``OPTIONS``, read from the signatures of the redis-py classes involved;
+what each client makes of ``URL``, read from redis-py's own ``parse_url()``;
 and what redis-py expects of the values people set most.
+
+Nothing here lists what a given redis-py release converts or accepts: each
+release changes that (8.2 reads ``ssl_validate_ocsp=false`` as False, 5.0
+passes the string "false" on), so it is asked of the installed one.
 """
 
 from __future__ import annotations
@@ -14,11 +19,12 @@ import ssl
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import redis
 import redis.asyncio
 import redis.asyncio.cluster
+import redis.asyncio.connection
 import redis.asyncio.retry
 import redis.asyncio.sentinel
 import redis.cluster
@@ -41,6 +47,10 @@ def is_number(value: Any) -> bool:
 class _Api:
     """The redis-py classes ``client.build_client()`` uses, sync or asyncio."""
 
+    # How from_url() reads a URL into keyword arguments.
+    parse_url: Callable[[str], Mapping[str, Any]]
+    # How parse_url() converts query values, by name; others stay strings.
+    query_parsers: Mapping[str, Any]
     pool: type
     connections: Mapping[str, type]  # by URL scheme
     master_for: Callable[..., Any]
@@ -54,6 +64,8 @@ class _Api:
 
 _APIS = (
     _Api(
+        redis.connection.parse_url,
+        redis.connection.URL_QUERY_ARGUMENT_PARSERS,
         redis.ConnectionPool,
         {
             "redis": redis.Connection,
@@ -70,6 +82,8 @@ _APIS = (
         redis.cluster.REDIS_ALLOWED_KEYS,
     ),
     _Api(
+        redis.asyncio.connection.parse_url,
+        redis.asyncio.connection.URL_QUERY_ARGUMENT_PARSERS,
         redis.asyncio.ConnectionPool,
         {
             "redis": redis.asyncio.Connection,
@@ -149,6 +163,54 @@ def accepted_arguments(config: dict[str, Any]) -> frozenset[str] | None:
         return None
 
 
+def url_problem(url: str) -> str | None:
+    """Why the sync or the asyncio client's ``from_url()`` refuses ``url``.
+
+    Only the location is read: the query string is judged parameter by
+    parameter (``query_values()``).
+    """
+    location = url.partition("?")[0]
+    for api in _APIS:
+        try:
+            api.parse_url(location)
+        except ValueError as exc:
+            return f"redis-py refuses it: {exc}"
+    return None
+
+
+def query_values(config: dict[str, Any], name: str, text: str) -> list[Any]:
+    """What each client that accepts ``name`` receives for ``?name=text`` in URL.
+
+    Raise ``ValueError`` if redis-py refuses ``text``. A value redis-py does
+    not convert is received as the string itself.
+    """
+    # Alone in a URL of its own, so that a refusal is this parameter's.
+    # Encoded once, so parse_url() reads it as it reads URL (5.x unquotes a
+    # second time, here as there).
+    url = f"redis://localhost/?{urlencode({name: text})}"
+    values = []
+    for api in _APIS:
+        try:
+            accepted = _accepted_by(api, config)
+        except (TypeError, ValueError):  # as in accepted_arguments()
+            accepted = None
+        if accepted is None or name in accepted:
+            values.append(api.parse_url(url).get(name, text))
+    return values
+
+
+def query_expects(name: str) -> str | None:
+    """What redis-py's URL parser for ``name`` reads, for a message; None if unsaid."""
+    for api in _APIS:
+        described = _PARSER_EXPECTS.get(api.query_parsers.get(name))
+        if described is not None:
+            return described
+    return None
+
+
+_PARSER_EXPECTS: dict[Any, str] = {int: "an integer", float: "a number"}
+
+
 def describe_client(config: dict[str, Any]) -> str:
     if config["SENTINELS"]:
         described = "a client from Sentinel"
@@ -208,6 +270,19 @@ ARGUMENT_TYPES: dict[str, tuple[str, Callable[[Any], bool]]] = {
         ),
     ),
     "connection_class": ("a class", lambda value: isinstance(value, type)),
+    "retry_on_error": (
+        "a list of exception classes",
+        lambda value: (
+            value is None
+            or (
+                isinstance(value, (list, tuple))
+                and all(
+                    isinstance(error, type) and issubclass(error, Exception)
+                    for error in value
+                )
+            )
+        ),
+    ),
     "socket_keepalive": _BOOLEAN,
     "retry_on_timeout": _BOOLEAN,
     "ssl_check_hostname": _BOOLEAN,
@@ -217,8 +292,3 @@ ARGUMENT_TYPES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "read_from_replicas": _BOOLEAN,
     "require_full_coverage": _BOOLEAN,
 }
-
-#: How redis-py reads URL query parameters; any other is passed on as a string.
-#: The asyncio client has the same table, less retry_on_error.
-QUERY_PARSERS: Mapping[str, Any] = redis.connection.URL_QUERY_ARGUMENT_PARSERS
-PARSER_EXPECTS: dict[Callable[..., Any], str] = {int: "an integer", float: "a number"}

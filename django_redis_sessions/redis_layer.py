@@ -15,13 +15,14 @@ event loop's asyncio client.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import secrets
 import sys
 from array import array
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, overload
 
 import redis.asyncio.cluster
 import redis.cluster
@@ -45,7 +46,6 @@ from django_redis_sessions.bulk import (
 )
 from django_redis_sessions.client import clients
 from django_redis_sessions.conf import SETTING_NAME, conf
-from django_redis_sessions.fast_path import aexecute, execute
 from django_redis_sessions.keys import (
     TOMBSTONE_SUFFIX,
     are_hashed_ids,
@@ -62,7 +62,7 @@ from django_redis_sessions.keys import (
     user_index_key,
 )
 from django_redis_sessions.payloads import log_corrupt
-from django_redis_sessions.scripts import Outcome
+from django_redis_sessions.scripts import Conflict, Outcome
 from django_redis_sessions.user_index import (
     SLACK_MS,
     IndexWrite,
@@ -136,6 +136,18 @@ def _written(reply: Any) -> Outcome:
     return Outcome.WRITTEN if reply else Outcome.MISSING
 
 
+def _digest(payload: bytes) -> str:
+    """The version a versioned update expects: what ``redis.sha1hex`` gives."""
+    return hashlib.sha1(payload).hexdigest()
+
+
+def _versioned(reply: Any) -> Outcome | Conflict:
+    """The outcome of ``scripts.UPDATE_VERSIONED``."""
+    if int(reply[0]) == Outcome.CONFLICT:
+        return Conflict(reply[1])
+    return Outcome(int(reply[0]))
+
+
 def _indexed(reply: Any) -> tuple[Outcome, bool]:
     """A write's outcome, and whether its index write found the user over the cap.
 
@@ -144,6 +156,20 @@ def _indexed(reply: Any) -> tuple[Outcome, bool]:
     if isinstance(reply, list):
         return Outcome(int(reply[0])), bool(int(reply[1]))
     return Outcome(reply), False
+
+
+def _ended_meanwhile(created: Outcome) -> Outcome:
+    """A Cluster key change's create, once the old session ended: a refused
+    new id means the session was ended meanwhile (MISSING), not that the
+    caller should try another key, which could only find the old one gone."""
+    if created in (Outcome.TOMBSTONED, Outcome.EXISTS):
+        return Outcome.MISSING
+    return created
+
+
+def _ids(reply: Any) -> list[str]:
+    """Session ids in a script's reply, decoded."""
+    return [item.decode() if isinstance(item, bytes) else str(item) for item in reply]
 
 
 def _decoded_hash(reply: dict[Any, Any]) -> dict[str, str]:
@@ -203,10 +229,14 @@ class RedisLayer:
         self.aon_evicted = aon_evicted
         self.prefix = conf.PREFIX if prefix is None else prefix
         mode = conf.HASH_IDS if hash_ids is None else hash_ids
-        self._hashing = mode is not False
+        self._hashing = mode is not False and mode != "prepare"
         # "migrate": sessions written under their plain key before ids were
         # hashed are still read, and moved to their id on first load.
         self._migrating = mode == "migrate"
+        # "prepare": the plain layout, but every ending also ends the hashed
+        # form, which processes already on "migrate" may have moved the
+        # session to during the rollout.
+        self._preparing = mode == "prepare"
         self.scan_count = conf.SCAN_COUNT if scan_count is None else scan_count
         seconds = (
             conf.TOMBSTONE_SECONDS if tombstone_seconds is None else tombstone_seconds
@@ -220,6 +250,11 @@ class RedisLayer:
         self._cap = conf.MAX_SESSIONS_PER_USER or 0
         self._client = client
         self._async_client = async_client
+
+    @property
+    def tombstone_seconds(self) -> float:
+        """How long a destroyed session's tombstone refuses writes."""
+        return self._tombstone_ms / 1000
 
     def session_id(self, key: str) -> str:
         """The id the session of ``key`` (a session key or an id) is stored under."""
@@ -275,27 +310,51 @@ class RedisLayer:
         plain = self._plain_names(key)
         return [self._names(key)] if plain is None else [self._names(key), plain]
 
+    def _ended_forms(self, key: str) -> list[tuple[str, str]]:
+        """The (data, tombstone) names a destroy or a cycle ends.
+
+        Every form the session may have, and in "prepare" mode its hashed
+        form as well: during a rollout to "migrate" a process on the new
+        setting may have moved the session there, and a logout on a process
+        still on the plain layout must end it too, or the cookie would keep
+        working on every process that reads ids.
+        """
+        if not self._preparing or is_hashed_id(key):
+            return self._forms(key)
+        hashed = hashed_id(key)
+        return [
+            self._names(key),
+            (data_key(self.prefix, hashed), tombstone_key(self.prefix, hashed)),
+        ]
+
     # --- Reading ------------------------------------------------------------
 
     def read(self, key: str) -> bytes | None:
         """The stored bytes of the session, or None (also for a key no session has).
 
         In "migrate" mode a session still under its plain key is moved to its
-        id: one script on one server, one more round trip on Cluster.
+        id: one script on one server, one more round trip on Cluster. In
+        "prepare" mode a key without a plain form ends its id form, if it
+        has one (``scripts.READ_OR_END``): one script on one server, one more
+        round trip on Cluster for a miss.
         """
         if not is_valid_key(key):
             return None
         client = self._client()
         try:
+            if self._preparing and not is_hashed_id(key):
+                return self._read_or_end(client, key)
             plain = self._plain_names(key)
             if plain is None:
-                payload: bytes | None = execute(client, "GET", self.data_name(key))
+                payload: bytes | None = client.execute_command(
+                    "GET", self.data_name(key)
+                )
                 return payload
             if not is_cluster(client):
                 names = self._names(key) + plain
                 args = (self._tombstone_ms,)
                 return scripts.run(client, scripts.READ_OR_MOVE, names, args)  # type: ignore[no-any-return]
-            payload = execute(client, "GET", self.data_name(key))
+            payload = client.execute_command("GET", self.data_name(key))
             if payload is not None:
                 return payload
             taken = scripts.run(client, scripts.TAKE, plain, (self._tombstone_ms,))
@@ -317,17 +376,19 @@ class RedisLayer:
             return None
         client = self._async_client()
         try:
+            if self._preparing and not is_hashed_id(key):
+                return await self._aread_or_end(client, key)
             plain = self._plain_names(key)
             if plain is None:
-                payload: bytes | None = await aexecute(
-                    client, "GET", self.data_name(key)
+                payload: bytes | None = await client.execute_command(
+                    "GET", self.data_name(key)
                 )
                 return payload
             if not is_cluster(client):
                 names = self._names(key) + plain
                 args = (self._tombstone_ms,)
                 return await scripts.arun(client, scripts.READ_OR_MOVE, names, args)  # type: ignore[no-any-return]
-            payload = await aexecute(client, "GET", self.data_name(key))
+            payload = await client.execute_command("GET", self.data_name(key))
             if payload is not None:
                 return payload
             taken = await scripts.arun(
@@ -342,6 +403,28 @@ class RedisLayer:
         created = await self.acreate(key, payload, int(ttl_ms) / 1000)
         return payload if created is Outcome.WRITTEN else None
 
+    def _read_or_end(self, client: Any, key: str) -> bytes | None:
+        """``read()`` in "prepare" mode; see ``scripts.READ_OR_END``."""
+        [plain, moved] = self._ended_forms(key)
+        args = (self._tombstone_ms,)
+        if not is_cluster(client):
+            return scripts.run(client, scripts.READ_OR_END, plain + moved, args)  # type: ignore[no-any-return]
+        payload: bytes | None = client.execute_command("GET", plain[0])
+        if payload is None:
+            scripts.run(client, scripts.END_MOVED, moved, args)
+        return payload
+
+    async def _aread_or_end(self, client: Any, key: str) -> bytes | None:
+        """See _read_or_end()."""
+        [plain, moved] = self._ended_forms(key)
+        args = (self._tombstone_ms,)
+        if not is_cluster(client):
+            return await scripts.arun(client, scripts.READ_OR_END, plain + moved, args)  # type: ignore[no-any-return]
+        payload: bytes | None = await client.execute_command("GET", plain[0])
+        if payload is None:
+            await scripts.arun(client, scripts.END_MOVED, moved, args)
+        return payload
+
     def exists(self, key: str) -> bool:
         """Whether a live session holds ``key`` (a tombstone is not one)."""
         if not is_valid_key(key):
@@ -349,7 +432,7 @@ class RedisLayer:
         # TYPE, not EXISTS: a list or hash under the name is not a session.
         client = self._client()
         for name, _ in self._forms(key):
-            if execute(client, "TYPE", name) in (b"string", "string"):
+            if client.execute_command("TYPE", name) in (b"string", "string"):
                 return True
         return False
 
@@ -359,7 +442,7 @@ class RedisLayer:
             return False
         client = self._async_client()
         for name, _ in self._forms(key):
-            if await aexecute(client, "TYPE", name) in (b"string", "string"):
+            if await client.execute_command("TYPE", name) in (b"string", "string"):
                 return True
         return False
 
@@ -369,7 +452,7 @@ class RedisLayer:
             return None
         client = self._client()
         for name, _ in self._forms(key):
-            seconds = _seconds(execute(client, "PTTL", name))
+            seconds = _seconds(client.execute_command("PTTL", name))
             if seconds is not None:
                 return seconds
         return None
@@ -380,7 +463,7 @@ class RedisLayer:
             return None
         client = self._async_client()
         for name, _ in self._forms(key):
-            seconds = _seconds(await aexecute(client, "PTTL", name))
+            seconds = _seconds(await client.execute_command("PTTL", name))
             if seconds is not None:
                 return seconds
         return None
@@ -517,14 +600,16 @@ class RedisLayer:
         """
         name = self.tombstone_name(key)
         ttl_ms = max(1, ttl_milliseconds(ttl))
-        return bool(execute(self._client(), "SET", name, b"1", "PX", ttl_ms, "NX"))
+        return bool(
+            self._client().execute_command("SET", name, b"1", "PX", ttl_ms, "NX")
+        )
 
     async def aleave_tombstone(self, key: str, ttl: float) -> bool:
         """See leave_tombstone()."""
         name = self.tombstone_name(key)
         ttl_ms = max(1, ttl_milliseconds(ttl))
-        reply = await aexecute(
-            self._async_client(), "SET", name, b"1", "PX", ttl_ms, "NX"
+        reply = await self._async_client().execute_command(
+            "SET", name, b"1", "PX", ttl_ms, "NX"
         )
         return bool(reply)
 
@@ -558,14 +643,46 @@ class RedisLayer:
         )
         return Outcome(reply)
 
+    @overload
     def update(
-        self, key: str, payload: bytes, ttl: float, index: IndexWrite | None = None
-    ) -> Outcome:
+        self,
+        key: str,
+        payload: bytes,
+        ttl: float,
+        index: IndexWrite | None = None,
+        *,
+        expected: None = None,
+    ) -> Outcome: ...
+
+    @overload
+    def update(
+        self,
+        key: str,
+        payload: bytes,
+        ttl: float,
+        index: IndexWrite | None = None,
+        *,
+        expected: bytes | None,
+    ) -> Outcome | Conflict: ...
+
+    def update(
+        self,
+        key: str,
+        payload: bytes,
+        ttl: float,
+        index: IndexWrite | None = None,
+        *,
+        expected: bytes | None = None,
+    ) -> Outcome | Conflict:
         """Write only over a live session (else MISSING); never creates.
 
         ``SET XX`` alone is atomic: a destroyed session has no data name (its
         tombstone and its data never coexist), so there is nothing to update.
-        With ``index``, the session's entry in its user's index is written too.
+        With ``expected`` (the payload the caller loaded), the write happens
+        only over that version, else nothing is written and a ``Conflict``
+        carries what is stored now (``scripts.UPDATE_VERSIONED``), in the same
+        round trip. With ``index``, the session's entry in its user's index
+        is written too.
         """
         check_key(key)
         ttl_ms = ttl_milliseconds(ttl)
@@ -574,12 +691,17 @@ class RedisLayer:
             return Outcome.EXPIRED
         client = self._client()
         name = self.data_name(key)
-        if index is None:
-            return _written(execute(client, "SET", name, payload, "PX", ttl_ms, "XX"))
-        if is_cluster(client):
-            over = bool(scripts.run(client, *self._index_call(key, index)))
-            reply = execute(client, "SET", name, payload, "PX", ttl_ms, "XX")
-            outcome = _written(reply)
+        over = False
+        if index is None or is_cluster(client):
+            if index is not None:
+                over = bool(scripts.run(client, *self._index_call(key, index)))
+            if expected is None:
+                reply = client.execute_command("SET", name, payload, "PX", ttl_ms, "XX")
+                outcome: Outcome | Conflict = _written(reply)
+            else:
+                args = (payload, ttl_ms, _digest(expected))
+                reply = scripts.run(client, scripts.UPDATE_VERSIONED, (name,), args)
+                outcome = _versioned(reply)
         else:
             keys = (name, *self.index_names(index.user_id))
             args = (payload, ttl_ms, *self._index_args(key, index))
@@ -589,9 +711,37 @@ class RedisLayer:
         self._after_write(outcome, over, key, index)
         return outcome
 
+    @overload
     async def aupdate(
-        self, key: str, payload: bytes, ttl: float, index: IndexWrite | None = None
-    ) -> Outcome:
+        self,
+        key: str,
+        payload: bytes,
+        ttl: float,
+        index: IndexWrite | None = None,
+        *,
+        expected: None = None,
+    ) -> Outcome: ...
+
+    @overload
+    async def aupdate(
+        self,
+        key: str,
+        payload: bytes,
+        ttl: float,
+        index: IndexWrite | None = None,
+        *,
+        expected: bytes | None,
+    ) -> Outcome | Conflict: ...
+
+    async def aupdate(
+        self,
+        key: str,
+        payload: bytes,
+        ttl: float,
+        index: IndexWrite | None = None,
+        *,
+        expected: bytes | None = None,
+    ) -> Outcome | Conflict:
         """See update()."""
         check_key(key)
         ttl_ms = ttl_milliseconds(ttl)
@@ -600,14 +750,22 @@ class RedisLayer:
             return Outcome.EXPIRED
         client = self._async_client()
         name = self.data_name(key)
-        if index is None:
-            return _written(
-                await aexecute(client, "SET", name, payload, "PX", ttl_ms, "XX")
-            )
-        if is_cluster(client):
-            over = bool(await scripts.arun(client, *self._index_call(key, index)))
-            reply = await aexecute(client, "SET", name, payload, "PX", ttl_ms, "XX")
-            outcome = _written(reply)
+        over = False
+        if index is None or is_cluster(client):
+            if index is not None:
+                call = self._index_call(key, index)
+                over = bool(await scripts.arun(client, *call))
+            if expected is None:
+                reply = await client.execute_command(
+                    "SET", name, payload, "PX", ttl_ms, "XX"
+                )
+                outcome: Outcome | Conflict = _written(reply)
+            else:
+                args = (payload, ttl_ms, _digest(expected))
+                reply = await scripts.arun(
+                    client, scripts.UPDATE_VERSIONED, (name,), args
+                )
+                outcome = _versioned(reply)
         else:
             keys = (name, *self.index_names(index.user_id))
             args = (payload, ttl_ms, *self._index_args(key, index))
@@ -630,7 +788,7 @@ class RedisLayer:
             self.destroy(key)
             return Outcome.EXPIRED
         name = self.data_name(key)
-        return _written(execute(self._client(), "PEXPIRE", name, ttl_ms))
+        return _written(self._client().execute_command("PEXPIRE", name, ttl_ms))
 
     async def atouch(self, key: str, ttl: float) -> Outcome:
         """See touch()."""
@@ -641,15 +799,17 @@ class RedisLayer:
             await self.adestroy(key)
             return Outcome.EXPIRED
         name = self.data_name(key)
-        reply = await aexecute(self._async_client(), "PEXPIRE", name, ttl_ms)
+        reply = await self._async_client().execute_command("PEXPIRE", name, ttl_ms)
         return _written(reply)
 
     def destroy(self, key: str, user_id: str | None = None) -> bool:
         """Delete the session and leave a tombstone; True if it was live.
 
-        In "migrate" mode both forms end; on Cluster, where they live on
-        different slots, one round trip each. With ``user_id``, the session's
-        entry leaves that user's index too (in the same script on one server).
+        In "migrate" and "prepare" mode both forms end; on Cluster, where
+        they live on different slots, one round trip each. In "migrate" mode
+        an id's tombstone is then kept without expiry (one more round trip,
+        see ``_ended_for_good``). With ``user_id``, the session's entry leaves
+        that user's index too (in the same script on one server).
         """
         if not is_valid_key(key):
             return False
@@ -661,6 +821,8 @@ class RedisLayer:
             # Unlisted only once ended: a failure in between leaves a stale
             # entry, never a live session missing from the index.
             scripts.run(client, *self._forget_call(user_id, key))
+        if (marker := self._ended_for_good(key)) is not None:
+            client.execute_command("PERSIST", marker)
         return bool(removed)
 
     async def adestroy(self, key: str, user_id: str | None = None) -> bool:
@@ -673,6 +835,8 @@ class RedisLayer:
             removed += await scripts.arun(client, script, keys, args)
         if user_id is not None and is_cluster(client):
             await scripts.arun(client, *self._forget_call(user_id, key))
+        if (marker := self._ended_for_good(key)) is not None:
+            await client.execute_command("PERSIST", marker)
         return bool(removed)
 
     def _destroy_calls(
@@ -680,7 +844,7 @@ class RedisLayer:
     ) -> list[tuple[str, tuple[str, ...], tuple[Any, ...]]]:
         """Each DESTROY to run: every form at once, or one per slot on Cluster."""
         args = (self._tombstone_ms, retry_token())
-        forms = self._forms(key)
+        forms = self._ended_forms(key)
         if is_cluster(client):
             return [(scripts.DESTROY, names, args) for names in forms]
         keys = tuple(name for names in forms for name in names)
@@ -688,6 +852,42 @@ class RedisLayer:
             return [(scripts.DESTROY, keys, args)]
         indexed_keys = (*keys, *self.index_names(user_id))
         return [(scripts.DESTROY_INDEXED, indexed_keys, (*args, *self._fields(key)))]
+
+    def _ended_for_good(self, key: str) -> str | None:
+        """The tombstone that must outlive a plain form nobody can name.
+
+        In "migrate" mode a session ended by its id (admin code, a user's
+        logout everywhere, the cap) may still live under its plain key,
+        which cannot be derived from the id. Every move from a plain key
+        refuses an id that has a tombstone (``READ_OR_MOVE``, ``MOVE``, the
+        create after ``TAKE``), so that tombstone is kept without expiry: a
+        cookie loaded after any delay finds its plain form and ends it.
+        ``settle_markers()`` (run by ``rehash``, once no plain form is left)
+        gives such tombstones their usual lifetime back.
+        """
+        if self._migrating and is_hashed_id(key):
+            return tombstone_key(self.prefix, key)
+        return None
+
+    def settle_markers(self) -> int:
+        """Give every tombstone kept without expiry its usual lifetime back.
+
+        For ``rehash`` once every plain form has moved: the tombstones kept
+        by ``destroy`` in "migrate" mode (see ``_ended_for_good``) have
+        nothing left to refuse. One script per SCAN batch on each primary;
+        returns how many were settled.
+        """
+        pattern = glob_escape(self.prefix) + "{#*}" + TOMBSTONE_SUFFIX
+        settled = 0
+        for node in scan_nodes(self._client()):
+            cursor: Any = 0
+            while True:
+                args = (cursor, pattern, self.scan_count, self._tombstone_ms)
+                cursor, count = scripts.run(node, scripts.SETTLE_BATCH, (), args)
+                settled += int(count)
+                if not int(cursor):
+                    break
+        return settled
 
     def cycle(
         self,
@@ -726,14 +926,16 @@ class RedisLayer:
         # soon as it exists (the old entry stays until its session is known
         # dead). Then the old session ends, and the new one is created only
         # if the old was live: a failure in between logs the user out, where
-        # the other order could leave two live sessions.
+        # the other order could leave two live sessions. A new id refused
+        # then was ended by a logout that ran in between (it found the new
+        # entry): the session is over, as if the old one had been ended.
         over = False
         if index is not None:
             call = self._index_call(new_key, index, moved_from=old_key)
             over = bool(scripts.run(client, *call))
         if not self.destroy(old_key):
             return Outcome.MISSING
-        outcome = self.create(new_key, payload, ttl)
+        outcome = _ended_meanwhile(self.create(new_key, payload, ttl))
         self._after_write(outcome, over, new_key, index)
         return outcome
 
@@ -765,7 +967,7 @@ class RedisLayer:
             over = bool(await scripts.arun(client, *call))
         if not await self.adestroy(old_key):
             return Outcome.MISSING
-        outcome = await self.acreate(new_key, payload, ttl)
+        outcome = _ended_meanwhile(await self.acreate(new_key, payload, ttl))
         await self._aafter_write(outcome, over, new_key, index)
         return outcome
 
@@ -787,7 +989,9 @@ class RedisLayer:
         ttl: float,
         index: IndexWrite | None,
     ) -> tuple[str, tuple[str, ...], tuple[Any, ...]]:
-        old_names = tuple(name for names in self._forms(old_key) for name in names)
+        old_names = tuple(
+            name for names in self._ended_forms(old_key) for name in names
+        )
         keys = self._names(new_key) + old_names
         args = (payload, ttl_milliseconds(ttl), self._tombstone_ms, retry_token())
         if index is None:
@@ -870,13 +1074,21 @@ class RedisLayer:
         return scripts.INDEX_FORGET, names, tuple(self._fields(key))
 
     def _after_write(
-        self, outcome: Outcome, over: bool, key: str, index: IndexWrite | None
+        self,
+        outcome: Outcome | Conflict,
+        over: bool,
+        key: str,
+        index: IndexWrite | None,
     ) -> None:
         if over and index is not None and outcome is Outcome.WRITTEN:
             self._evict(index.user_id, self.session_id(key))
 
     async def _aafter_write(
-        self, outcome: Outcome, over: bool, key: str, index: IndexWrite | None
+        self,
+        outcome: Outcome | Conflict,
+        over: bool,
+        key: str,
+        index: IndexWrite | None,
     ) -> None:
         if over and index is not None and outcome is Outcome.WRITTEN:
             await self._aevict(index.user_id, self.session_id(key))
@@ -933,6 +1145,20 @@ class RedisLayer:
     async def aunindex(self, user_id: str, key: str) -> None:
         """See unindex()."""
         await scripts.arun(self._async_client(), *self._forget_call(user_id, key))
+
+    def index_fields(self, user_id: str) -> list[str]:
+        """Every field of the user's index, live or not (one round trip).
+
+        A field written before its session may name one that does not exist
+        yet (Redis Cluster), which ``logout_user`` must end too. A field is
+        an id, or, for a session indexed before ids were hashed, its key:
+        ``destroy()`` of that key also ends a session still stored under it.
+        """
+        return _ids(self._client().hkeys(self._index_name(user_id)))
+
+    async def aindex_fields(self, user_id: str) -> list[str]:
+        """See index_fields()."""
+        return _ids(await self._async_client().hkeys(self._index_name(user_id)))
 
     def user_entries(
         self, user_id: str, *, pending: bool = False

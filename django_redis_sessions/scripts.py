@@ -13,11 +13,9 @@ from __future__ import annotations
 import enum
 import hashlib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis.exceptions import NoScriptError
-
-from django_redis_sessions.fast_path import aexecute, execute
 
 
 class Outcome(enum.IntEnum):
@@ -33,6 +31,16 @@ class Outcome(enum.IntEnum):
     MISSING = 4
     #: the TTL was not positive, so the session was destroyed instead.
     EXPIRED = 5
+    #: a versioned update: another request saved the session since this one
+    #: loaded it, so nothing was written (see ``Conflict``).
+    CONFLICT = 6
+
+
+class Conflict(NamedTuple):
+    """A versioned update that found another version: nothing was written."""
+
+    #: What the session holds now, for the caller to merge into.
+    current: bytes
 
 
 # KEYS[1] data key, KEYS[2] tombstone key
@@ -55,6 +63,27 @@ SET_UNLESS_TOMBSTONED = """
 if redis.call('EXISTS', KEYS[2]) == 1 then return 3 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
+"""
+
+# The save of a loaded session: an update (never a create) that writes only
+# over the bytes the request loaded, so that a save of another request since
+# is merged into, not overwritten (``merge.py``). No lock and no extra round
+# trip: when nobody else wrote, this is the request's one save.
+# KEYS[1] data name
+# ARGV[1] payload, ARGV[2] TTL in milliseconds (> 0), ARGV[3] SHA1 (hex) of
+# the payload the request loaded
+# returns {WRITTEN}, {MISSING} (no live session: a logout ended it) or
+# {CONFLICT, the current payload}. A value already equal to this payload is
+# this very save run again by the client's retry after a lost reply, or a
+# save of the same data: written either way.
+UPDATE_VERSIONED = """
+local current = redis.call('GET', KEYS[1])
+if not current then return {4} end
+if current ~= ARGV[1] and redis.sha1hex(current) ~= ARGV[3] then
+  return {6, current}
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return {1}
 """
 
 # KEYS: pairs of (data name, tombstone name), all forms one session may be
@@ -130,6 +159,37 @@ redis.call('SET', KEYS[4], '1', 'PX', ARGV[1])
 if ttl > 0 and redis.call('EXISTS', KEYS[2]) == 0 then
   redis.call('SET', KEYS[1], payload, 'PX', ttl, 'NX')
   return payload
+end
+return false
+"""
+
+# HASH_IDS "prepare", Redis Cluster: the end of a session a process on
+# "migrate" moved to its id, once this process (plain layout) found no plain
+# form. It cannot serve the session, and the visitor's browser drops the
+# cookie on this very response; ended, the key also stops working on the
+# processes that read ids, so a logout here is final there too.
+# KEYS[1] id data name, KEYS[2] id tombstone name
+# ARGV[1] tombstone lifetime in milliseconds (> 0)
+# returns 1 if a session was ended, else 0; a key nobody holds writes nothing
+END_MOVED = """
+if redis.call('DEL', KEYS[1]) == 1 then
+  redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
+  return 1
+end
+return 0
+"""
+
+# HASH_IDS "prepare", one server: the load of a session under its plain key,
+# and if there is none, END_MOVED of its id form, in one round trip.
+# KEYS[1] plain data name, KEYS[2] plain tombstone name (unused, for the
+# slot), KEYS[3] id data name, KEYS[4] id tombstone name
+# ARGV[1] tombstone lifetime in milliseconds (> 0)
+# returns the payload, or false
+READ_OR_END = """
+local payload = redis.call('GET', KEYS[1])
+if payload then return payload end
+if redis.call('DEL', KEYS[3]) == 1 then
+  redis.call('SET', KEYS[4], '1', 'PX', ARGV[1])
 end
 return false
 """
@@ -452,6 +512,27 @@ end
 return moved
 """
 
+# ``redis_sessions rehash``, once no plain form is left: the tombstones that
+# "migrate" mode kept without expiry (an id ended while its plain form could
+# not be named) get their usual lifetime back.
+# KEYS: none; the names come from SCAN on the node the script runs on, which
+# on Cluster is the primary that owns them.
+# ARGV[1] SCAN cursor, ARGV[2] MATCH pattern, ARGV[3] COUNT,
+# ARGV[4] tombstone lifetime in milliseconds (> 0)
+# returns {next cursor, how many tombstones it settled}
+SETTLE_BATCH = """
+local page = redis.call(
+  'SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[3], 'TYPE', 'string')
+local settled = 0
+for _, name in ipairs(page[2]) do
+  if redis.call('PTTL', name) == -1 then
+    redis.call('PEXPIRE', name, ARGV[4])
+    settled = settled + 1
+  end
+end
+return {page[1], settled}
+"""
+
 # --- Clearing one node of a Redis Cluster ---------------------------------------
 #
 # KEYS: none; the names come from SCAN on the node the script runs on.
@@ -475,9 +556,12 @@ return {page[1], deleted, {}}
 ALL = (
     CREATE,
     SET_UNLESS_TOMBSTONED,
+    UPDATE_VERSIONED,
     DESTROY,
     CYCLE,
     READ_OR_MOVE,
+    READ_OR_END,
+    END_MOVED,
     MOVE,
     TAKE,
     INDEX_WRITE,
@@ -489,6 +573,7 @@ ALL = (
     INDEX_PRUNE,
     INDEX_REKEY,
     MEASURE,
+    SETTLE_BATCH,
     CLEAR_BATCH,
 )
 
@@ -507,10 +592,10 @@ def run(client: Any, script: str, keys: Sequence[str], args: Sequence[Any]) -> A
     """
     sha = _SHAS[script]
     try:
-        return execute(client, "EVALSHA", sha, len(keys), *keys, *args)
+        return client.execute_command("EVALSHA", sha, len(keys), *keys, *args)
     except NoScriptError:
-        execute(client, "SCRIPT LOAD", script)
-        return execute(client, "EVALSHA", sha, len(keys), *keys, *args)
+        client.execute_command("SCRIPT LOAD", script)
+        return client.execute_command("EVALSHA", sha, len(keys), *keys, *args)
 
 
 async def arun(
@@ -519,10 +604,10 @@ async def arun(
     """See run()."""
     sha = _SHAS[script]
     try:
-        return await aexecute(client, "EVALSHA", sha, len(keys), *keys, *args)
+        return await client.execute_command("EVALSHA", sha, len(keys), *keys, *args)
     except NoScriptError:
-        await aexecute(client, "SCRIPT LOAD", script)
-        return await aexecute(client, "EVALSHA", sha, len(keys), *keys, *args)
+        await client.execute_command("SCRIPT LOAD", script)
+        return await client.execute_command("EVALSHA", sha, len(keys), *keys, *args)
 
 
 def sha(script: str) -> str:

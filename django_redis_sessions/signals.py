@@ -12,7 +12,9 @@
     session), ``"cycle"`` (``cycle_key()`` moved it to a new id),
     ``"expired"`` (a write found its expiry already past and deleted the
     session instead; also sent when another request ended it a moment
-    before), and ``"logout_user"`` (reserved for a per-user logout).
+    before), ``"logout_user"`` (``logout_user()``, ``logout_other_sessions()``
+    and the page's "End all other sessions", one signal per session) and
+    ``"evicted"`` (``MAX_SESSIONS_PER_USER`` ended it at a login).
 ``session_write_refused(sender, session_id, operation, reason)``
     A write was stopped: the races the engine exists to stop, made visible.
     ``reason`` is ``"tombstoned"`` (the session was destroyed moments ago)

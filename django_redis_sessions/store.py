@@ -30,6 +30,12 @@ from django_redis_sessions.user_index import (
     parse_entry,
 )
 
+#: Reads of the index ``logout_user()`` makes at most. Each pass after the
+#: first only finds sessions that a key change or a login wrote while the one
+#: before ran, and ends them before they can write again, so two passes are
+#: the rule; a session logging in during the last pass stays listed.
+LOGOUT_PASSES = 10
+
 
 class RedisSessionStore:
     """Sessions in Redis as dicts; every write is atomic and tombstone-guarded.
@@ -243,27 +249,50 @@ class RedisSessionStore:
     def logout_user(self, user_id: object, *, keep: str | None = None) -> int:
         """End every session of the user but ``keep`` (a key or an id).
 
+        Invariant: every session of the user that was live when this was
+        called ends, including one a ``cycle_key()`` moves to a new id while
+        this runs; a session created meanwhile ends or stays listed. The index
+        lists a session's new id before its old one ends (atomically on one
+        server), so a pass that ends what the index held reads the index
+        again, and ends what it did not hold before, until a read shows
+        nothing new. Every entry ends, live or not: ending an id whose session
+        is not written yet leaves the tombstone that refuses its creation.
+
         Each ends like a logout, with a tombstone, so a request of an ended
-        session still in flight can never write it back. Returns how many
-        live sessions ended.
+        session still in flight can never write it back, and each sends
+        ``session_ended`` with reason ``"logout_user"``. Returns how many
+        live sessions ended. Round trips: one read of the index per pass,
+        one per session ended.
         """
         user = str(user_id)
-        kept = None if keep is None else self._layer.session_id(keep)
-        ended = 0
-        for session_id, _, _ in self._layer.user_entries(user):
-            if session_id != kept:
-                ended += self._layer.destroy(session_id, user)
-        return ended
+        handled = set() if keep is None else {self._layer.session_id(keep)}
+        ended = []
+        for _ in range(LOGOUT_PASSES):
+            fresh = _fresh(self._layer, self._layer.index_fields(user), handled)
+            if not fresh:
+                break
+            for field, session_id in fresh:
+                if self._layer.destroy(field, user):
+                    ended.append(session_id)
+        if ended and signals.session_ended.receivers:
+            signals.send_ended_ids(type(self), ended, "logout_user")
+        return len(ended)
 
     async def alogout_user(self, user_id: object, *, keep: str | None = None) -> int:
         """See logout_user()."""
         user = str(user_id)
-        kept = None if keep is None else self._layer.session_id(keep)
-        ended = 0
-        for session_id, _, _ in await self._layer.auser_entries(user):
-            if session_id != kept:
-                ended += await self._layer.adestroy(session_id, user)
-        return ended
+        handled = set() if keep is None else {self._layer.session_id(keep)}
+        ended = []
+        for _ in range(LOGOUT_PASSES):
+            fresh = _fresh(self._layer, await self._layer.aindex_fields(user), handled)
+            if not fresh:
+                break
+            for field, session_id in fresh:
+                if await self._layer.adestroy(field, user):
+                    ended.append(session_id)
+        if ended and signals.session_ended.receivers:
+            await signals.asend_ended_ids(type(self), ended, "logout_user")
+        return len(ended)
 
     # --- Every session under the prefix, a SCAN batch at a time ---------------
 
@@ -345,6 +374,19 @@ async def acleared(layer: RedisLayer, sender: type) -> AsyncIterator[int]:
             ids = layer.ids_of_names(session_names(names))
             await signals.asend_ended_ids(sender, ids, "clear")
         yield deleted
+
+
+def _fresh(
+    layer: RedisLayer, fields: list[str], handled: set[str]
+) -> list[tuple[str, str]]:
+    """``(field, id)`` of the index fields not handled yet, now handled."""
+    fresh = []
+    for field in fields:
+        session_id = layer.session_id(field)
+        if session_id not in handled:
+            handled.add(session_id)
+            fresh.append((field, session_id))
+    return fresh
 
 
 def _newest_first(entries: list[tuple[str, str, int | None]]) -> list[UserSession]:

@@ -216,7 +216,7 @@ def test_flush_destroys_the_session_and_drops_the_key(
     assert redis_keys() == {tomb(prefix, key)}
 
 
-def test_cycle_key_moves_the_data_and_destroys_the_old_key(
+def test_cycle_key_moves_the_data_and_destroys_the_old_key_before_returning(
     session: Any, make_session: Callable[..., Any], redis_keys: Keys, prefix: str
 ) -> None:
     session["a"] = 1
@@ -226,47 +226,73 @@ def test_cycle_key_moves_the_data_and_destroys_the_old_key(
     new = session.session_key
     assert new != old
     assert session["a"] == 1
-    # The change is written by the next save, in one script with the data.
-    assert redis_keys() == {data(prefix, old)}
-    session.save()
+    # Django's contract: the old key is gone when cycle_key() returns.
+    assert session.exists(old) is False
     assert make_session(new)["a"] == 1
     assert redis_keys() == {data(prefix, new), tomb(prefix, old)}
+    session["a"] = 2
+    session.save()
+    assert make_session(new)["a"] == 2
 
 
-def test_cycle_key_without_a_save_leaves_the_old_session_as_it_was(
+def test_a_second_store_on_the_old_key_after_cycle_key_cannot_end_the_session(
+    make_session: Callable[..., Any],
+) -> None:
+    """A password change whose request checks a token on the old key.
+
+    An auth package opens another ``SessionStore`` on the request's old key
+    during the request, and Django's ``get_user()`` there flushes it (the
+    password hash changed). The old key must already be gone, so the
+    request's own save still lands.
+    """
+    key = saved_key(make_session, _auth_user_id="1", _auth_user_hash="old")
+    session = make_session(key)
+    assert session["_auth_user_hash"] == "old"
+    session.cycle_key()  # update_session_auth_hash()
+    session["_auth_user_hash"] = "new"
+    token_check = make_session(key)
+    assert token_check.load() == {}
+    token_check.flush()
+    session.save()
+    assert make_session(session.session_key)["_auth_user_hash"] == "new"
+
+
+def test_cycle_key_of_unserializable_data_raises_and_changes_nothing(
     session: Any, make_session: Callable[..., Any], redis_keys: Keys, prefix: str
 ) -> None:
-    """A request that fails after login() never saves: nothing changed."""
     session["a"] = 1
     session.save()
     old = session.session_key
-    session.cycle_key()
-    session["a"] = 2
+    session["a"] = {1, 2}  # JSON has no sets
+    with pytest.raises(TypeError):
+        session.cycle_key()
+    assert session.session_key == old
     assert make_session(old)["a"] == 1
     assert redis_keys() == {data(prefix, old)}
 
 
-def test_flush_after_cycle_key_ends_the_old_session(
+def test_flush_after_cycle_key_ends_the_new_session(
     session: Any, make_session: Callable[..., Any], redis_keys: Keys, prefix: str
 ) -> None:
     session["a"] = 1
     session.save()
     old = session.session_key
     session.cycle_key()
+    new = session.session_key
     session.flush()
     assert session.session_key is None
     assert make_session(old).load() == {}
-    assert redis_keys() == {tomb(prefix, old)}
+    assert make_session(new).load() == {}
+    assert redis_keys() == {tomb(prefix, old), tomb(prefix, new)}
 
 
 def test_cycle_key_of_a_new_session_creates_it(
-    session: Any, redis_keys: Keys, prefix: str
+    session: Any, make_session: Callable[..., Any], redis_keys: Keys, prefix: str
 ) -> None:
     session["a"] = 1
     session.cycle_key()
-    assert redis_keys() == set()
-    session.save()
     assert redis_keys() == {data(prefix, session.session_key)}
+    assert make_session(session.session_key)["a"] == 1
 
 
 def test_set_expiry_fourteen_days_reaches_redis(
@@ -441,10 +467,10 @@ def test_cycle_key_racing_a_request_on_the_old_key_keeps_it_dead(
     assert redis_keys() == {data(prefix, session.session_key), tomb(prefix, old)}
 
 
-def test_two_writers_last_write_wins(
+def test_two_writers_of_different_keys_both_land(
     make_session: Callable[..., Any],
 ) -> None:
-    """no merge, the later save replaces the whole session."""
+    """The later save merges its own change into the earlier one's."""
     session = make_session()
     session.save()
     key = session.session_key
@@ -452,7 +478,7 @@ def test_two_writers_last_write_wins(
     first["a"], second["b"] = 1, 2
     first.save()
     second.save()
-    assert make_session(key).load() == {"b": 2}
+    assert make_session(key).load() == {"a": 1, "b": 2}
 
 
 # --- The middleware -----------------------------------------------------------------
@@ -590,35 +616,48 @@ def test_a_session_created_with_an_expiry_in_the_past_writes_nothing(
 
 
 def test_cycle_key_after_a_logout_elsewhere_carries_nothing_over(
-    make_session: Callable[..., Any], redis_keys: Keys, prefix: str
+    make_session: Callable[..., Any],
+    redis_keys: Keys,
+    prefix: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """a password change or login racing a logout."""
+    """A password change or login racing a logout: never a 500, never the data."""
     key = saved_key(make_session, _auth_user_id="1", cart="book")
     request_a = make_session(key)
     assert request_a["_auth_user_id"] == "1"  # A has loaded
     request_b = make_session(key)
     assert request_b["_auth_user_id"] == "1"  # as the auth middleware does
     request_b.flush()  # B logs out
-    request_a.cycle_key()
-    request_a["_auth_user_hash"] = "new"
-    # The middleware turns this into SessionInterrupted: log in again.
-    with pytest.raises(UpdateError):
-        request_a.save()
+    with caplog.at_level(logging.WARNING, "django.security"):
+        request_a.cycle_key()
+    assert request_a.session_key is None
+    assert request_a.load() == {}
+    assert [record.name for record in caplog.records] == [
+        "django.security.SessionInterrupted"
+    ]
+    assert key not in caplog.text
     assert redis_keys() == {tomb(prefix, key)}
+    request_a["_auth_user_hash"] = "new"  # update_session_auth_hash() goes on
+    request_a.save()  # a fresh, anonymous session
+    new = request_a.session_key
+    assert new not in (None, key)
+    assert make_session(new).load() == {"_auth_user_hash": "new"}
+    assert redis_keys() == {tomb(prefix, key), data(prefix, new)}
 
 
 def test_two_cycle_keys_racing_leave_one_live_session_with_the_data(
     make_session: Callable[..., Any], redis_keys: Keys, prefix: str
 ) -> None:
-    """Two logins racing on one session: one of them wins."""
+    """Two logins racing on one session: one of them carries the data."""
     key = saved_key(make_session, cart="book")
     first, second = make_session(key), make_session(key)
     assert first["cart"] == second["cart"] == "book"
     first.cycle_key()
     second.cycle_key()
+    assert second.session_key is None
+    assert second.load() == {}
     first.save()
-    with pytest.raises(UpdateError):
-        second.save()
+    assert make_session(first.session_key)["cart"] == "book"
     assert redis_keys() == {data(prefix, first.session_key), tomb(prefix, key)}
 
 

@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import ssl
 import uuid
+from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any
 
 import pytest
 import redis
+import redis.asyncio
 import redis.asyncio.retry
 import redis.retry
 from django.conf import settings
@@ -71,6 +73,7 @@ VALID_CONFIG: dict[str, Any] = {
     "URL": "rediss://user:secret@redis.example.com:6380/2",
     "OPTIONS": {"socket_timeout": 1.5},
     "CLUSTER": False,
+    "CLUSTER_NODES": [],
     "SENTINELS": [("sentinel-1", 26379), ["sentinel-2", 26380]],
     "SENTINEL_SERVICE": "sessions",
     "CLIENT": None,
@@ -159,10 +162,10 @@ def test_unknown_keys_are_one_e002_naming_them_sorted() -> None:
     assert [m.id for m in messages] == ["django_redis_sessions.E002"]
     assert messages[0].msg == "SESSION_REDIS has unknown keys: 'HOST', 'TTL'."
     assert messages[0].hint == (
-        "Valid keys are CLIENT, CLIENT_IP, CLUSTER, DISABLE_TOUCH, HASH_IDS, "
-        "MAX_SESSIONS_PER_USER, MIGRATE_FROM, OPTIONS, PREFIX, SCAN_COUNT, "
-        "SENTINELS, SENTINEL_SERVICE, SERIALIZER, TOMBSTONE_SECONDS, TTL_SECONDS, "
-        "URL, USER_INDEX, USER_INDEX_METADATA."
+        "Valid keys are CLIENT, CLIENT_IP, CLUSTER, CLUSTER_NODES, DISABLE_TOUCH, "
+        "HASH_IDS, MAX_SESSIONS_PER_USER, MIGRATE_FROM, OPTIONS, PREFIX, "
+        "SCAN_COUNT, SENTINELS, SENTINEL_SERVICE, SERIALIZER, TOMBSTONE_SECONDS, "
+        "TTL_SECONDS, URL, USER_INDEX, USER_INDEX_METADATA."
     )
 
 
@@ -339,6 +342,65 @@ def test_sentinels_without_cluster_is_valid() -> None:
 
 
 @pytest.mark.parametrize(
+    "nodes",
+    [
+        [("redis-2", 7000), ["redis-3", 7001]],
+        (("redis-2", 7000),),
+        [],
+    ],
+)
+def test_cluster_nodes_as_host_port_pairs_are_valid(nodes: Any) -> None:
+    assert check({"CLUSTER": True, "CLUSTER_NODES": nodes}) == []
+
+
+@pytest.mark.parametrize(
+    "nodes",
+    [
+        None,
+        "redis-2:7000",
+        ["redis://redis-2:7000"],
+        ("redis-2", 7000),
+        [("redis-2",)],
+        [("redis-2", "7000")],
+        [("redis-2", True)],
+        [("redis-2", 0)],
+        [("", 7000)],
+    ],
+)
+def test_bad_cluster_nodes_is_e029(nodes: Any) -> None:
+    assert ids({"CLUSTER": True, "CLUSTER_NODES": nodes}) == [
+        "django_redis_sessions.E029"
+    ]
+
+
+def test_e029_says_what_cluster_nodes_must_be() -> None:
+    (message,) = check({"CLUSTER": True, "CLUSTER_NODES": ["redis-2:7000"]})
+    assert message.msg == (
+        "SESSION_REDIS['CLUSTER_NODES'] must be a list of (host, port) pairs, "
+        "not ['redis-2:7000']."
+    )
+    assert message.hint == (
+        "Set CLUSTER_NODES to a list of (host, port) pairs with a string host "
+        "and an integer port, e.g. [('redis-2', 7000), ('redis-3', 7000)]: more "
+        "nodes of the cluster to connect through while the node in URL is down."
+    )
+
+
+def test_cluster_nodes_without_cluster_is_e030() -> None:
+    (message,) = check({"CLUSTER_NODES": [("redis-2", 7000)]})
+    assert message.id == "django_redis_sessions.E030"
+    assert message.msg == (
+        "SESSION_REDIS['CLUSTER_NODES'] must be empty when SESSION_REDIS['CLUSTER'] "
+        "is not True, not [('redis-2', 7000)] (only a Redis Cluster client "
+        "connects through more than one node)."
+    )
+    assert message.hint == (
+        "Set CLUSTER to True if URL names a node of a Redis Cluster, or remove "
+        "CLUSTER_NODES."
+    )
+
+
+@pytest.mark.parametrize(
     "url",
     [
         "redis://localhost:7000/1",
@@ -408,14 +470,89 @@ def test_check_is_registered() -> None:
         "rediss://h/0?ssl_cert_reqs=bogus",
         "rediss://h/0?ssl_cert_reqs=REQUIRED",
         "rediss://h/0?ssl_include_verify_flags=NO_SUCH_FLAG",
-        # Not converted by redis-py: the connection would get the string.
-        "rediss://h/0?ssl_validate_ocsp=false",
     ],
 )
 def test_url_query_parameter_with_a_value_redis_py_cannot_use_is_e017(
     url: str,
 ) -> None:
     assert ids({"URL": url}) == ["django_redis_sessions.E017"]
+
+
+def received_by_redis_py(url: str, name: str) -> list[Any]:
+    """What the connections redis-py builds from ``url`` receive as ``name``.
+
+    One value per client, sync and asyncio, that takes the argument at all.
+    Nothing connects: a connection object is only built.
+    """
+    values = []
+    for client_class in (redis.Redis, redis.asyncio.Redis):
+        pool = client_class.from_url(url).connection_pool
+        try:
+            pool.make_connection()
+        except TypeError:  # this client's connection class has no such argument
+            continue
+        values.append(pool.connection_kwargs[name])
+    return values
+
+
+def is_exception_list(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(item, type) and issubclass(item, Exception) for item in value
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "name", "usable"),
+    [
+        # redis-py 8.2 reads these as booleans; 5.0 passes the string on, which
+        # is true, so "false" would turn OCSP validation on.
+        (
+            "rediss://h/0?ssl_validate_ocsp=false",
+            "ssl_validate_ocsp",
+            lambda value: isinstance(value, bool),
+        ),
+        (
+            "rediss://h/0?ssl_validate_ocsp_stapled=no",
+            "ssl_validate_ocsp_stapled",
+            lambda value: isinstance(value, bool),
+        ),
+        (
+            "rediss://h/0?ssl_check_hostname=false",
+            "ssl_check_hostname",
+            lambda value: isinstance(value, bool),
+        ),
+        # 5.0 splits the text into characters; 8.2 looks the names up.
+        (
+            "redis://h/0?retry_on_error=TimeoutError",
+            "retry_on_error",
+            is_exception_list,
+        ),
+    ],
+)
+def test_url_query_parameter_is_e017_exactly_when_redis_py_misreads_it(
+    url: str, name: str, usable: Callable[[Any], bool]
+) -> None:
+    received = received_by_redis_py(url, name)
+    expected = (
+        []
+        if received and all(map(usable, received))
+        else ["django_redis_sessions.E017"]
+    )
+    assert ids({"URL": url}) == expected
+
+
+@pytest.mark.parametrize("url", ["REDIS://h/0", "Rediss://h:6380/0"])
+def test_url_scheme_in_capitals_is_e003_exactly_when_redis_py_refuses_it(
+    url: str,
+) -> None:
+    try:
+        for client_class in (redis.Redis, redis.asyncio.Redis):
+            client_class.from_url(url)
+    except ValueError:
+        expected = ["django_redis_sessions.E003"]
+    else:
+        expected = []
+    assert ids({"URL": url}) == expected
 
 
 @pytest.mark.parametrize(
@@ -505,6 +642,7 @@ def test_e018_names_the_client_and_suggests_the_closest_name() -> None:
         {"OPTIONS": {"max_connections": 50, "health_check_interval": 2.5}},
         {"OPTIONS": {"retry": redis.retry.Retry(NoBackoff(), 2)}},
         {"OPTIONS": {"retry": redis.asyncio.retry.Retry(NoBackoff(), 2)}},
+        {"OPTIONS": {"retry_on_error": [redis.ConnectionError, redis.TimeoutError]}},
         {"OPTIONS": {"connection_class": redis.Connection, "db": 3}},
         {"OPTIONS": {"connection_class": TaggedConnection, "tag": "sessions"}},
         {"URL": "rediss://h/0", "OPTIONS": {"ssl_cert_reqs": None}},
@@ -538,6 +676,8 @@ def test_options_redis_py_accepts_are_valid(config: dict[str, Any]) -> None:
         ("db", -1),
         ("retry", 3),
         ("retry", NoBackoff()),
+        ("retry_on_error", ["ConnectionError"]),
+        ("retry_on_error", redis.ConnectionError),
         ("connection_class", "redis.Connection"),
         ("socket_keepalive", 1),
         ("retry_on_timeout", "no"),
@@ -687,6 +827,7 @@ def test_cluster_ignores_the_database_in_options_when_the_url_names_one() -> Non
         ("URL", "redis://elsewhere:6379/0"),
         ("OPTIONS", {"socket_timeout": 1}),
         ("CLUSTER", True),
+        ("CLUSTER_NODES", [("redis-2", 7000)]),
         ("SENTINELS", [("sentinel", 26379)]),
     ],
 )

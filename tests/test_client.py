@@ -14,6 +14,7 @@ import pytest
 import redis
 import redis.asyncio
 import redis.asyncio.sentinel
+import redis.connection
 import redis.sentinel
 from django.core.exceptions import ImproperlyConfigured
 
@@ -161,14 +162,24 @@ def test_sentinels_ask_for_the_primary_with_the_url_credentials(
 
 
 @pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+# Scheme names are case-insensitive, and newer redis-py accept capitals.
+@pytest.mark.parametrize("scheme", ["rediss", "REDISS"])
 def test_sentinels_with_a_rediss_url_reach_the_primary_over_tls(
-    settings: Any, asynchronous: bool
+    settings: Any, asynchronous: bool, scheme: str
 ) -> None:
     settings.SESSION_REDIS = {
-        "URL": "rediss://ignored:1/0",
+        "URL": f"{scheme}://ignored:1/0",
         "SENTINELS": [("127.0.0.1", 26379)],
         "OPTIONS": {"ssl_ca_certs": "/nonexistent/ca.pem"},
     }
+    try:
+        redis.connection.parse_url(settings.SESSION_REDIS["URL"])
+    except ValueError:
+        # This redis-py refuses capitals (and the checks report them): then
+        # nothing is built, rather than a client in the clear.
+        with pytest.raises(ValueError, match="scheme"):
+            client_module.build_client(asynchronous=asynchronous)
+        return
     pool = client_module.build_client(asynchronous=asynchronous).connection_pool
     ssl_class = redis.asyncio.SSLConnection if asynchronous else redis.SSLConnection
     managed_class: type[Any] = (
@@ -229,3 +240,16 @@ def test_settings_and_options_may_be_any_mapping(
     assert store.get("abcdefgh") == {"v": 1}
     kwargs = client_module.clients.get().connection_pool.connection_kwargs
     assert kwargs["socket_timeout"] == 0.25
+
+
+def test_a_cluster_is_described_by_every_node_the_client_may_start_from(
+    settings: Any,
+) -> None:
+    settings.SESSION_REDIS = {
+        "URL": "redis://user:s3cret@redis-1:7000/0",
+        "CLUSTER": True,
+        "CLUSTER_NODES": [("redis-2", 7000), ("redis-3", 7001)],
+    }
+    assert client_module.describe_target() == (
+        "at redis://user@redis-1:7000/0 or redis-2:7000, redis-3:7001"
+    )

@@ -4,8 +4,16 @@ survive a failover, a killed primary and a slot migration without a restart."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+import signal
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from functools import partial
 from typing import Any
+from urllib.parse import urlsplit
 
 import django
 import pytest
@@ -15,7 +23,8 @@ from redis.crc import key_slot
 
 from django_redis_sessions import signals
 from django_redis_sessions.backends.redis import SessionStore
-from django_redis_sessions.client import clients
+from django_redis_sessions.checks import check_settings
+from django_redis_sessions.client import BACKOFF_CAP, RETRIES, clients
 from django_redis_sessions.redis_layer import RedisLayer
 from django_redis_sessions.store import RedisSessionStore
 from django_redis_sessions.testing import RedisClusterServers, RedisServer
@@ -193,6 +202,52 @@ def test_cycle_of_a_session_ended_elsewhere_creates_nothing(
     assert cluster_client.exists(data_name(prefix, "newsession2")) == 0
 
 
+@contextmanager
+def node_that_is_down() -> Iterator[int]:
+    """The port of a node that is down: bound, so nobody else takes it, unheard."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_new_process_connects_through_cluster_nodes_while_the_url_node_is_down(
+    mode: str, cluster_url: str, settings: Any, prefix: str
+) -> None:
+    running = urlsplit(cluster_url)
+    with node_that_is_down() as first, node_that_is_down() as second:
+        config = {
+            "URL": f"redis://127.0.0.1:{first}/0",
+            "CLUSTER": True,
+            "PREFIX": prefix,
+        }
+        settings.SESSION_REDIS = config
+        engine = Engine(mode)
+        try:
+            # One startup node: the process cannot start serving sessions.
+            with pytest.raises(
+                redis.exceptions.RedisClusterException, match="cannot be connected"
+            ):
+                engine.store.create("abcdefgh", {"v": 1}, ttl=60)
+        finally:
+            engine.close()
+
+        settings.SESSION_REDIS = {
+            **config,
+            # Two of the three startup nodes down, URL's among them.
+            "CLUSTER_NODES": [("127.0.0.1", second), (running.hostname, running.port)],
+        }
+        assert check_settings(None) == []
+        engine = Engine(mode)
+        try:
+            assert engine.store.create("abcdefgh", {"v": 1}, ttl=60) is True
+            assert engine.store.get("abcdefgh") == {"v": 1}
+            assert engine.store.destroy("abcdefgh") is True
+        finally:
+            engine.close()
+            clients.close()
+
+
 # --- Failover, a killed primary, slot migration ------------------------------
 
 
@@ -344,6 +399,139 @@ def test_sessions_survive_a_killed_primary_taken_over_by_its_replica(
     assert engine.store.set(gone, {"n": "back"}, ttl=3600) is False
     assert engine.store.exists(gone) is False
     assert engine.client() is cached
+
+
+#: Short timeouts, so that the bounds they give are far below what redis-py's
+#: own cluster retries cost (10 retries, backoffs of up to a second: 3.5 to
+#: 4.5 s per request on a killed node, 15 s on a hung one).
+SHORT_TIMEOUTS = {"socket_connect_timeout": 0.25, "socket_timeout": 1.0}
+
+
+def failure_bound(options: dict[str, float], *, hung: bool) -> float:
+    """The longest a request on a dead shard may take to fail, in seconds.
+
+    Each attempt on the dead node costs at most a connect timeout when its
+    process is gone (the connection is refused), and a read timeout more when
+    it hangs (the kernel still accepts). The wait before the retry is at most
+    ``BACKOFF_CAP``, and the topology refresh the first failure asks for a
+    connect and a read on a node that runs.
+    """
+    connect, read = options["socket_connect_timeout"], options["socket_timeout"]
+    attempt = connect + read if hung else connect
+    return (RETRIES + 1) * attempt + RETRIES * BACKOFF_CAP + connect + read
+
+
+Outcome = tuple[float, Any]
+
+
+def concurrently(calls: list[Callable[[], Any]]) -> list[Outcome]:
+    """Each call on a thread of its own, all released at once.
+
+    For each: the seconds it took, and what it returned or raised.
+    """
+    barrier = threading.Barrier(len(calls))
+
+    def run(call: Callable[[], Any]) -> Outcome:
+        barrier.wait()
+        start = time.monotonic()
+        try:
+            result = call()
+        except Exception as exc:
+            result = exc
+        return time.monotonic() - start, result
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(run, calls))
+
+
+async def concurrently_async(
+    calls: list[Callable[[], Awaitable[Any]]],
+) -> list[Outcome]:
+    """As ``concurrently()``, each call a task of the running loop."""
+
+    async def run(call: Callable[[], Awaitable[Any]]) -> Outcome:
+        start = time.monotonic()
+        try:
+            result = await call()
+        except Exception as exc:
+            result = exc
+        return time.monotonic() - start, result
+
+    return list(await asyncio.gather(*(run(call) for call in calls)))
+
+
+@pytest.mark.xfail(
+    redis.VERSION < (6,),
+    reason="redis-py 5's cluster client fails requests on the shards that run "
+    "too, while several threads refresh its slot map at once",
+    raises=AssertionError,
+    strict=False,
+)
+def test_requests_on_a_dead_primary_fail_within_the_retry_bound(
+    settings: Any, prefix: str
+) -> None:
+    # A cluster of its own: the module's has a primary to kill only for the
+    # tests already there.
+    with RedisClusterServers() as cluster:
+        settings.SESSION_REDIS = {
+            "URL": cluster.url,
+            "CLUSTER": True,
+            "PREFIX": prefix,
+            "OPTIONS": SHORT_TIMEOUTS,
+        }
+        killed, stopped, running = cluster.nodes
+        store = RedisSessionStore()
+        keys = [f"bound{n:03d}" for n in range(100)]
+        for key in keys:
+            assert store.create(key, {"n": key}, ttl=3600) is True
+
+        def on(node: RedisServer) -> list[str]:
+            return [k for k in keys if cluster.primary_for(slot_of(prefix, k)) is node]
+
+        loop = asyncio.new_event_loop()
+        async_store = RedisSessionStore(client=no_sync_client)
+
+        def requests(dead: list[str], *, hung: bool) -> None:
+            """Eight worker threads, then eight tasks of one loop, half of them
+            on the dead shard; each of those fails within the bound."""
+            calls = [*dead[:4], *on(running)[:4]]
+            outcomes = concurrently([partial(store.get, key) for key in calls])
+            outcomes += run_async(
+                concurrently_async([partial(async_store.aget, key) for key in calls]),
+                loop,
+            )
+            bound = failure_bound(SHORT_TIMEOUTS, hung=hung)
+            for (seconds, result), key in zip(outcomes, calls * 2, strict=True):
+                if key in dead:
+                    failed = (redis.ConnectionError, redis.TimeoutError)
+                    assert isinstance(result, failed)
+                    assert seconds <= bound, f"{seconds:.2f} s, above {bound:.2f} s"
+                else:
+                    assert result == {"n": key}
+
+        # Both clients know the topology before a node fails, as an app's do.
+        assert run_async(async_store.aget(keys[0]), loop) == {"n": keys[0]}
+        cluster.wait_for_replication()
+        try:
+            killed.process.kill()
+            killed.process.wait()
+            requests(on(killed), hung=False)
+            # One retry still survives the takeover, through the same clients.
+            cluster.fail_over(killed)
+            for key in keys:
+                assert store.get(key) == {"n": key}
+                assert run_async(async_store.aget(key), loop) == {"n": key}
+
+            # A node that hangs: the kernel still accepts, nothing answers.
+            stopped.process.send_signal(signal.SIGSTOP)
+            try:
+                requests(on(stopped), hung=True)
+            finally:
+                stopped.process.send_signal(signal.SIGCONT)
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+            clients.close()
 
 
 def keys_sharing_a_slot(prefix: str, count: int) -> list[str]:

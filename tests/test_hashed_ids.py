@@ -8,6 +8,7 @@ import hashlib
 import json
 import tracemalloc
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -15,9 +16,10 @@ import redis.cluster
 from django.contrib.auth import get_user_model
 from django.contrib.sessions.backends.base import UpdateError
 from django.core.management.base import CommandError
-from django.test import AsyncClient, Client
+from django.test import AsyncClient, Client, override_settings
 
 from django_redis_sessions.backends.redis import SessionStore
+from django_redis_sessions.checks import check_settings
 from django_redis_sessions.keys import data_key, glob_escape, tombstone_key
 from django_redis_sessions.redis_layer import RedisLayer
 from django_redis_sessions.scripts import Outcome
@@ -26,6 +28,7 @@ from django_redis_sessions.testing import CommandLog
 from tests.utils import (
     Keys,
     Monitor,
+    ReplyDroppingProxy,
     everything_in,
     needs_async_backend,
     redis_sessions,
@@ -364,3 +367,222 @@ def test_a_batch_of_names_gives_the_ids_one_name_at_a_time_gives(
     near = [*ids, data_key(layer.prefix, "#" + "A" * 42 + "$").encode()]
     assert layer.ids_of_names(near) == [layer.id_of_name(name) for name in near]
     assert key not in one_by_one if hash_ids else key in one_by_one
+
+
+# --- Rollouts: processes on two settings side by side --------------------------
+
+
+def as_process(settings: Any, mode: bool | str) -> None:
+    """Act as a process running with ``HASH_IDS = mode`` from now on."""
+    settings.SESSION_REDIS = {**settings.SESSION_REDIS, "HASH_IDS": mode}
+
+
+@pytest.fixture(params=["server", "cluster"])
+def topology(request: pytest.FixtureRequest, settings: Any) -> Any:
+    """One server, or a Cluster where a session's two forms live on two slots.
+
+    A plain client of that topology, for arranging and asserting.
+    """
+    if request.param == "cluster":
+        return request.getfixturevalue("cluster")
+    return request.getfixturevalue("raw_redis")
+
+
+def names_under(client: Any, prefix: str) -> set[str]:
+    pattern = glob_escape(prefix) + "*"
+    return {name.decode() for name in client.scan_iter(match=pattern)}
+
+
+@pytest.mark.parametrize("ending", ["flush", "cycle_key"])
+def test_an_ending_on_a_prepare_process_is_final_for_a_migrate_process(
+    topology: Any, settings: Any, prefix: str, call: Any, ending: str
+) -> None:
+    as_process(settings, "prepare")
+    [key] = plain_sessions(prefix, 1)
+    in_flight = SessionStore(key)
+    assert call(in_flight, "get", "n") == key
+    # A process already on "migrate" moves the session to its id...
+    as_process(settings, "migrate")
+    assert call(SessionStore(key), "load") == {"n": key}
+    assert data_key(prefix, expected_id(key)) in names_under(topology, prefix)
+    # ...and a request on a process still on the plain layout ends the key.
+    as_process(settings, "prepare")
+    call(in_flight, ending)
+    if ending == "cycle_key":
+        call(in_flight, "save")
+    as_process(settings, "migrate")
+    assert call(SessionStore(key), "load") == {}
+    names = names_under(topology, prefix)
+    assert data_key(prefix, expected_id(key)) not in names
+    assert tombstone_key(prefix, expected_id(key)) in names
+    if ending == "cycle_key":
+        # The login carried the data to its new key, which every process reads.
+        new_key = str(in_flight.session_key)
+        assert call(SessionStore(new_key), "load") == {"n": key}
+    else:
+        assert not [name for name in names if name.endswith("}")]
+
+
+def test_a_logout_arriving_at_a_prepare_process_after_the_move_is_final(
+    topology: Any, settings: Any, prefix: str, call: Any
+) -> None:
+    as_process(settings, "migrate")
+    [key] = plain_sessions(prefix, 1)
+    assert call(SessionStore(key), "load") == {"n": key}
+    # Django's logout() reads the user first: this process finds no plain
+    # form, forgets the key, and its flush() has no key left to end.
+    as_process(settings, "prepare")
+    session = SessionStore(key)
+    assert call(session, "get", "n") is None
+    call(session, "flush")
+    as_process(settings, "migrate")
+    assert call(SessionStore(key), "load") == {}
+    names = names_under(topology, prefix)
+    assert not [name for name in names if name.endswith("}")]
+    assert tombstone_key(prefix, expected_id(key)) in names
+
+
+def test_a_prepare_process_keeps_the_plain_layout_and_refuses_rehash(
+    session_redis: dict[str, Any], redis_keys: Keys, prefix: str, call: Any
+) -> None:
+    session_redis["HASH_IDS"] = "prepare"
+    session = SessionStore()
+    session["v"] = 1
+    call(session, "save")
+    key = str(session.session_key)
+    assert redis_keys() == {data_key(prefix, key)}
+    assert call(SessionStore(key), "load") == {"v": 1}
+    assert RedisSessionStore().session_id(key) == key
+    # A cookie nobody holds (a bot's) writes nothing.
+    assert call(SessionStore("x" * 32), "load") == {}
+    assert redis_keys() == {data_key(prefix, key)}
+    with pytest.raises(CommandError, match=r"HASH_IDS'\] is 'prepare'"):
+        redis_sessions("rehash")
+
+
+def test_a_prepare_logout_whose_reply_is_lost_still_ends_both_forms(
+    session_redis: dict[str, Any], redis_url: str, redis_keys: Keys, prefix: str
+) -> None:
+    parts = urlsplit(redis_url)
+    assert parts.hostname is not None
+    assert parts.port is not None
+    with ReplyDroppingProxy(parts.hostname, parts.port) as proxy:
+        session_redis["URL"] = proxy.url
+        session_redis["HASH_IDS"] = "prepare"
+        [key, warm] = plain_sessions(prefix, 2)
+        store = RedisSessionStore()
+        assert store.destroy(warm) is True  # connects and loads the script
+        proxy.drop_next_reply("EVALSHA")
+        assert store.destroy(key) is True
+        assert proxy.dropped == 1
+    assert redis_keys() >= {
+        tombstone_key(prefix, key),
+        tombstone_key(prefix, expected_id(key)),
+    }
+    assert not [name for name in redis_keys() if name.endswith("}")]
+
+
+# --- "migrate": a session ended by its id stays ended ---------------------------
+
+
+def lapse_tombstones(client: Any, prefix: str) -> None:
+    """What TOMBSTONE_SECONDS later looks like: every tombstone with a TTL gone."""
+    for name in names_under(client, prefix):
+        if name.endswith(":tombstone") and client.pttl(name) >= 0:
+            client.delete(name)
+
+
+@pytest.mark.parametrize("user_id", [None, "7"], ids=["alone", "of-a-user"])
+def test_a_plain_session_ended_by_its_id_never_comes_back(
+    topology: Any, settings: Any, prefix: str, call: Any, user_id: str | None
+) -> None:
+    as_process(settings, "migrate")
+    [key, other] = plain_sessions(prefix, 2, _auth_user_id="7")
+    session_id = expected_id(key)
+    # What admin code, the sessions page and logout_user hold: the id.
+    if user_id is None:
+        call(RedisSessionStore(), "destroy", session_id)
+    else:
+        call(RedisLayer(), "destroy", session_id, user_id)
+    lapse_tombstones(topology, prefix)
+    assert call(SessionStore(key), "load") == {}
+    assert data_key(prefix, key) not in names_under(topology, prefix)
+    assert redis_sessions("rehash") == "Moved 1 session to their ids.\n"
+    lapse_tombstones(topology, prefix)
+    assert call(SessionStore(key), "load") == {}
+    assert call(SessionStore(other), "load") == {"n": other, "_auth_user_id": "7"}
+    assert RedisSessionStore().count() == 1
+
+
+def test_rehash_moves_nothing_an_id_ended_and_settles_its_tombstone(
+    migrating: dict[str, Any], raw_redis: redis.Redis, prefix: str
+) -> None:
+    [key] = plain_sessions(prefix, 1)
+    marker = tombstone_key(prefix, expected_id(key))
+    RedisSessionStore().destroy(expected_id(key))
+    assert raw_redis.pttl(marker) == -1  # kept while a plain form may live
+    assert redis_sessions("rehash") == "Moved 0 sessions to their ids.\n"
+    # No plain form left: the usual lifetime again.
+    assert 0 < raw_redis.pttl(marker) <= 300_000
+    assert raw_redis.exists(data_key(prefix, key)) == 0
+    assert raw_redis.exists(data_key(prefix, expected_id(key))) == 0
+
+
+def test_an_id_ended_whose_reply_is_lost_still_ends_the_plain_form(
+    session_redis: dict[str, Any], redis_url: str, raw_redis: redis.Redis, prefix: str
+) -> None:
+    parts = urlsplit(redis_url)
+    assert parts.hostname is not None
+    assert parts.port is not None
+    with ReplyDroppingProxy(parts.hostname, parts.port) as proxy:
+        session_redis["URL"] = proxy.url
+        session_redis["HASH_IDS"] = "migrate"
+        [key, warm] = plain_sessions(prefix, 2)
+        store = RedisSessionStore()
+        store.destroy(expected_id(warm))  # connects and loads the script
+        for command in ("EVALSHA", "PERSIST"):
+            proxy.drop_next_reply(command)
+            store.destroy(expected_id(key))
+        assert proxy.dropped == 2
+        lapse_tombstones(raw_redis, prefix)
+        assert SessionStore(key).load() == {}
+    assert raw_redis.exists(data_key(prefix, key)) == 0
+
+
+def test_a_prepare_process_loads_and_logs_out_in_one_round_trip_each(
+    session_redis: dict[str, Any], prefix: str
+) -> None:
+    log = CommandLog()
+    session_redis["OPTIONS"] = {"connection_class": log.connection_class}
+    session_redis["HASH_IDS"] = "prepare"
+    [key, moved] = plain_sessions(prefix, 2)
+    RedisLayer(hash_ids="migrate", prefix=prefix).read(moved)
+    SessionStore("x" * 32).load()  # connects and loads the scripts
+    SessionStore("x" * 32).flush()
+    log.take()
+    session = SessionStore(key)
+    assert session.load() == {"n": key}
+    session.flush()
+    assert log.take() == ["EVALSHA", "EVALSHA"]
+    # Moved to its id meanwhile: the load ends it, the logout has no more to do.
+    session = SessionStore(moved)
+    assert session.load() == {}
+    session.flush()
+    assert log.take() == ["EVALSHA"]
+
+
+@pytest.mark.parametrize(
+    ("value", "errors"),
+    [
+        (True, []),
+        (False, []),
+        ("migrate", []),
+        ("prepare", []),
+        ("Prepare", ["django_redis_sessions.E023"]),
+        ("yes", ["django_redis_sessions.E023"]),
+    ],
+)
+def test_hash_ids_takes_its_two_rollout_modes(value: Any, errors: list[str]) -> None:
+    with override_settings(SESSION_REDIS={"HASH_IDS": value}):
+        found = [message.id for message in check_settings(None)]
+    assert found == errors

@@ -19,6 +19,7 @@ import time
 import tracemalloc
 from collections.abc import Iterator
 from datetime import timedelta
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -26,18 +27,21 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import redis
 import redis.cluster
+from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
 from django.contrib.sessions.backends import cache as cache_engine
 from django.contrib.sessions.backends.db import SessionStore as DatabaseStore
 from django.contrib.sessions.backends.file import SessionStore as FileStore
 from django.contrib.sessions.models import Session
 from django.core.cache import caches
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import CommandError
 from django.test import AsyncClient, Client
 from django.utils import timezone
 from django.utils.crypto import get_random_string
 
 from django_redis_sessions import migration
+from django_redis_sessions.backends import handover
 from django_redis_sessions.backends.redis import SessionStore
 from django_redis_sessions.keys import glob_escape, hashed_id
 from django_redis_sessions.redis_layer import RedisLayer, get_layer
@@ -850,3 +854,255 @@ def test_import_shows_its_progress_on_a_terminal(db: None, settings: Any) -> Non
     assert stderr.getvalue().startswith("\rRead 11 sessions...")
     assert stderr.getvalue().endswith("\rRead 12 sessions...\n")
     assert not [key for key in keys if key in stderr.getvalue()]
+
+
+# --- Claimed first: a logout anywhere between the lookup and the write --------------
+
+
+def old_engine(engine: str) -> Any:
+    """The SessionStore of a process still running the old engine as it was."""
+    return import_module(ENGINES[engine]).SessionStore
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_logout_on_an_old_process_between_the_lookup_and_the_write_stays_final(
+    engine: str,
+    sources: Path,
+    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    redis_keys: Keys,
+    call: Any,
+) -> None:
+    user = get_user_model().objects.create_user("erin")
+    use(settings, ENGINES[engine])
+    cookie = logged_in(user)
+    use(settings, THIS_ENGINE, migrate_from=ENGINES[engine])
+    source = migration.window()
+    assert source is not None
+    fetch, afetch = source.fetch, source.afetch
+    logouts: list[str] = []
+
+    def log_out_on_an_old_process() -> None:
+        # Once: the asyncio path of some sources reads through fetch().
+        if not logouts:
+            logouts.append(cookie)
+            old_engine(engine)(cookie).flush()
+
+    def fetch_then_log_out(key: str) -> migration.Found | None:
+        found = fetch(key)
+        log_out_on_an_old_process()
+        return found
+
+    async def afetch_then_log_out(key: str) -> migration.Found | None:
+        found = await afetch(key)
+        await sync_to_async(log_out_on_an_old_process)()
+        return found
+
+    monkeypatch.setattr(source, "fetch", fetch_then_log_out)
+    monkeypatch.setattr(source, "afetch", afetch_then_log_out)
+    session = SessionStore(cookie)
+    assert call(session, "load") == {}
+    assert logouts == [cookie]
+    assert session.session_key is None
+    assert redis_keys() == set()
+    monkeypatch.undo()
+    assert call(SessionStore(cookie), "load") == {}
+    assert not source_holds(engine, cookie, sources)
+
+
+def test_a_save_by_an_old_process_between_the_lookup_and_the_claim_moves_as_saved(
+    user: Any, settings: Any, monkeypatch: pytest.MonkeyPatch, redis_keys: Keys
+) -> None:
+    use(settings, DB)
+    cookie = logged_in(user)
+    use(settings, THIS_ENGINE, migrate_from=DB)
+    source = migration.window()
+    assert source is not None
+    fetch = source.fetch
+
+    def fetch_then_save_elsewhere(key: str) -> migration.Found | None:
+        found = fetch(key)
+        monkeypatch.setattr(source, "fetch", fetch)
+        old = DatabaseStore(key)
+        old["late"] = "saved by an old process"
+        old.save()
+        return found
+
+    monkeypatch.setattr(source, "fetch", fetch_then_save_elsewhere)
+    data = SessionStore(cookie).load()
+    assert data["late"] == "saved by an old process"
+    assert data["visits"] == 2
+    assert not Session.objects.exists()
+
+
+# --- Old and new processes side by side: the handover engine -------------------------
+
+HANDOVER = "django_redis_sessions.backends.handover"
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_logout_on_an_old_process_ends_the_session_a_new_process_moved(
+    engine: str,
+    sources: Path,
+    user: Any,
+    settings: Any,
+    prefix: str,
+    redis_keys: Keys,
+) -> None:
+    use(settings, HANDOVER, migrate_from=ENGINES[engine])
+    cookie = logged_in(user)
+    # A new process moves the session on the visitor's next request...
+    use(settings, THIS_ENGINE, migrate_from=ENGINES[engine])
+    assert visitor(cookie).get("/whoami/").content == str(user.pk).encode()
+    assert data_name(prefix, cookie) in redis_keys()
+    # ...the logout lands on an old one, whose own engine no longer has it...
+    use(settings, HANDOVER, migrate_from=ENGINES[engine])
+    assert visitor(cookie).get("/logout/").content == b"out"
+    # ...and it is final on the new ones too.
+    use(settings, THIS_ENGINE, migrate_from=ENGINES[engine])
+    assert visitor(cookie).get("/whoami/").content == b"anonymous"
+    assert data_name(prefix, cookie) not in redis_keys()
+    assert tombstone_name(prefix, cookie) in redis_keys()
+    assert not source_holds(engine, cookie, sources)
+
+
+def test_a_logout_on_an_old_process_while_a_new_one_moves_the_session_stays_final(
+    user: Any,
+    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    prefix: str,
+    redis_keys: Keys,
+) -> None:
+    use(settings, HANDOVER, migrate_from=DB)
+    cookie = logged_in(user)
+    use(settings, THIS_ENGINE, migrate_from=DB)
+    source = migration.window()
+    assert source is not None
+    claim = source.claim
+
+    def claim_then_log_out_elsewhere(found: migration.Found) -> migration.Found | None:
+        claimed = claim(found)
+        # Between the claim and the create: the source is empty already.
+        handover.store_class(DB)(cookie).flush()
+        return claimed
+
+    monkeypatch.setattr(source, "claim", claim_then_log_out_elsewhere)
+    session = SessionStore(cookie)
+    assert session.load() == {}
+    assert session.session_key is None
+    assert tombstone_name(prefix, cookie) in redis_keys()
+    # Only tombstones: the cookie's, and the one the login's cycle_key left.
+    assert {name.endswith(":tombstone") for name in redis_keys()} == {True}
+    assert not Session.objects.exists()
+
+
+def test_a_login_on_an_old_process_ends_the_key_a_new_process_moved(
+    user: Any, settings: Any, prefix: str, redis_keys: Keys
+) -> None:
+    use(settings, HANDOVER, migrate_from=DB)
+    cookie = logged_in(user)
+    use(settings, THIS_ENGINE, migrate_from=DB)
+    assert visitor(cookie).get("/read/").content == b"2"
+    use(settings, HANDOVER, migrate_from=DB)
+    client = visitor(cookie)
+    assert client.get(f"/login/?id={user.pk}").content == b"in"
+    new_cookie = client.cookies["sessionid"].value
+    assert new_cookie != cookie
+    use(settings, THIS_ENGINE, migrate_from=DB)
+    assert visitor(cookie).get("/whoami/").content == b"anonymous"
+    assert visitor(new_cookie).get("/whoami/").content == str(user.pk).encode()
+    assert data_name(prefix, cookie) not in redis_keys()
+
+
+@needs_async_backend
+@pytest.mark.django_db(transaction=True)
+def test_a_logout_on_an_old_asyncio_process_ends_the_session_a_new_process_moved(
+    settings: Any, prefix: str, redis_keys: Keys
+) -> None:
+    user = get_user_model().objects.create_user("frank")
+    use(settings, HANDOVER, migrate_from=DB)
+    cookie = logged_in(user)
+    use(settings, THIS_ENGINE, migrate_from=DB)
+    assert visitor(cookie).get("/whoami/").content == str(user.pk).encode()
+    use(settings, HANDOVER, migrate_from=DB)
+
+    async def log_out() -> bytes:
+        response = await visitor(cookie, AsyncClient).get("/async-logout/")
+        return bytes(response.content)
+
+    assert asyncio.run(log_out()) == b"out"
+    use(settings, THIS_ENGINE, migrate_from=DB)
+    assert visitor(cookie).get("/whoami/").content == b"anonymous"
+    assert data_name(prefix, cookie) not in redis_keys()
+
+
+def test_a_signed_cookie_logged_out_on_an_old_process_is_never_adopted(
+    user: Any, settings: Any, prefix: str, redis_keys: Keys
+) -> None:
+    use(settings, HANDOVER, migrate_from=SIGNED)
+    cookie = logged_in(user)
+    assert visitor(cookie).get("/logout/").content == b"out"
+    # signed_cookies cannot revoke a cookie; once every process is new, the
+    # copied cookie is no session.
+    use(settings, THIS_ENGINE, migrate_from=SIGNED)
+    assert visitor(cookie).get("/whoami/").content == b"anonymous"
+    assert tombstone_name(prefix, hashed_id(cookie)) in redis_keys()
+    # Only tombstones: the cookie's, and the one the login's cycle_key left.
+    assert {name.endswith(":tombstone") for name in redis_keys()} == {True}
+
+
+def test_the_handover_engine_needs_migrate_from(settings: Any) -> None:
+    use(settings, HANDOVER)
+    with pytest.raises(
+        ImproperlyConfigured, match=r"needs SESSION_REDIS\['MIGRATE_FROM'\]"
+    ):
+        handover.SessionStore  # noqa: B018
+    use(settings, HANDOVER, migrate_from=DB)
+    assert issubclass(handover.SessionStore, DatabaseStore)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_logout_on_an_old_process_is_final_on_a_cluster(
+    settings: Any, cluster: redis.cluster.RedisCluster, prefix: str, call: Any
+) -> None:
+    keys = add_rows(2)
+    use(settings, THIS_ENGINE, migrate_from=DB)
+    old = handover.store_class(DB)
+    for key in keys:
+        assert call(SessionStore(key), "load") == {"n": 1}  # moved by a new process
+    # One logout lands on an old process, whose own engine forgot the key...
+    session = old(keys[0])
+    assert call(session, "get", "n") is None
+    call(session, "flush")
+    # ...the other is a login there, which ends the key as well.
+    session = old(keys[1])
+    assert call(session, "get", "n") is None
+    call(session, "cycle_key")
+    for key in keys:
+        assert call(SessionStore(key), "load") == {}
+        assert cluster.exists(data_name(prefix, key)) == 0
+        assert cluster.exists(tombstone_name(prefix, key)) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_claim_written_later_than_a_tombstone_lives_is_dropped(
+    settings: Any, monkeypatch: pytest.MonkeyPatch, redis_keys: Keys, call: Any
+) -> None:
+    [key] = add_rows(1)
+    use(settings, THIS_ENGINE, migrate_from=DB)
+    # The process stalls between the claim and the write for as long as a
+    # tombstone of a logout in between would live.
+    clock = iter([0.0, float(get_layer().tombstone_seconds)])
+    monkeypatch.setattr(migration, "monotonic", lambda: next(clock))
+    assert call(SessionStore(key), "load") == {}
+    assert redis_keys() == set()
+    assert not Session.objects.exists()
+
+
+def test_the_handover_engine_is_no_engine_to_move_from(settings: Any) -> None:
+    with pytest.raises(ImproperlyConfigured, match="it is the handover engine"):
+        migration.source_for(HANDOVER)
+    use(settings, HANDOVER, migrate_from=HANDOVER)
+    with pytest.raises(ImproperlyConfigured, match="it is the handover engine"):
+        handover.SessionStore  # noqa: B018

@@ -31,13 +31,13 @@ from django_redis_sessions.redis_layer import RedisLayer
 from django_redis_sessions.scripts import Outcome
 from django_redis_sessions.user_index import SLACK_MS, IndexWrite, now_ms
 from tests.utils import (
+    SCHEDULES,
     Interleaving,
     Server,
     interleavings,
     needs_async_backend,
 )
 
-SCHEDULES = 500
 #: Schedules with a lost reply: each one is played until a script's reply
 #: was lost, at a position that moves from one schedule to the next.
 LOST_SCHEDULES = 125
@@ -184,7 +184,7 @@ def drive(
     """
     wanted = LOST_SCHEDULES if lose else SCHEDULES
     distinct: set[tuple[tuple[int, str], ...]] = set()
-    for n, order in enumerate(interleavings(turns, 4 * wanted, seed)):
+    for n, order in enumerate(interleavings(turns, seed, 4 * wanted)):
         for lose_at in losses(order, n, lose):
             played = once(order, f"u{n}-{lose_at}", lose_at)
             if not lose or played.lost:

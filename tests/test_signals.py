@@ -154,8 +154,6 @@ def test_cycle_key_sends_created_for_the_new_id_and_ended_for_the_old(
     received.clear()
 
     session.cycle_key()
-    assert received == []  # nothing happened yet: the save changes the key
-    session.save()
 
     new_key = session.session_key
     assert received == [
@@ -184,9 +182,8 @@ def test_cycle_key_after_a_logout_elsewhere_sends_session_write_refused(
     session.flush()
     received.clear()
 
-    other.cycle_key()
-    with pytest.raises(UpdateError):
-        other.save()
+    other.cycle_key()  # continues empty, raises nothing
+    assert other.session_key is None
 
     assert received == [
         (

@@ -437,9 +437,8 @@ class ScanProxy:
         return getattr(self.client, name)
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
-        # Every command comes here, however it was sent: the store's walks
-        # send SCAN and UNLINK through the fast path, which gives a client it
-        # does not know (this one) to its execute_command.
+        # Every command comes here: the store sends each through
+        # execute_command.
         name = args[0]
         if name == "MGET":
             for key in self.vanish_before_mget:

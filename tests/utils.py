@@ -6,14 +6,22 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
+import importlib.metadata
 import io
 import itertools
 import math
+import os
 import random
+import shutil
 import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
 import threading
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import django
@@ -34,6 +42,10 @@ Keys = Callable[[], set[str]]
 needs_async_backend = pytest.mark.skipif(
     django.VERSION < (5, 1), reason="SessionBase has asyncio methods from Django 5.1"
 )
+
+#: Where Django's own tests are kept once fetched: beside the checkout, one
+#: directory per Django version (see ``django_tests()``).
+DJANGO_TESTS_CACHE = Path(__file__).resolve().parent.parent / ".django-tests"
 
 #: Browsers other than the test client, for the sessions page's metadata.
 FIREFOX_ON_WINDOWS = (
@@ -321,6 +333,88 @@ def shard_with_a_replica(cluster: Any) -> int:
     )
 
 
+def django_tests(package: str) -> Path:
+    """A directory holding ``package`` from the installed Django's own ``tests/``.
+
+    Django publishes its test suite only in its sdist. The sdist of exactly
+    the installed version comes from the package index through pip, the first
+    time a version is asked for; ``package`` is extracted, unchanged, into
+    ``DJANGO_TESTS_CACHE / <version>``, and later runs read it from there.
+    A failed download raises ``subprocess.CalledProcessError``: the tests that
+    need the package then fail, they are never skipped.
+    """
+    version = importlib.metadata.version("Django")
+    home = DJANGO_TESTS_CACHE / version
+    if (home / package / "__init__.py").is_file():
+        return home
+    DJANGO_TESTS_CACHE.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=DJANGO_TESTS_CACHE) as scratch:
+        pip = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps"]
+        subprocess.run(
+            [*pip, "--no-binary", ":all:", "--dest", scratch, f"Django=={version}"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        (sdist,) = Path(scratch).glob("*.tar.gz")
+        staged = Path(scratch) / "staged"
+        _extract_tests(sdist, package, staged)
+        home.mkdir(exist_ok=True)
+        try:
+            # Two runs fetching the same version at once (tox run-parallel):
+            # the first to arrive wins, the other keeps what it found.
+            os.replace(staged / package, home / package)
+        except OSError:
+            if not (home / package / "__init__.py").is_file():
+                raise
+    return home
+
+
+def _extract_tests(sdist: Path, package: str, target: Path) -> None:
+    """Copy the files of ``<top>/tests/<package>/`` to ``target/<package>/``."""
+    with tarfile.open(sdist) as archive:
+        for member in archive.getmembers():
+            parts = Path(member.name).parts
+            if parts[1:3] != ("tests", package) or not member.isfile():
+                continue
+            if ".." in parts:
+                raise ValueError(
+                    f"{sdist.name} names a path outside it: {member.name!r}"
+                )
+            destination = target.joinpath(*parts[2:])
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            source = archive.extractfile(member)
+            assert source is not None
+            with source, destination.open("wb") as file:
+                shutil.copyfileobj(source, file)
+
+
+#: How many schedules a forced-interleaving scenario plays at least.
+SCHEDULES = 500
+
+
+def interleavings(
+    steps: list[int], seed: int, wanted: int = SCHEDULES
+) -> list[list[int]]:
+    """Orders of the steps of requests taking ``steps[i]`` round trips each.
+
+    An order lists, for each round trip, which request runs its next step:
+    every distinct order when there are at most ``wanted``, else a seeded
+    sample of ``wanted`` distinct ones.
+    """
+    slots = [index for index, count in enumerate(steps) for _ in range(count)]
+    total = math.factorial(len(slots))
+    for count in steps:
+        total //= math.factorial(count)
+    if total <= wanted:
+        return [list(order) for order in sorted(set(itertools.permutations(slots)))]
+    rng = random.Random(seed)
+    sampled: set[tuple[int, ...]] = set()
+    while len(sampled) < wanted:
+        rng.shuffle(slots)
+        sampled.add(tuple(slots))
+    return [list(order) for order in sorted(sampled)]
+
+
 #: The actor of the running ``Interleaving`` this code runs as; None: ungated.
 _ACTOR: contextvars.ContextVar[int | None] = contextvars.ContextVar(
     "actor", default=None
@@ -342,26 +436,6 @@ def _command_name(packed: Any) -> bytes:
     first = packed if isinstance(packed, (bytes, bytearray, memoryview)) else packed[0]
     parts = bytes(first).split(b"\r\n", 3)
     return parts[2].upper() if len(parts) > 2 else b""
-
-
-def interleavings(turns: Sequence[int], count: int, seed: int) -> list[list[int]]:
-    """Orders of the actors' turns: every distinct one, or ``count`` sampled.
-
-    ``turns[a]`` is how many commands actor ``a`` may send; an order lists,
-    for each command, which actor sends it.
-    """
-    slots = [actor for actor, n in enumerate(turns) for _ in range(n)]
-    total = math.factorial(len(slots))
-    for n in turns:
-        total //= math.factorial(n)
-    if total <= count:
-        return [list(order) for order in sorted(set(itertools.permutations(slots)))]
-    rng = random.Random(seed)
-    sampled: set[tuple[int, ...]] = set()
-    while len(sampled) < count:
-        rng.shuffle(slots)
-        sampled.add(tuple(slots))
-    return [list(order) for order in sorted(sampled)]
 
 
 class Interleaving:

@@ -2,14 +2,15 @@
 
 Serialization and expiry live here, Redis in ``redis_layer.py``. Round trips:
 load 1, create 1, save 1 (a TTL refresh when the session did not change),
-delete 1, cycle_key 0 (its save 1). While ``MIGRATE_FROM`` is set (``migration.py``), a
-load that misses also asks that engine, and delete and cycle_key also delete
-the key there.
+delete 1, cycle_key 1 (two on Redis Cluster). While ``MIGRATE_FROM`` is set
+(``migration.py``), a load that misses also asks that engine, and delete and
+cycle_key also delete the key there.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import secrets
 from typing import Any
 
@@ -26,9 +27,10 @@ from django.utils.module_loading import import_string
 from django_redis_sessions import migration, signals
 from django_redis_sessions.conf import conf
 from django_redis_sessions.keys import is_cookie_key
+from django_redis_sessions.merge import merged
 from django_redis_sessions.payloads import EXPIRY_KEY, Payloads, get_payloads
 from django_redis_sessions.redis_layer import RedisLayer, get_layer, ttl_milliseconds
-from django_redis_sessions.scripts import Outcome
+from django_redis_sessions.scripts import Conflict, Outcome
 from django_redis_sessions.user_index import (
     INDEX_MARK,
     SLACK_MS,
@@ -36,6 +38,15 @@ from django_redis_sessions.user_index import (
     IndexWrite,
     now_ms,
 )
+
+#: Where a key change of a session ended meanwhile is reported, beside
+#: Django's own ``django.security.*`` loggers.
+security_logger = logging.getLogger("django.security.SessionInterrupted")
+
+#: Saves of one request that may meet a newer version and merge into it
+#: before the request gives up (``UpdateError``): each retry follows another
+#: request's save that landed within one round trip.
+MERGE_ATTEMPTS = 10
 
 #: A new key is 32 random characters; colliding even once is unheard of, so
 #: running out of attempts means something refuses every write.
@@ -48,8 +59,9 @@ class SessionStore(SessionBase):
     ``save()`` only updates a session that still exists: a session destroyed
     by a logout in another request raises ``UpdateError`` (which the middleware
     reports as ``SessionInterrupted``) instead of coming back to life.
-    ``cycle_key()`` of a session another request ended meanwhile carries
-    nothing over: the session starts afresh, empty and without a key.
+    ``cycle_key()`` changes the key at once, as Django's own backends do; of
+    a session another request ended meanwhile it carries nothing over: the
+    session continues empty, as after ``flush()``.
     """
 
     def __init__(self, session_key: str | None = None) -> None:
@@ -67,15 +79,25 @@ class SessionStore(SessionBase):
         # The user whose index holds this session, and the expiry (ms) its
         # entry records: read from the data, so knowing costs no round trip.
         self._indexed: tuple[str, int] | None = None
-        # After cycle_key(): the session still lives under ``_old_key`` (None
-        # for one never saved) until the next save writes the new key.
-        self._cycling = False
-        self._old_key: str | None = None
+        # The keys assigned since the last read or write: they win a merge
+        # even when assigned the value they had (see merge.py).
+        self._assigned: set[str] = set()
         #: What ``SessionMetadataMiddleware`` collected for a new index entry.
         self.client_metadata: dict[str, str] = {}
         # A cookie that is no key of this engine: while MIGRATE_FROM names
         # signed_cookies, it may be a session to adopt (see _get_session()).
         self._foreign_cookie = session_key if self.session_key is None else None
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        self._assigned.add(key)
+
+    # django-stubs types SessionBase as a MutableMapping, whose update() also
+    # takes keyword arguments; Django's takes one mapping or iterable of pairs.
+    def update(self, dict_: Any) -> None:  # type: ignore[override]
+        items = dict(dict_)  # a mapping or pairs, as dict.update() takes
+        super().update(items)
+        self._assigned.update(items)
 
     @property
     def _layer(self) -> RedisLayer:
@@ -105,6 +127,7 @@ class SessionStore(SessionBase):
             self._stored = None
             return {}
         self._stored = (key, payload)
+        self._assigned.clear()
         until = data.pop(INDEX_MARK, None)
         if isinstance(until, int) and data.get(USER_ID_KEY) is not None:
             self._indexed = (str(data[USER_ID_KEY]), until)
@@ -176,6 +199,7 @@ class SessionStore(SessionBase):
             raise CreateError if must_create else UpdateError
         else:
             self._stored = (key, payload)
+            self._assigned.clear()
 
     def _accept_adopted(self, data: dict[str, Any] | None) -> dict[str, Any]:
         """The data of a signed cookie adopted from MIGRATE_FROM, if any."""
@@ -202,23 +226,29 @@ class SessionStore(SessionBase):
     ) -> bool:
         """Settle a key change after its script; False if ``key`` was unusable.
 
-        Raises ``UpdateError`` when the old session was ended meanwhile (a
-        logout, a clear, another cycle_key): its data must not live on under
-        a new key, and the middleware answers ``SessionInterrupted``.
+        A session ended meanwhile (a logout in another tab, ``logout_user``, a
+        clear, another ``cycle_key``) moved nowhere: its data must not live on
+        under a live key, and ``login()`` or a password change must still
+        complete, so the session continues empty, as after ``flush()``, and
+        its next save creates it under a fresh key.
         """
         if outcome in (Outcome.EXISTS, Outcome.TOMBSTONED):
             return False
-        self._cycling = False
-        self._old_key = None
+        self._indexed = None
         if outcome is Outcome.WRITTEN:
             self._stored = (key, payload)
-            self._indexed = None if index is None else (index.user_id, index.expires_ms)
+            if index is not None:
+                self._indexed = (index.user_id, index.expires_ms)
             return True
         self._stored = None
-        self._indexed = None
         if outcome is Outcome.MISSING:
-            raise UpdateError
-        return True  # EXPIRED: the old session ended, nothing was written
+            security_logger.warning(
+                "The session was ended by another request before its key could "
+                "change; it continues empty, with nothing carried over."
+            )
+            self._session_cache: dict[str, Any] = {}
+        # EXPIRED: the old session ended, and nothing was written.
+        return True
 
     def _adopting(self, no_load: bool) -> str | None:
         """The signed cookie to adopt on this first access, if there is one.
@@ -274,8 +304,6 @@ class SessionStore(SessionBase):
         raise RuntimeError(_create_failed_message())
 
     def save(self, must_create: bool = False) -> None:
-        if self._cycling:
-            return self._save_new_key()
         if self.session_key is None:
             return self.create()
         key = self.session_key
@@ -289,7 +317,8 @@ class SessionStore(SessionBase):
                 return None
             operation, outcome = "touch", self._layer.touch(key, ttl)
         else:
-            operation, outcome = "update", self._layer.update(key, payload, ttl, index)
+            operation = "update"
+            outcome, data, payload, index = self._update(key, data, payload, ttl, index)
         if signals.listening():
             events = signals.after_write(
                 operation, outcome, key, refused_if_missing=True
@@ -300,18 +329,79 @@ class SessionStore(SessionBase):
             self._layer.unindex(user, key)
         return None
 
-    def _save_new_key(self) -> None:
-        """The save after ``cycle_key()``: one script writes the new key with
-        the final data and ends the old session."""
-        data = self._get_session(no_load=True)
+    def _update(
+        self,
+        key: str,
+        data: dict[str, Any],
+        payload: bytes,
+        ttl: float,
+        index: IndexWrite | None,
+    ) -> tuple[Outcome, dict[str, Any], bytes, IndexWrite | None]:
+        """Save over the version this request loaded, merging a newer one.
+
+        One round trip when nobody else saved since the load; after another
+        request's save, its data comes back in the same reply, this request's
+        own changes are re-applied onto it (``merge.merged``) and the save is
+        sent again, at most ``MERGE_ATTEMPTS`` times (then CONFLICT, which
+        ``save()`` raises as ``UpdateError``). Returns the outcome and what
+        was last sent: the data, its payload and its index entry.
+        """
+        for _ in range(MERGE_ATTEMPTS):
+            expected = self._loaded_payload(key)
+            if expected is None:
+                return (
+                    self._layer.update(key, payload, ttl, index),
+                    data,
+                    payload,
+                    index,
+                )
+            result = self._layer.update(key, payload, ttl, index, expected=expected)
+            if not isinstance(result, Conflict):
+                return result, data, payload, index
+            data = self._merged(key, expected, data, result.current)
+            payload, index = self._prepared(data, ttl)
+        return Outcome.CONFLICT, data, payload, index
+
+    def _loaded_payload(self, key: str) -> bytes | None:
+        """The payload last read or written under ``key`` by this session."""
+        if self._stored is None or self._stored[0] != key:
+            return None
+        return self._stored[1]
+
+    def _merged(
+        self, key: str, loaded: bytes, mine: dict[str, Any], current: bytes
+    ) -> dict[str, Any]:
+        """This request's changes since ``loaded`` applied onto ``current``.
+
+        ``current`` becomes the version the next save expects, and the
+        session's data (with the index entry it records) from now on.
+        """
+        before = self._payloads.loads(loaded) or {}
+        before.pop(INDEX_MARK, None)
+        # A value that no longer decodes (corrupt, foreign, expired) has
+        # nothing to merge into; what this request holds is written over it.
+        now = self._payloads.loads(current) or {}
+        until = now.pop(INDEX_MARK, None)
+        self._stored = (key, current)
+        self._indexed = None
+        if isinstance(until, int) and now.get(USER_ID_KEY) is not None:
+            self._indexed = (str(now[USER_ID_KEY]), until)
+        data = merged(before, mine, now, self._assigned)
+        self._session_cache = data
+        return data
+
+    def _cycle(self) -> None:
+        """Move the loaded session to a new key: one script (see cycle_key())."""
+        data = self._get_session()
         ttl = self.get_expiry_age()
+        # Serialized first: data that cannot be stored fails here, as with
+        # Django's own backends, and the session stays where it was.
         payload, index = self._prepared(data, ttl, moving=True)
-        if self._old_key is not None:
-            migration.forget(self._old_key)
+        old_key = self.session_key
+        if old_key is not None:
+            migration.forget(old_key)
         for _ in range(CREATE_ATTEMPTS):
-            key = self._session_key
-            assert key is not None
-            old_key = self._old_key
+            key = self._get_new_session_key()
             outcome = self._layer.cycle(old_key, key, payload, ttl, index)
             if signals.listening():
                 events = signals.after_write(
@@ -319,13 +409,14 @@ class SessionStore(SessionBase):
                 )
                 signals.send(type(self), events, self._layer.session_id)
             if self._accept_cycled(outcome, key, payload, index):
+                self._session_key = key if outcome is Outcome.WRITTEN else None
+                self.modified = True
                 return
-            self._session_key = self._get_new_session_key()
         raise RuntimeError(_create_failed_message())
 
     def delete(self, session_key: str | None = None) -> None:
         user = self._forget_index() if session_key is None else None
-        session_key = self._key_to_delete(session_key)
+        session_key = self.session_key if session_key is None else session_key
         if session_key is not None:
             migration.forget(session_key)
             ended = self._layer.destroy(session_key, user)
@@ -334,51 +425,23 @@ class SessionStore(SessionBase):
                 events = signals.ended(session_key, "logout")
                 signals.send(type(self), events, self._layer.session_id)
 
-    def _key_to_delete(self, session_key: str | None) -> str | None:
-        """The key ``delete(session_key)`` ends: after ``cycle_key()`` the
-        session still lives under its old key, the new one was never written."""
-        if session_key is not None:
-            return session_key
-        if not self._cycling:
-            return self.session_key
-        self._cycling = False
-        old_key, self._old_key = self._old_key, None
-        return old_key
-
     def _forget_index(self) -> str | None:
         """The user whose index holds this session (if known), forgotten."""
         user = None if self._indexed is None else self._indexed[0]
         self._indexed = None
         return user
 
-    @property
-    def stored_key(self) -> str | None:
-        """The key the session lives under in Redis right now.
-
-        ``session_key`` itself, except between ``cycle_key()`` and the save
-        that performs it, when the session still lives under its old key.
-        """
-        return self._old_key if self._cycling else self.session_key
-
     def cycle_key(self) -> None:
-        """Give the session a new key, written by the next save.
+        """Give the session a new key before returning, as Django's backends do.
 
-        ``session_key`` is the new key at once. The save runs one script that
-        writes the new key with the final data and ends the old session, so a
-        login costs no round trip of its own; if the request never saves (an
-        exception), the old session stays as it was and the new key was never
-        written. A session ended elsewhere meanwhile fails that save with
-        ``UpdateError`` (``SessionInterrupted`` from the middleware).
+        One script writes the data under the new key and ends the old session
+        (on Redis Cluster, where the two live on different slots: the old one
+        ends, reporting whether it was live, then the new one is created), so
+        a request still holding the old key can never write it back, and
+        ``exists(old_key)`` is False at once. A session ended elsewhere
+        meanwhile continues empty (see ``_accept_cycled``); nothing raises.
         """
-        self._session  # noqa: B018  # loaded first
-        self._begin_cycle()
-
-    def _begin_cycle(self) -> None:
-        if not self._cycling:
-            self._cycling = True
-            self._old_key = self.session_key
-        self._session_key = self._get_new_session_key()
-        self.modified = True
+        self._cycle()
 
     @classmethod
     def clear_expired(cls) -> None:
@@ -416,6 +479,17 @@ class SessionStore(SessionBase):
                 )
             return self._accept_loaded(key, payload)
 
+        async def aset(self, key: str, value: Any) -> None:
+            """See __setitem__()."""
+            await super().aset(key, value)
+            self._assigned.add(key)
+
+        async def aupdate(self, dict_: Any) -> None:
+            """See update()."""
+            items = dict(dict_)
+            await super().aupdate(items)
+            self._assigned.update(items)
+
         async def aexists(self, session_key: str | None) -> bool:
             """See exists()."""
             return bool(session_key) and await self._layer.aexists(session_key)  # type: ignore[arg-type]
@@ -434,8 +508,6 @@ class SessionStore(SessionBase):
 
         async def asave(self, must_create: bool = False) -> None:
             """See save()."""
-            if self._cycling:
-                return await self._asave_new_key()
             if self.session_key is None:
                 return await self.acreate()
             key = self.session_key
@@ -452,7 +524,9 @@ class SessionStore(SessionBase):
                 operation, outcome = "touch", await layer.atouch(key, ttl)
             else:
                 operation = "update"
-                outcome = await layer.aupdate(key, payload, ttl, index)
+                outcome, data, payload, index = await self._aupdate(
+                    key, data, payload, ttl, index
+                )
             if signals.listening():
                 events = signals.after_write(
                     operation, outcome, key, refused_if_missing=True
@@ -463,17 +537,38 @@ class SessionStore(SessionBase):
                 await self._layer.aunindex(user, key)
             return None
 
-        async def _asave_new_key(self) -> None:
-            """See _save_new_key()."""
-            data = await self._aget_session(no_load=True)
+        async def _aupdate(
+            self,
+            key: str,
+            data: dict[str, Any],
+            payload: bytes,
+            ttl: float,
+            index: IndexWrite | None,
+        ) -> tuple[Outcome, dict[str, Any], bytes, IndexWrite | None]:
+            """See _update()."""
+            layer = self._layer
+            for _ in range(MERGE_ATTEMPTS):
+                expected = self._loaded_payload(key)
+                result = await layer.aupdate(
+                    key, payload, ttl, index, expected=expected
+                )
+                if not isinstance(result, Conflict):
+                    return result, data, payload, index
+                assert expected is not None
+                data = self._merged(key, expected, data, result.current)
+                payload, index = self._prepared(data, ttl)
+            return Outcome.CONFLICT, data, payload, index
+
+        async def _acycle(self) -> None:
+            """See _cycle()."""
+            data = await self._aget_session()
             ttl = await self.aget_expiry_age()
             payload, index = self._prepared(data, ttl, moving=True)
-            if self._old_key is not None:
-                await migration.aforget(self._old_key)
+            old_key = self.session_key
+            if old_key is not None:
+                await migration.aforget(old_key)
             for _ in range(CREATE_ATTEMPTS):
-                key = self._session_key
-                assert key is not None
-                old_key = self._old_key
+                key = await self._aget_new_session_key()
                 outcome = await self._layer.acycle(old_key, key, payload, ttl, index)
                 if signals.listening():
                     events = signals.after_write(
@@ -481,14 +576,15 @@ class SessionStore(SessionBase):
                     )
                     await signals.asend(type(self), events, self._layer.session_id)
                 if self._accept_cycled(outcome, key, payload, index):
+                    self._session_key = key if outcome is Outcome.WRITTEN else None
+                    self.modified = True
                     return
-                self._session_key = await self._aget_new_session_key()
             raise RuntimeError(_create_failed_message())
 
         async def adelete(self, session_key: str | None = None) -> None:
             """See delete()."""
             user = self._forget_index() if session_key is None else None
-            session_key = self._key_to_delete(session_key)
+            session_key = self.session_key if session_key is None else session_key
             if session_key is not None:
                 await migration.aforget(session_key)
                 ended = await self._layer.adestroy(session_key, user)
@@ -499,8 +595,7 @@ class SessionStore(SessionBase):
 
         async def acycle_key(self) -> None:
             """See cycle_key()."""
-            await self._aget_session()  # loaded first
-            self._begin_cycle()
+            await self._acycle()
 
 
 #: Random bytes below this map evenly onto the 36 characters of the alphabet.

@@ -103,8 +103,10 @@ class Command(BaseCommand):
             help="Move sessions still under their plain key to their id.",
             description=(
                 'With HASH_IDS "migrate", move every session still stored under '
-                "its plain key (the cookie) to its id, batch by batch. Safe to "
-                "stop and run again; afterwards HASH_IDS can be True."
+                "its plain key (the cookie) to its id, batch by batch, then give "
+                "the tombstones of sessions ended by their id meanwhile their "
+                "usual lifetime back. Safe to stop and run again; afterwards "
+                "HASH_IDS can be True."
             ),
         )
         self._add_common_arguments(rehash)
@@ -356,10 +358,11 @@ class Command(BaseCommand):
         return progress.count
 
     def _rehash(self, layer: RedisLayer, *, dry_run: bool) -> None:
-        if conf.HASH_IDS is False:
+        if conf.HASH_IDS is False or conf.HASH_IDS == "prepare":
             raise CommandError(
-                "SESSION_REDIS['HASH_IDS'] is False, so sessions are meant to "
-                'stay under their plain keys; set it to "migrate" first.'
+                f"SESSION_REDIS['HASH_IDS'] is {conf.HASH_IDS!r}, so sessions "
+                'are meant to stay under their plain keys; set it to "migrate" '
+                "first."
             )
         if dry_run:
             with (
@@ -392,6 +395,8 @@ class Command(BaseCommand):
             # Then the user indexes: an entry written while ids were not
             # hashed has the cookie as its field; it moves to the id.
             rewritten = sum(layer.rekey_index_batches())
+            # No plain form is left for an id ended meanwhile to refuse.
+            layer.settle_markers()
         self.stdout.write(f"Moved {_sessions(progress.count)} to their ids.")
         if rewritten:
             entries = "entry" if rewritten == 1 else "entries"
