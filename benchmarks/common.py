@@ -8,18 +8,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import inspect
+import json
+import os
 import secrets
+import signal
+import socket
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import django
 import redis
 from django.conf import settings
+from django.http import HttpResponse
 from django.test.utils import override_settings
 
 # Every name the scripts use from the package, so that a change of its
@@ -33,6 +40,9 @@ from django_redis_sessions.bulk import cleared_on as cleared_on
 from django_redis_sessions.redis_layer import RedisLayer as RedisLayer
 from django_redis_sessions.testing import CommandLog, RedisServer
 from django_redis_sessions.testing import RedisClusterServers as RedisClusterServers
+
+if TYPE_CHECKING:
+    from django.core.handlers.wsgi import WSGIHandler
 
 #: Every command sent through its connection classes: one per round trip.
 LOG = CommandLog()
@@ -244,3 +254,163 @@ def store(**session_redis: Any) -> Store:
     """
     with override_settings(SESSION_REDIS={**settings.SESSION_REDIS, **session_redis}):
         return get_store()
+
+
+# --- A small Django app under gunicorn, and its keep-alive clients ------------
+#: The environment variable that hands an app's settings to gunicorn's workers.
+APP = "DRS_BENCH_APP"
+LINUX = Path("/proc/self/stat").exists()  # where workers and CPU time are read
+
+
+def configure_app(app: dict[str, str], urlconf: str) -> None:
+    """Django for an app under gunicorn: sessions of ``app["engine"]``,
+    auth, a SQLite database and django-redis as the cache, on ``app["url"]``."""
+    configure(
+        app["url"],
+        session_redis={"PREFIX": app["prefix"]},
+        INSTALLED_APPS=[f"django.contrib.{name}"
+                        for name in ("auth", "contenttypes", "sessions")],
+        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3",
+                               "NAME": app["db"]}},
+        CACHES={"default": {"BACKEND": "django_redis.cache.RedisCache",
+                            "LOCATION": app["url"], "KEY_PREFIX": app["prefix"]}},
+        SESSION_ENGINE=app["engine"],
+        MIDDLEWARE=["django.contrib.sessions.middleware.SessionMiddleware",
+                    "django.contrib.auth.middleware.AuthenticationMiddleware"],
+        ROOT_URLCONF=urlconf,
+        ALLOWED_HOSTS=["127.0.0.1"],
+        # The sessions are measured, not a password hasher built to be slow.
+        PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"],
+    )  # fmt: skip
+
+
+def wsgi_application(urlconf: str) -> WSGIHandler:
+    """What a gunicorn worker serves: the app ``gunicorn()`` was given."""
+    from django.contrib.auth.signals import user_logged_in
+    from django.core.wsgi import get_wsgi_application
+
+    configure_app(json.loads(os.environ[APP]), urlconf)
+    application = get_wsgi_application()
+    # A write to SQLite at every login would queue the workers on its lock.
+    user_logged_in.disconnect(dispatch_uid="update_last_login")
+    return application
+
+
+def make_database(app: dict[str, str], urlconf: str, users: int = 0) -> None:
+    """The app's SQLite database (in WAL mode, so that a reader never waits
+    for a writer), with ``users`` users ``bench<n>``, password ``bench``."""
+    configure_app(app, urlconf)
+    from django.contrib.auth.models import User
+    from django.core.management import call_command
+    from django.db import connection
+
+    call_command("migrate", verbosity=0)
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA journal_mode=WAL")  # kept in the file
+    for index in range(users):
+        User.objects.create_user(f"bench{index}", password="bench")
+
+
+def reply(text: str, status: int = 200) -> HttpResponse:
+    response = HttpResponse(text, status=status, content_type="text/plain")
+    response["Content-Length"] = str(len(response.content))  # no chunking
+    return response
+
+
+@contextmanager
+def gunicorn(
+    target: str, app: dict[str, str], logs: Path, probe: str
+) -> Iterator[tuple[int, list[int]]]:
+    """A gunicorn serving ``target`` (``module:application``, which calls
+    ``wsgi_application()``) with the settings ``app`` on a free loopback port,
+    stopped at the end: the port, and the ids of its workers (on Linux). It is
+    ready when ``GET probe`` answers 200."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+    command = [sys.executable, "-m", "gunicorn", "--worker-class", "gthread",
+               "--threads", "8", "--workers", "2", "--bind", f"127.0.0.1:{port}",
+               "--chdir", str(Path(__file__).resolve().parent.parent),
+               target]  # fmt: skip
+    env = {**os.environ, APP: json.dumps(app)}
+    with logs.open("ab") as log:
+        server = subprocess.Popen(
+            command, env=env, stdout=log, stderr=log, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while not ready(port, probe) or len(children(server.pid)) < 2 * LINUX:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"gunicorn did not start:\n{logs.read_text()}")
+            time.sleep(0.2)
+        yield port, children(server.pid)
+    finally:
+        server.terminate()
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)  # its own process group
+            server.wait()
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with suppress(OSError, ValueError):  # the parent's id follows the name
+            if int(stat.read_text().rpartition(")")[2].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def cpu(pids: list[int]) -> float:
+    """Seconds of CPU these processes used so far (Linux; 0 elsewhere)."""
+    ticks = 0
+    for pid in pids:
+        with suppress(OSError):  # the fields after the command's name
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def redis_cpu(client: redis.Redis) -> float:
+    """Seconds of CPU the server used so far."""
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def ready(port: int, probe: str) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as client:
+            client.sendall(f"GET {probe} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            return client.recv(12).endswith(b"200")
+    except OSError:
+        return False
+
+
+Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def request(
+    streams: Streams, method: str, target: str, cookie: str, form: str = ""
+) -> tuple[int, str, bytes]:
+    """One request on a keep-alive HTTP/1.1 connection, ``form`` its
+    urlencoded body: the status, the session cookie after the response ("":
+    none), the body."""
+    reader, writer = streams
+    body = form.encode()
+    head = f"{method} {target} HTTP/1.1\r\n"
+    head += f"Host: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
+    if body:
+        head += "Content-Type: application/x-www-form-urlencoded\r\n"
+    if cookie:
+        head += f"Cookie: sessionid={cookie}\r\n"
+    writer.write(head.encode() + b"\r\n" + body)
+    lines = (await reader.readuntil(b"\r\n\r\n")).decode().split("\r\n")
+    length = 0
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        if name.lower() == "content-length":
+            length = int(value)
+        elif name.lower() == "set-cookie" and value.strip().startswith("sessionid="):
+            cookie = value.strip()[10:].split(";")[0].strip('"')
+    return int(lines[0].split()[1]), cookie, await reader.readexactly(length)

@@ -11,15 +11,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import asyncio
-import json
-import signal
-import socket
 import statistics
-import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack
 from typing import Any, NamedTuple
 
 import redis
@@ -28,6 +23,7 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import path
 
 from benchmarks import common
+from benchmarks.common import reply
 
 ENGINES = {
     "this engine": "django_redis_sessions.backends.redis",
@@ -36,20 +32,12 @@ ENGINES = {
     "ceiling: no store": "benchmarks.process_sessions",
 }
 PEER = "django-redis cache"  # the reference of the ratios
+TARGET = "benchmarks.http_load:application"  # what gunicorn serves
 #: Each client repeats: a login, 8 reads and 2 writes, a logout.
 PLAN = ["login", *(["read"] * 4 + ["write"]) * 2, "logout"]
-LINUX = Path("/proc/self/stat").exists()  # where CPU time is read
-APP = "DRS_BENCH_HTTP"  # the app's settings, for gunicorn's workers
-APPS = ["auth", "contenttypes", "sessions"]
 
 
 # --- The app: gunicorn's workers import this module --------------------------
-def reply(text: str, status: int = 200) -> HttpResponse:
-    response = HttpResponse(text, status=status, content_type="text/plain")
-    response["Content-Length"] = str(len(response.content))  # no chunking
-    return response
-
-
 def read_view(request: HttpRequest) -> HttpResponse:
     return reply(str(request.session.get("_auth_user_id", "")))
 
@@ -79,62 +67,18 @@ urlpatterns = [
     path("logout/", logout_view),
 ]
 
-
-def configure(app: dict[str, str]) -> None:
-    common.configure(
-        app["url"],
-        session_redis={"PREFIX": app["prefix"]},
-        INSTALLED_APPS=[f"django.contrib.{name}" for name in APPS],
-        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3",
-                               "NAME": app["db"]}},
-        CACHES={"default": {"BACKEND": "django_redis.cache.RedisCache",
-                            "LOCATION": app["url"], "KEY_PREFIX": app["prefix"]}},
-        SESSION_ENGINE=app["engine"],
-        MIDDLEWARE=["django.contrib.sessions.middleware.SessionMiddleware",
-                    "django.contrib.auth.middleware.AuthenticationMiddleware"],
-        ROOT_URLCONF=__name__,
-        ALLOWED_HOSTS=["127.0.0.1"],
-        # The sessions are measured, not a password hasher built to be slow.
-        PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"],
-    )  # fmt: skip
-
-
-if __name__ != "__main__" and APP in os.environ:
-    from django.contrib.auth.signals import user_logged_in
-    from django.core.wsgi import get_wsgi_application
-
-    configure(json.loads(os.environ[APP]))
-    application = get_wsgi_application()
-    # A write to SQLite at every login would queue the workers on its lock.
-    user_logged_in.disconnect(dispatch_uid="update_last_login")
+if __name__ != "__main__" and common.APP in os.environ:
+    application = common.wsgi_application(__name__)
 
 
 # --- The clients: keep-alive HTTP/1.1 over raw asyncio streams ---------------
 async def request(
-    streams: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-    view: str,
-    cookie: str,
-    user: str,
+    streams: common.Streams, view: str, cookie: str, user: str
 ) -> tuple[int, str, bytes]:
     """Status, the session cookie after the response ("": none), body."""
-    reader, writer = streams
-    body = f"username={user}&password=bench".encode() if view == "login" else b""
-    head = f"{'GET' if view == 'read' else 'POST'} /{view}/ HTTP/1.1\r\n"
-    head += f"Host: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
-    if body:
-        head += "Content-Type: application/x-www-form-urlencoded\r\n"
-    if cookie:
-        head += f"Cookie: sessionid={cookie}\r\n"
-    writer.write(head.encode() + b"\r\n" + body)
-    lines = (await reader.readuntil(b"\r\n\r\n")).decode().split("\r\n")
-    length = 0
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        if name.lower() == "content-length":
-            length = int(value)
-        elif name.lower() == "set-cookie" and value.strip().startswith("sessionid="):
-            cookie = value.strip()[10:].split(";")[0].strip('"')
-    return int(lines[0].split()[1]), cookie, await reader.readexactly(length)
+    form = f"username={user}&password=bench" if view == "login" else ""
+    method = "GET" if view == "read" else "POST"
+    return await common.request(streams, method, f"/{view}/", cookie, form)
 
 
 async def client(port: int, until: float, latencies: list[float], user: str) -> int:
@@ -174,9 +118,10 @@ def measure(server: Server, clients: int, seconds: float) -> Slice:
         return await asyncio.gather(*tasks)
 
     latencies: list[float] = []
-    start, app, used = time.perf_counter(), cpu(server.workers), redis_cpu(server)
+    start, app = time.perf_counter(), common.cpu(server.workers)
+    used = common.redis_cpu(server.redis)
     wrong = sum(asyncio.run(run()))
-    app, used = cpu(server.workers) - app, redis_cpu(server) - used
+    app, used = common.cpu(server.workers) - app, common.redis_cpu(server.redis) - used
     return Slice(time.perf_counter() - start, latencies, wrong, app, used)
 
 
@@ -184,71 +129,6 @@ class Server(NamedTuple):
     port: int
     workers: list[int]
     redis: redis.Redis
-
-
-def cpu(pids: list[int]) -> float:
-    """Seconds of CPU these processes used so far (Linux; 0 elsewhere)."""
-    ticks = 0
-    for pid in pids:
-        with suppress(OSError):  # the fields after the command's name
-            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-            ticks += int(fields[11]) + int(fields[12])  # utime, stime
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def redis_cpu(server: Server) -> float:
-    info = server.redis.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-
-
-@contextmanager
-def gunicorn(app: dict[str, str], logs: Path) -> Iterator[tuple[int, list[int]]]:
-    """A gunicorn serving the app on a free loopback port, stopped at the end:
-    the port, and the ids of its workers (on Linux)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "gunicorn", "--worker-class", "gthread",
-               "--threads", "8", "--workers", "2", "--bind", f"127.0.0.1:{port}",
-               "--chdir", str(Path(__file__).resolve().parent.parent),
-               "benchmarks.http_load:application"]  # fmt: skip
-    env = {**os.environ, APP: json.dumps(app)}
-    with logs.open("ab") as log:
-        server = subprocess.Popen(
-            command, env=env, stdout=log, stderr=log, start_new_session=True
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while not ready(port) or len(children(server.pid)) < 2 * LINUX:
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"gunicorn did not start:\n{logs.read_text()}")
-            time.sleep(0.2)
-        yield port, children(server.pid)
-    finally:
-        server.terminate()
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)  # its own process group
-            server.wait()
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with suppress(OSError, ValueError):  # the parent's id follows the name
-            if int(stat.read_text().rpartition(")")[2].split()[1]) == pid:
-                found.append(int(stat.parent.name))
-    return found
-
-
-def ready(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2) as probe:
-            probe.sendall(b"GET /read/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-            return probe.recv(12).endswith(b"200")
-    except OSError:
-        return False
 
 
 def main() -> None:
@@ -261,12 +141,15 @@ def main() -> None:
     results: dict[str, list[Slice]] = {name: [] for name in ENGINES}
     with tempfile.TemporaryDirectory() as folder, ExitStack() as stack:
         app = {"db": f"{folder}/db.sqlite3", "prefix": f"{common.NAMESPACE}s:"}
-        make_database({**app, "url": "", "engine": ENGINES["this engine"]}, args)
+        config = {**app, "url": "", "engine": ENGINES["this engine"]}
+        common.make_database(config, __name__, users=args.clients)
         servers = {}
         for name, engine in ENGINES.items():
             url = stack.enter_context(common.server(args.redis_url))
             config = {**app, "url": url, "engine": engine}
-            port, workers = stack.enter_context(gunicorn(config, Path(folder, "log")))
+            port, workers = stack.enter_context(
+                common.gunicorn(TARGET, config, Path(folder, "log"), "/read/")
+            )
             client = stack.enter_context(redis.Redis.from_url(url))
             servers[name] = Server(port, workers, client)
             measure(servers[name], args.clients, args.warmup)
@@ -279,17 +162,6 @@ def main() -> None:
                 seconds = args.seconds / args.rounds
                 results[name].append(measure(servers[name], args.clients, seconds))
     report(results, args)
-
-
-def make_database(app: dict[str, str], args: Any) -> None:
-    """The app's SQLite database, with a user for each client."""
-    configure(app)
-    from django.contrib.auth.models import User
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
-    for index in range(args.clients):
-        User.objects.create_user(f"bench{index}", password="bench")
 
 
 def report(results: dict[str, list[Slice]], args: Any) -> None:

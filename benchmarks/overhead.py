@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import argparse
 import asyncio
 import cProfile
+import hashlib
 import inspect
 import pstats
 import re
@@ -39,6 +40,8 @@ ASYNC = {**OPTIONS, "connection_class": common.LOG.async_connection_class}
 SAVED = JSONSerializer().dumps({**ANONYMOUS, "n": 9999})  # what save() sends
 CREATED = JSONSerializer().dumps({"a": 1})
 SHA = common.scripts.sha(common.scripts.CREATE)
+SAVE_SHA = common.scripts.sha(common.scripts.UPDATE_VERSIONED)
+SAVED_DIGEST = hashlib.sha1(SAVED).hexdigest()
 SETTINGS: dict[str, Any] = {}  # SESSION_REDIS as configured
 CLIENT: list[redis.Redis] = []
 _override: list[Any] = []
@@ -147,14 +150,15 @@ async def aget(client: redis.asyncio.Redis, names: list[str]) -> None:
     await client.aclose()  # once a run: its event loop ends with the table
 
 
-def set_xx(client: redis.Redis, names: list[str]) -> None:
+def save_over(client: redis.Redis, names: list[str]) -> None:
+    """The versioned save the engine sends, as a bare ``EVALSHA``."""
     for name in names:
-        client.set(name, SAVED, px=TTL_MS, xx=True)
+        client.evalsha(SAVE_SHA, 1, name, SAVED, TTL_MS, SAVED_DIGEST)
 
 
-async def aset_xx(client: redis.asyncio.Redis, names: list[str]) -> None:
+async def asave_over(client: redis.asyncio.Redis, names: list[str]) -> None:
     for name in names:
-        await client.set(name, SAVED, px=TTL_MS, xx=True)
+        await client.evalsha(SAVE_SHA, 1, name, SAVED, TTL_MS, SAVED_DIGEST)
     await client.aclose()
 
 
@@ -183,6 +187,7 @@ def bare(command: str, run: Callable[..., Any], data: dict[str, Any] | None) -> 
             CLIENT[0].script_load(common.scripts.CREATE)
         else:
             names = [layer.data_name(str(loaded(data)(n).session_key))] * n
+            CLIENT[0].script_load(common.scripts.UPDATE_VERSIONED)
         if not inspect.iscoroutinefunction(run):
             return CLIENT[0], names
         client = redis.asyncio.Redis.from_url(SETTINGS["URL"], **ASYNC)
@@ -221,7 +226,7 @@ def tables(n: int) -> list[tuple[str, int, list[Variant]]]:
         specs: list[tuple[str, int, Variant | None, Any, Any, Any]] = [
             ("load", n, bare("GET", (get, aget)[mode], common.SESSION),
              (load, aload), loaded(common.SESSION), hashing),
-            ("save", n, bare("SET PX XX", (set_xx, aset_xx)[mode], ANONYMOUS),
+            ("save", n, bare("EVALSHA", (save_over, asave_over)[mode], ANONYMOUS),
              (save, asave), loaded(ANONYMOUS), hashing),
             ("create", n, bare("EVALSHA", (evalsha, aevalsha)[mode], None),
              (create, acreate), fresh_keys, hashing),

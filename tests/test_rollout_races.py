@@ -209,10 +209,11 @@ def check_logout_final(
     assert data_key(prefix, hashed_id(key)) not in live, live
     carrying = [name for name, data in live.items() if data.get("secret") == "S"]
     assert len(carrying) <= 1, live
-    # Only a key change that reached Redis before the logout carries the
-    # data on, under the new key the login's response gave the browser.
+    # Only a key change (cycle_key, which ends the old key at once) that
+    # reached Redis before the logout carries the data on, under the new key
+    # the login's response gave the browser.
     if position(order, requests, "logout", "flush") < position(
-        order, requests, "login", "save"
+        order, requests, "login", "cycle_key"
     ):
         assert carrying == [], live
     # No orphan: every live session is one a request holds.
