@@ -644,6 +644,8 @@ def test_logout_user_after_switching_to_migrate_ends_every_session(
         assert call(RedisSessionStore(), "create", key, user_data("3"), 60) is True
     hash_ids(settings, "migrate")
     store = RedisSessionStore()
+    ids = {store.session_id(key) for key in keys}
+    assert {s.id for s in call(store, "user_sessions", "3")} == ids
     assert call(store, "logout_user", "3") == 2
     for key in keys:
         assert call(store, "get", key) is None
