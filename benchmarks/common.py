@@ -32,11 +32,14 @@ from django.test.utils import override_settings
 # Every name the scripts use from the package, so that a change of its
 # internals touches nothing else: the public API, and for the overhead and
 # memory scripts the names a session lives under and the create script, for
-# the Cluster one how clear() walks a single primary.
+# the Cluster one how clear() walks a single primary, for the encryption one
+# the payload codec and a key like the engine's.
 from django_redis_sessions import get_store
 from django_redis_sessions import scripts as scripts
 from django_redis_sessions.backends.redis import SessionStore as SessionStore
+from django_redis_sessions.backends.redis import random_key as random_key
 from django_redis_sessions.bulk import cleared_on as cleared_on
+from django_redis_sessions.payloads import get_payloads as get_payloads
 from django_redis_sessions.redis_layer import RedisLayer as RedisLayer
 from django_redis_sessions.testing import CommandLog, RedisServer
 from django_redis_sessions.testing import RedisClusterServers as RedisClusterServers

@@ -9,6 +9,10 @@ class DjangoRedisSessionsAppConfig(AppConfig):
     verbose_name = "Redis sessions"
 
     def ready(self) -> None:
-        from django_redis_sessions.checks import check_settings
+        from django_redis_sessions.checks import (
+            check_metadata_middleware,
+            check_settings,
+        )
 
         checks.register(check_settings)
+        checks.register(check_metadata_middleware)

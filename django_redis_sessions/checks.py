@@ -13,6 +13,7 @@ and a value under a name that may hold one is never shown.
 from __future__ import annotations
 
 import difflib
+import hmac
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,11 @@ from django.core import checks
 from django.utils.module_loading import import_string
 
 from django_redis_sessions.conf import DEFAULTS, SETTING_NAME, is_secret, redact_url
+from django_redis_sessions.encryption import (
+    MIN_SECRET_LENGTH,
+    cryptography_missing,
+    secret_bytes,
+)
 from django_redis_sessions.migration import engine_problem
 from django_redis_sessions.redis_arguments import (
     ARGUMENT_TYPES,
@@ -92,6 +98,7 @@ def check_settings(
     errors.extend(_check_client(effective))
     errors.extend(_check_cluster(effective))
     errors.extend(_check_connection_arguments(effective))
+    errors.extend(_check_encryption(config))
     return errors
 
 
@@ -730,3 +737,242 @@ class _Arguments:
 
 def _anything(value: Any) -> bool:
     return True
+
+
+# --- The page's setup: middleware, app, LOGIN_URL (warnings W101...) -----------
+
+_SESSION_MIDDLEWARE = "django.contrib.sessions.middleware.SessionMiddleware"
+_AUTH_MIDDLEWARE = "django.contrib.auth.middleware.AuthenticationMiddleware"
+_METADATA_MIDDLEWARE = "django_redis_sessions.middleware.SessionMetadataMiddleware"
+_HUMANIZE = "django.contrib.humanize"
+
+
+def _warning(code: str, msg: str, hint: str) -> checks.Warning:
+    return checks.Warning(msg, hint=hint, id=_ID_PREFIX + code)
+
+
+def check_metadata_middleware(
+    app_configs: Sequence[AppConfig] | None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    """Warn where ``USER_INDEX_METADATA`` asks for what no middleware hands over."""
+    config = getattr(settings, SETTING_NAME, {})
+    wanted = config.get("USER_INDEX_METADATA") if isinstance(config, Mapping) else None
+    if not wanted or not isinstance(wanted, (list, tuple, set, frozenset)):
+        return []
+    middleware = list(getattr(settings, "MIDDLEWARE", None) or ())
+    if _METADATA_MIDDLEWARE not in middleware:
+        return [
+            _warning(
+                "W101",
+                f"{_name('USER_INDEX_METADATA')} asks for {tuple(wanted)!r}, but "
+                f"{_METADATA_MIDDLEWARE!r} is not in MIDDLEWARE, so nothing is "
+                "collected.",
+                f"Add {_METADATA_MIDDLEWARE!r} to MIDDLEWARE right after "
+                f"{_SESSION_MIDDLEWARE!r}, or set USER_INDEX_METADATA to ().",
+            )
+        ]
+    position = middleware.index(_METADATA_MIDDLEWARE)
+    found: list[checks.CheckMessage] = []
+    if _SESSION_MIDDLEWARE in middleware[position:]:
+        found.append(
+            _warning(
+                "W102",
+                f"{_METADATA_MIDDLEWARE!r} comes before {_SESSION_MIDDLEWARE!r} "
+                "in MIDDLEWARE: it runs before the request has a session, so "
+                "nothing is collected.",
+                f"Move it right after {_SESSION_MIDDLEWARE!r}.",
+            )
+        )
+    # A login made by a middleware below AuthenticationMiddleware (such as
+    # RemoteUserMiddleware) writes its index entry at once, before a metadata
+    # middleware further down could hand anything over.
+    elif _AUTH_MIDDLEWARE in middleware[:position]:
+        found.append(
+            _warning(
+                "W103",
+                f"{_METADATA_MIDDLEWARE!r} comes after {_AUTH_MIDDLEWARE!r} in "
+                "MIDDLEWARE: a login made by a middleware between them (such as "
+                "RemoteUserMiddleware) is recorded without its IP and browser.",
+                f"Move it right after {_SESSION_MIDDLEWARE!r}, before "
+                f"{_AUTH_MIDDLEWARE!r}.",
+            )
+        )
+    return found
+
+
+def check_page_setup() -> list[checks.CheckMessage]:
+    """What the "Your sessions" page needs; run by its URL pattern's check.
+
+    So these warnings come only from a project that includes the page's URLs.
+    """
+    from django.apps import apps
+
+    found: list[checks.CheckMessage] = []
+    if not apps.is_installed("django_redis_sessions"):
+        found.append(
+            _warning(
+                "W104",
+                "The URLs of the 'Your sessions' page (django_redis_sessions.urls) "
+                "are included, but 'django_redis_sessions' is not in "
+                "INSTALLED_APPS, so its templates and translations are not found.",
+                "Add 'django_redis_sessions' to INSTALLED_APPS.",
+            )
+        )
+    if getattr(settings, "USE_I18N", True) and not apps.is_installed(_HUMANIZE):
+        found.append(
+            _warning(
+                "W106",
+                "The 'Your sessions' page says when each session signed in and "
+                f"expires in words from {_HUMANIZE!r}, which is not in "
+                "INSTALLED_APPS, so they are not translated.",
+                f"Add {_HUMANIZE!r} to INSTALLED_APPS.",
+            )
+        )
+    problem = _login_url_problem(getattr(settings, "LOGIN_URL", None))
+    if problem is not None:
+        found.append(
+            _warning(
+                "W105",
+                f"LOGIN_URL {settings.LOGIN_URL!r} {problem}, so the 'Your "
+                "sessions' page cannot send an anonymous visitor to log in.",
+                "Set LOGIN_URL to the path or URL name of your login view, e.g. "
+                "'login' with path('accounts/', include('django.contrib.auth.urls')).",
+            )
+        )
+    return found
+
+
+def _login_url_problem(login_url: Any) -> str | None:
+    """Why ``LOGIN_URL`` leads nowhere on this site; None if it leads somewhere."""
+    from django.urls import NoReverseMatch, Resolver404, resolve, reverse
+
+    if not isinstance(login_url, str) or not login_url:
+        return "is not set"
+    if "://" in login_url or login_url.startswith("//"):
+        return None  # another site's login: nothing here to check
+    if "/" not in login_url and "." not in login_url:
+        try:
+            reverse(login_url)
+        except NoReverseMatch:
+            return "names no URL pattern"
+        return None
+    script_name = getattr(settings, "FORCE_SCRIPT_NAME", None) or ""
+    path = login_url.split("?", 1)[0]
+    if script_name and path.startswith(script_name.rstrip("/") + "/"):
+        path = path[len(script_name.rstrip("/")) :]
+    try:
+        resolve(path)
+    except Resolver404:
+        return "matches no URL pattern"
+    return None
+
+
+# --- Encryption at rest (ENCRYPTION, ENCRYPTION_KEYS) ----------------------------
+
+
+def _check_encryption(config: Mapping[str, Any]) -> list[checks.CheckMessage]:
+    """Encryption that would fail, or protect nothing, at the first request.
+
+    The keys are checked even while encryption is off, so that turning it on
+    is never the moment a bad key shows. No message shows a secret of
+    ``ENCRYPTION_KEYS``, only its position.
+    """
+    errors: list[checks.CheckMessage] = []
+    mode = config.get("ENCRYPTION", DEFAULTS["ENCRYPTION"])
+    if not (mode is True or mode is False or mode == "migrate"):
+        errors.append(
+            _error(
+                "E101",
+                f'{_name("ENCRYPTION")} must be False, True or "migrate", not '
+                f"{_shown(mode)}.",
+                'Set ENCRYPTION to True, or to "migrate" while sessions written '
+                "before it was on are still stored unencrypted.",
+            )
+        )
+        mode = False
+    keys = config.get("ENCRYPTION_KEYS", DEFAULTS["ENCRYPTION_KEYS"])
+    listed = isinstance(keys, (list, tuple))
+    if not listed:
+        errors.append(
+            _error(
+                "E103",
+                f"{_name('ENCRYPTION_KEYS')} must be a list of secrets, not a "
+                f"{type(keys).__name__}.",
+                _KEYS_HINT,
+            )
+        )
+        keys = []
+    for position, key in enumerate(keys):
+        if not isinstance(key, (str, bytes)) or len(key) < MIN_SECRET_LENGTH:
+            what = (
+                f"{len(key)} long"
+                if isinstance(key, (str, bytes))
+                else f"a {type(key).__name__}"
+            )
+            errors.append(
+                _error(
+                    "E104",
+                    f"{_name('ENCRYPTION_KEYS')}[{position}] must be a str or bytes "
+                    f"of at least {MIN_SECRET_LENGTH} characters; it is {what}.",
+                    "Use secrets.token_urlsafe(32) or longer.",
+                )
+            )
+        elif _is_secret_key(key):
+            errors.append(
+                _error(
+                    "E105",
+                    f"{_name('ENCRYPTION_KEYS')}[{position}] is SECRET_KEY (or one "
+                    "of SECRET_KEY_FALLBACKS).",
+                    "Use a secret of its own: rotating SECRET_KEY must not make "
+                    "every session unreadable, and a leak of one must not open "
+                    "the other's data.",
+                )
+            )
+    if mode is False:
+        return errors
+    if listed and not keys:
+        errors.append(
+            _error(
+                "E103",
+                f"{_name('ENCRYPTION_KEYS')} is empty while ENCRYPTION is on.",
+                _KEYS_HINT,
+            )
+        )
+    if (missing := cryptography_missing()) is not None:
+        errors.append(
+            _error(
+                "E102",
+                f"{_name('ENCRYPTION')} is on but the cryptography package cannot "
+                f"be imported ({missing}).",
+                "Install it with the extra: pip install "
+                "'django-redis-session-engine[encryption]'.",
+            )
+        )
+    if config.get("HASH_IDS", DEFAULTS["HASH_IDS"]) is False:
+        errors.append(
+            _error(
+                "E106",
+                f"{_name('ENCRYPTION')} is on but {_name('HASH_IDS')} is False.",
+                'Set HASH_IDS to True (or "migrate"): with plain ids every '
+                "session's key is in Redis, and the key is what opens its data.",
+            )
+        )
+    return errors
+
+
+_KEYS_HINT = (
+    f"List one random secret of at least {MIN_SECRET_LENGTH} characters, e.g. "
+    "secrets.token_urlsafe(32), read from the environment; the first encrypts, "
+    "every one decrypts."
+)
+
+
+def _is_secret_key(key: str | bytes) -> bool:
+    candidates = [getattr(settings, "SECRET_KEY", None)]
+    candidates += list(getattr(settings, "SECRET_KEY_FALLBACKS", None) or [])
+    key_bytes = secret_bytes(key)
+    return any(
+        isinstance(candidate, (str, bytes))
+        and hmac.compare_digest(secret_bytes(candidate), key_bytes)
+        for candidate in candidates
+    )

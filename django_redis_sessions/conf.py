@@ -35,6 +35,8 @@ DEFAULTS: dict[str, Any] = {
     "MAX_SESSIONS_PER_USER": None,
     "CLIENT_IP": None,
     "MIGRATE_FROM": None,
+    "ENCRYPTION": False,
+    "ENCRYPTION_KEYS": [],
 }
 
 
@@ -137,6 +139,18 @@ class Settings:
         """The engine path sessions are moved from while the window is open."""
         value = self._get("MIGRATE_FROM")
         return str(value) if value else None
+
+    @property
+    def ENCRYPTION(self) -> bool | str:
+        """False, True or "migrate" (plain values are still read)."""
+        value = self._get("ENCRYPTION")
+        return "migrate" if value == "migrate" else bool(value)
+
+    @property
+    def ENCRYPTION_KEYS(self) -> list[str | bytes]:
+        """The server secrets: the first encrypts, every one decrypts."""
+        keys: Sequence[str | bytes] = self._get("ENCRYPTION_KEYS") or []
+        return list(keys)
 
     @property
     def SESSION_COOKIE_AGE(self) -> int:

@@ -155,3 +155,12 @@ def user_index_key(prefix: str, user_id: str) -> str:
     """
     encoded = base64.urlsafe_b64encode(user_id.encode()).rstrip(b"=").decode()
     return f"{prefix}{{u:{encoded}}}:sessions"
+
+
+def user_index_pattern(prefix: str) -> str:
+    """What ``SCAN MATCH`` finds every user's index of ``prefix`` with.
+
+    By name, not by type: whatever Redis type an index has, one name per user
+    ends in ``:sessions``, and no session id holds a ``:`` to look like one.
+    """
+    return glob_escape(prefix) + "{u:*}:sessions"

@@ -1,10 +1,17 @@
-"""``SessionMetadataMiddleware``: what ``USER_INDEX_METADATA`` collects.
+"""``SessionMetadataMiddleware``: what the "Your sessions" page needs per request.
 
-With ``USER_INDEX_METADATA = ("ip", "user_agent")``, add it after Django's
-``SessionMiddleware``. It hands the request's client IP and browser to the
-session, which stores them in the user's index only when the session gets a
-new entry (a login); nothing is written on other requests, and nothing else is
-stored about users.
+Add it right after Django's ``SessionMiddleware`` (before
+``AuthenticationMiddleware``). It does two things, with no I/O of its own:
+
+- With ``USER_INDEX_METADATA = ("ip", "user_agent")``, it hands the request's
+  client IP and browser to the session, which stores them in the user's index
+  only when the session gets a new entry (a login); nothing is written on
+  other requests, and nothing else is stored about users.
+- It asks the session to say when its cookie names a session that another
+  device or an admin ended moments ago (a tombstone holds the key, see
+  ``TOMBSTONE_SECONDS``), and then tells the user why they are logged out
+  through ``django.contrib.messages``. Only a load that misses asks Redis this
+  one more question; a live session costs nothing more.
 """
 
 from __future__ import annotations
@@ -13,8 +20,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.contrib import messages
 from django.http import HttpRequest, HttpResponseBase
 from django.utils.module_loading import import_string
+from django.utils.translation import gettext
 
 from django_redis_sessions.conf import conf
 
@@ -47,7 +56,7 @@ def client_metadata(request: HttpRequest) -> dict[str, str]:
 
 
 class SessionMetadataMiddleware:
-    """Hands the client's IP and browser to the session (no I/O of its own)."""
+    """Hands the client's IP and browser to the session, and reports ended sessions."""
 
     sync_capable = True
     async_capable = True
@@ -74,3 +83,17 @@ class SessionMetadataMiddleware:
         session = getattr(request, "session", None)
         if session is not None and hasattr(session, "client_metadata"):
             session.client_metadata = client_metadata(request)
+        if session is not None and hasattr(session, "on_ended_elsewhere"):
+            session.on_ended_elsewhere = _ended_elsewhere_notice(request)
+
+
+def _ended_elsewhere_notice(request: HttpRequest) -> Callable[[], None]:
+    def notice() -> None:
+        # Translated when the session loads, in the request's language.
+        text = gettext(
+            "You were logged out: your session was ended from another device "
+            "or by an administrator."
+        )
+        messages.add_message(request, messages.WARNING, text, fail_silently=True)
+
+    return notice

@@ -711,7 +711,7 @@ def _adoptable(
         return None
     index = entry_for(found.data, found.seconds)
     try:
-        return payloads.dumps(marked(found.data, index)), index
+        return payloads.dumps(marked(found.data, index), found.key), index
     except Exception:
         logger.warning(
             "A session of %r could not be serialized with this engine's "
@@ -971,7 +971,7 @@ class Importer:
             return None, None
         index = entry_for(session.data, session.seconds)
         try:
-            return self.payloads.dumps(marked(session.data, index)), index
+            return self.payloads.dumps(marked(session.data, index), session.key), index
         except Exception:
             return None, None
 

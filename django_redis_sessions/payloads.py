@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.core import signing
 from django.core.signals import setting_changed
@@ -19,10 +19,14 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from django_redis_sessions.conf import conf
+from django_redis_sessions.encryption import Encryption, Opening, from_settings
 
 SessionData = dict[str, Any]
 
 EXPIRY_KEY = "_session_expiry"
+
+#: ``Payloads``' default: encryption as ``SESSION_REDIS`` configures it.
+_SETTINGS: Any = object()
 
 security_logger = logging.getLogger("django.security.SuspiciousSession")
 
@@ -110,27 +114,113 @@ class CompactJSON:
         return json.loads(text)
 
 
-class Payloads:
-    """Session data to bytes and back, with the configured serializer."""
+class Loaded(NamedTuple):
+    """A session read back: its data and what a save compares it with."""
 
-    def __init__(self, serializer: Any = None) -> None:
+    data: SessionData
+    #: The serialized data (decrypted): a save of data serializing to the
+    #: same bytes only refreshes the TTL. Compared in plain, because an
+    #: encrypted value never seals to the same bytes twice.
+    plain: bytes
+    #: Stored unencrypted while ``ENCRYPTION`` is "migrate": write it again.
+    unencrypted: bool = False
+
+
+class Payloads:
+    """Session data to stored bytes and back: the serializer, then encryption.
+
+    With ``SESSION_REDIS["ENCRYPTION"]`` on, each value is sealed for its
+    session key (``encryption.py``), so every method that handles a value
+    takes that key; given an id instead, they raise ``SessionKeyRequired``.
+    Round trip: ``loads(dumps(data, key), key) == data``.
+    """
+
+    def __init__(self, serializer: Any = None, encryption: Any = _SETTINGS) -> None:
         if serializer is None:
             serializer_class = import_string(conf.SERIALIZER)
             if serializer_class is signing.JSONSerializer:
                 serializer_class = CompactJSON
             serializer = serializer_class()
         self.serializer = serializer
+        self.encryption: Encryption | None = (
+            from_settings() if encryption is _SETTINGS else encryption
+        )
 
-    def dumps(self, data: SessionData) -> bytes:
+    def serialize(self, data: SessionData) -> bytes:
+        """The plain bytes of ``data``, before any encryption."""
         payload: bytes = self.serializer.dumps(data)
         return payload
 
-    def loads(self, payload: bytes | None) -> SessionData | None:
-        """The session in ``payload``; None if absent, corrupt, foreign or over."""
+    def seal(self, plain: bytes, key: str) -> bytes:
+        """What to store for ``plain`` under the session key ``key``."""
+        if self.encryption is None:
+            return plain
+        return self.encryption.seal(plain, key)
+
+    def dumps(self, data: SessionData, key: str) -> bytes:
+        """What to store for ``data`` under the session key ``key``."""
+        plain: bytes = self.serializer.dumps(data)
+        if self.encryption is None:
+            return plain
+        return self.encryption.seal(plain, key)
+
+    def resealed(self, payload: bytes, key: str) -> bytes:
+        """``payload`` encrypted for ``key`` if "migrate" mode still reads it plain.
+
+        Anything else stays as it is: an encrypted value, and a plain value
+        while ``ENCRYPTION`` is True, which nothing vouches for (sealing it
+        would make a forged value trusted).
+        """
+        encryption = self.encryption
+        if encryption is None or not encryption.migrate:
+            return payload
+        if encryption.is_sealed(payload):
+            return payload
+        return encryption.seal(payload, key)
+
+    def load(self, payload: bytes | None, key: str) -> Loaded | None:
+        """The session stored as ``payload`` under ``key``; None if absent, corrupt,
+        foreign, over, or (with encryption) a value that does not open."""
         if payload is None:
             return None
+        plain = payload
+        unencrypted = False
+        if self.encryption is not None:
+            opened = self.encryption.open(payload, key)
+            if opened.plaintext is None:
+                log_corrupt(f"a stored session {opened.state.value}")
+                return None
+            plain = opened.plaintext
+            unencrypted = opened.state is Opening.PLAIN
+        data = self._decoded(plain)
+        return None if data is None else Loaded(data, plain, unencrypted)
+
+    def loads(self, payload: bytes | None, key: str) -> SessionData | None:
+        """See load(): the data alone."""
+        loaded = self.load(payload, key)
+        return None if loaded is None else loaded.data
+
+    def loads_without_key(self, payload: bytes | None) -> SessionData | None:
+        """What can be read of a value without its session key (``all()``).
+
+        Without encryption, ``loads()``. With it, an encrypted value is
+        ``{}``: it cannot be opened, but the session is live. A plain value
+        is read in "migrate" mode and refused otherwise, as ``load()`` does.
+        """
+        if payload is None:
+            return None
+        if self.encryption is None:
+            return self._decoded(payload)
+        if self.encryption.is_sealed(payload):
+            return {}
+        if not self.encryption.migrate:
+            log_corrupt(f"a stored session {Opening.NOT_ENCRYPTED.value}")
+            return None
+        return self._decoded(payload)
+
+    def _decoded(self, plain: bytes) -> SessionData | None:
         try:
-            data = self.serializer.loads(payload)
+            data = self.serializer.loads(plain)
         except Exception:
             data = None
         if not isinstance(data, dict):

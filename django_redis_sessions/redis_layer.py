@@ -60,6 +60,7 @@ from django_redis_sessions.keys import (
     session_names,
     tombstone_key,
     user_index_key,
+    user_index_pattern,
 )
 from django_redis_sessions.payloads import log_corrupt
 from django_redis_sessions.scripts import Conflict, Outcome
@@ -92,6 +93,9 @@ class Measured(NamedTuple):
     #: ``MEMORY USAGE`` of the batch's first sessions while the sample lasts;
     #: None once the server refused it (an old server, a proxy, an ACL).
     memory: list[int] | None = None
+    #: b"1" per session stored encrypted, b"0" per other, in the order of
+    #: ``sizes``; empty unless ``measure()`` was asked to tell them apart.
+    encrypted: bytes = b""
 
 
 class Inspected(NamedTuple):
@@ -612,6 +616,23 @@ class RedisLayer:
             "SET", name, b"1", "PX", ttl_ms, "NX"
         )
         return bool(reply)
+
+    def tombstoned(self, key: str) -> bool:
+        """Whether a tombstone holds ``key``: its session was ended moments ago.
+
+        One ``EXISTS``, asked only after a load missed (the "Your sessions"
+        page tells a device signed out from elsewhere why).
+        """
+        if not is_valid_key(key):
+            return False
+        return bool(self._client().execute_command("EXISTS", self.tombstone_name(key)))
+
+    async def atombstoned(self, key: str) -> bool:
+        """See tombstoned()."""
+        if not is_valid_key(key):
+            return False
+        name = self.tombstone_name(key)
+        return bool(await self._async_client().execute_command("EXISTS", name))
 
     def set(self, key: str, payload: bytes, ttl: float) -> Outcome:
         """Write unless a tombstone blocks ``key`` (TOMBSTONED)."""
@@ -1340,7 +1361,9 @@ class RedisLayer:
         async for names in batches:
             yield await aunlink_on(client, names), names
 
-    def measure(self, *, sample: int = 0) -> Iterator[Measured]:
+    def measure(
+        self, *, sample: int = 0, count_encrypted: bool = False
+    ) -> Iterator[Measured]:
         """Every session under the prefix with its size and TTL, a batch at a time.
 
         One script per SCAN batch (``scripts.MEASURE``) on each primary: the
@@ -1348,6 +1371,8 @@ class RedisLayer:
         (SCAN walks the whole keyspace, whatever it matches). Names SCAN
         repeats are dropped as in ``scan``. The first ``sample`` sessions
         are also sized with ``MEMORY USAGE``, one pipeline per batch.
+        ``count_encrypted`` also tells the sessions stored encrypted (one
+        ``GETRANGE`` of a byte per session, on the server).
         """
         recent = RecentKeys(DEDUPE_BATCHES)
         pattern = glob_escape(self.prefix) + "{*"
@@ -1359,13 +1384,14 @@ class RedisLayer:
             cursor: Any = 0
             while True:
                 args = (cursor, pattern, self.scan_count)
-                reply = scripts.run(node, scripts.MEASURE, (), (*args, 1))
+                counted = int(count_encrypted)
+                reply = scripts.run(node, scripts.MEASURE, (), (*args, 1, counted))
                 names = reply[1].split(b"\n") if reply[1] else []
                 if len(names) != int(reply[7]):
                     # A name holds the separator: the same batch as a list.
-                    reply = scripts.run(node, scripts.MEASURE, (), (*args, 0))
+                    reply = scripts.run(node, scripts.MEASURE, (), (*args, 0, counted))
                     names = reply[1]
-                cursor, _, sizes, ttls, largest, longest, tombstones, _ = reply
+                cursor, _, sizes, ttls, largest, longest, tombstones, _, sealed = reply
                 batch = Measured(
                     name,
                     _buckets(sizes),
@@ -1373,6 +1399,7 @@ class RedisLayer:
                     int(tombstones),
                     int(largest),
                     int(longest),
+                    encrypted=bytes(sealed),
                 )
                 fresh = session_names(recent.fresh(names))
                 if len(fresh) != len(names):
@@ -1386,6 +1413,19 @@ class RedisLayer:
                     yield batch
                 if not int(cursor):
                     break
+
+    def count_indexed_users(self) -> int:
+        """How many users have an index under the prefix: one SCAN pass.
+
+        Names SCAN repeats are dropped as in ``scan``; on Cluster every
+        primary is scanned at once.
+        """
+        pattern = user_index_pattern(self.prefix)
+        sources = [
+            partial(node_batches, node, pattern, self.scan_count, None, DEDUPE_BATCHES)
+            for node in scan_nodes(self._client())
+        ]
+        return sum(len(batch) for batch in merged(sources))
 
     def inspect(self, key: str) -> Inspected:
         """The session of ``key`` (a session key or an id) as Redis holds it.
@@ -1421,23 +1461,32 @@ class RedisLayer:
             if not is_hashed_id(session_key_from(self.prefix, name))
         ]
 
-    def move_to_ids(self, names: list[bytes]) -> int:
+    def move_to_ids(
+        self,
+        names: list[bytes],
+        reseal: Callable[[bytes, str], bytes] | None = None,
+    ) -> int:
         """Move the sessions under these plain data names to their ids.
 
         One pipeline of scripts on one server; on Cluster, where the two names
         of a session live on different slots, a take and a create each. The
         plain form always ends; returns how many now live under their id.
+        ``reseal(payload, key)`` gives what to store under the id (encryption
+        needs the key, which only a plain name still holds); with it, a take
+        and a create each on one server too.
         """
         client = self._client()
         keys = [session_key_from(self.prefix, name) for name in names]
         args = (self._tombstone_ms,)
-        if is_cluster(client):
+        if is_cluster(client) or reseal is not None:
             moved = 0
             for key in keys:
                 plain = (data_key(self.prefix, key), tombstone_key(self.prefix, key))
                 taken = scripts.run(client, scripts.TAKE, plain, args)
                 if taken:
                     payload, ttl_ms = taken
+                    if reseal is not None:
+                        payload = reseal(payload, key)
                     created = self.create(key, payload, int(ttl_ms) / 1000)
                     moved += created is Outcome.WRITTEN
             return moved
@@ -1532,6 +1581,9 @@ def _without_repeats(
     return batch._replace(
         sizes=[batch.sizes[index] for index in kept],
         ttls=[batch.ttls[index] for index in kept],
+        encrypted=bytes(batch.encrypted[index] for index in kept)
+        if batch.encrypted
+        else b"",
         tombstones=sum(1 for name in fresh if name.endswith(TOMBSTONE_END)),
     )
 

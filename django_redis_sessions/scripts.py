@@ -243,12 +243,15 @@ return {payload, ttl}
 # which on Cluster is the primary that owns them, so no name is ever
 # another node's (a script without declared keys runs where it is sent).
 # ARGV[1] SCAN cursor, ARGV[2] MATCH pattern, ARGV[3] COUNT, ARGV[4] "1" to
-# send the names joined, "0" to send them as a list
+# send the names joined, "0" to send them as a list, ARGV[5] "1" to tell the
+# encrypted sessions (their first byte is the version byte, 1: GETRANGE reads
+# that byte alone)
 # returns {next cursor, every name found (sessions, tombstones, others), the
 # size buckets and the TTL buckets of the session names (those ending in "}")
 # in order, two bytes each (TTL in whole seconds rounded up; 65535: no TTL),
 # the largest size in bytes, the longest TTL in milliseconds, the number of
-# tombstones, the number of names}
+# tombstones, the number of names, one byte per session name: "1" if it is
+# encrypted, else "0" (empty without ARGV[5])}
 MEASURE = """
 local page = redis.call(
   'SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[3], 'TYPE', 'string')
@@ -259,6 +262,7 @@ local function two_bytes(value)
   return char(bucket % 256, floor(bucket / 256))
 end
 local sizes, ttls, n, largest, longest, tombstones = {}, {}, 0, 0, 0, 0
+local sealed, tell_sealed = {}, ARGV[5] == '1'
 for _, name in ipairs(page[2]) do
   if byte(name, -1) ~= 125 then
     if sub(name, -11) == '}:tombstone' then tombstones = tombstones + 1 end
@@ -267,6 +271,9 @@ for _, name in ipairs(page[2]) do
     local size = call('STRLEN', name)
     local ttl = call('PTTL', name)
     sizes[n] = two_bytes(size)
+    if tell_sealed then
+      sealed[n] = call('GETRANGE', name, 0, 0) == '\\1' and '1' or '0'
+    end
     if size > largest then largest = size end
     if ttl < 0 then
       ttls[n] = '\\255\\255'
@@ -280,7 +287,7 @@ local names = page[2]
 if ARGV[4] == '1' then names = table.concat(names, '\\n') end
 return {
   page[1], names, table.concat(sizes), table.concat(ttls),
-  largest, longest, tombstones, #page[2]}
+  largest, longest, tombstones, #page[2], table.concat(sealed)}
 """
 
 

@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from django_redis_sessions.conf import conf
+from django_redis_sessions.keys import is_hashed_id
 from django_redis_sessions.payloads import Payloads
 from django_redis_sessions.redis_layer import NO_TTL, RedisLayer
 from django_redis_sessions.user_index import INDEX_MARK, USER_ID_KEY, parse_entry
@@ -203,6 +205,9 @@ class Stats:
     #: Users with at least one session in the per-user index; None while the
     #: store keeps no such index.
     indexed_users: int | None = None
+    #: Live sessions still stored unencrypted; None while ``ENCRYPTION`` is
+    #: off. In "migrate" mode, 0 means ENCRYPTION can be set to True.
+    unencrypted: int | None = None
 
     def as_json(self) -> dict[str, Any]:
         """The ``--json`` document; README's "Operating it" lists the fields."""
@@ -213,6 +218,7 @@ class Stats:
             "live_sessions": self.live_sessions,
             "tombstones": self.tombstones,
             "indexed_users": self.indexed_users,
+            "unencrypted": self.unencrypted,
             "without_expiry": self.without_expiry,
             "payload_bytes": _json_or_none(self.payload_bytes),
             "lifetime_seconds": _json_or_none(self.lifetime_seconds),
@@ -234,6 +240,7 @@ class _Totals:
     lifetimes: Histogram = field(default_factory=Histogram)
     memory: list[int] | None = None
     primaries: Counter[str] = field(default_factory=Counter)
+    encrypted: int = 0
 
 
 def collect(
@@ -250,7 +257,9 @@ def collect(
     """
     totals = _Totals(memory=[] if sample > 0 else None)
     cluster = False
-    for batch in layer.measure(sample=sample):
+    encryption = conf.ENCRYPTION is not False
+    for batch in layer.measure(sample=sample, count_encrypted=encryption):
+        totals.encrypted += batch.encrypted.count(b"1")
         live = len(batch.sizes)
         totals.live += live
         totals.tombstones += batch.tombstones
@@ -278,6 +287,8 @@ def collect(
         lifetime_seconds=totals.lifetimes.distribution(LIFETIME_EDGES),
         memory_bytes=MemorySample.of(totals.memory or [], totals.live),
         primaries=dict(sorted(totals.primaries.items())) if cluster else None,
+        indexed_users=layer.count_indexed_users() if layer.user_index else None,
+        unencrypted=totals.live - totals.encrypted if encryption else None,
     )
 
 
@@ -312,6 +323,11 @@ def render(stats: Stats, *, where: str, unicode: bool = True) -> str:
             + (
                 [("Without expiry", f"{stats.without_expiry:,}")]
                 if stats.without_expiry
+                else []
+            )
+            + (
+                [("Not encrypted yet", f"{stats.unencrypted:,}")]
+                if stats.unencrypted is not None
                 else []
             )
         ),
@@ -433,6 +449,9 @@ class SessionReport:
     #: The per-user index's entry for this session (when it was indexed,
     #: its metadata); None while the store keeps no such index.
     index: dict[str, Any] | None = None
+    #: The payload is encrypted (``ENCRYPTION``); without the session key
+    #: ``data`` and ``user_id`` are None.
+    encrypted: bool = False
 
 
 def inspect(layer: RedisLayer, key_or_id: str, payloads: Payloads) -> SessionReport:
@@ -451,7 +470,15 @@ def inspect(layer: RedisLayer, key_or_id: str, payloads: Payloads) -> SessionRep
         state = "destroyed"
     else:
         state = "missing"
-    data = payloads.loads(found.payload) if found.payload is not None else None
+    data = None
+    encrypted = False
+    if found.payload is not None:
+        encryption = payloads.encryption
+        encrypted = encryption is not None and encryption.is_sealed(found.payload)
+        if encryption is None or not is_hashed_id(key_or_id):
+            data = payloads.loads(found.payload, key_or_id)
+        elif not encrypted:  # stored before encryption ("migrate")
+            data = payloads.loads_without_key(found.payload)
     if data is not None:
         data.pop(INDEX_MARK, None)  # the engine's bookkeeping, not the session's
     user_id = None if data is None else data.get(USER_ID_KEY)
@@ -478,4 +505,5 @@ def inspect(layer: RedisLayer, key_or_id: str, payloads: Payloads) -> SessionRep
         user_id=None if user_id is None else str(user_id),
         data=data,
         index=index,
+        encrypted=encrypted,
     )

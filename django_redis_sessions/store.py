@@ -17,6 +17,7 @@ from django_redis_sessions import migration, signals
 from django_redis_sessions.bulk import DEDUPE_BATCHES
 from django_redis_sessions.client import clients
 from django_redis_sessions.conf import SETTING_NAME, conf
+from django_redis_sessions.encryption import require_key
 from django_redis_sessions.keys import session_names
 from django_redis_sessions.payloads import Payloads, SessionData, expiry_seconds
 from django_redis_sessions.redis_layer import RedisLayer
@@ -96,19 +97,31 @@ class RedisSessionStore:
     # --- Single sessions: one round trip each --------------------------------
 
     def _prepared(
-        self, data: SessionData, ttl: float
+        self, key: str, data: SessionData, ttl: float
     ) -> tuple[bytes, float, IndexWrite | None]:
         """The payload, the TTL, and the index entry when the data has a user."""
         index = entry_for(data, ttl)
-        return self._payloads.dumps(marked(data, index)), ttl, index
+        return self._payloads.dumps(marked(data, index), key), ttl, index
+
+    def _readable(self, key: str) -> str:
+        # Before the round trip: an id cannot open an encrypted session.
+        if self._payloads.encryption is not None:
+            require_key(key)
+        return key
 
     def get(self, key: str) -> SessionData | None:
-        """The live session under ``key``; None if missing, destroyed or corrupt."""
-        return _public(self._payloads.loads(self._layer.read(key)))
+        """The live session under ``key``; None if missing, destroyed or corrupt.
+
+        With ``ENCRYPTION`` on, ``key`` must be the session key: an id raises
+        ``SessionKeyRequired`` (as do ``set``, ``create`` and ``update``).
+        """
+        payload = self._layer.read(self._readable(key))
+        return _public(self._payloads.loads(payload, key))
 
     async def aget(self, key: str) -> SessionData | None:
         """See get()."""
-        return _public(self._payloads.loads(await self._layer.aread(key)))
+        payload = await self._layer.aread(self._readable(key))
+        return _public(self._payloads.loads(payload, key))
 
     def set(self, key: str, data: SessionData, ttl: float | None = None) -> bool:
         """Write ``data`` under ``key`` unless a tombstone blocks it (then False).
@@ -116,7 +129,7 @@ class RedisSessionStore:
         Data with a user is entered in the user's index first (one more round
         trip), so the index never misses it.
         """
-        payload, seconds, index = self._prepared(data, self._ttl(data, ttl))
+        payload, seconds, index = self._prepared(key, data, self._ttl(data, ttl))
         if index is not None:
             self._layer.index(key, index)
         outcome = self._layer.set(key, payload, seconds)
@@ -126,7 +139,7 @@ class RedisSessionStore:
 
     async def aset(self, key: str, data: SessionData, ttl: float | None = None) -> bool:
         """See set()."""
-        payload, seconds, index = self._prepared(data, self._ttl(data, ttl))
+        payload, seconds, index = self._prepared(key, data, self._ttl(data, ttl))
         if index is not None:
             await self._layer.aindex(key, index)
         outcome = await self._layer.aset(key, payload, seconds)
@@ -138,9 +151,11 @@ class RedisSessionStore:
         """Write only if neither a live session nor a tombstone holds ``key``.
 
         Creating the same data twice reports True both times: that is how a
-        retry after a lost reply is recognized.
+        retry after a lost reply is recognized. With ``ENCRYPTION`` on, the
+        same data never seals to the same bytes, so only that retry (the
+        same command sent again) reports True; another call reports False.
         """
-        payload, seconds, index = self._prepared(data, self._ttl(data, ttl))
+        payload, seconds, index = self._prepared(key, data, self._ttl(data, ttl))
         outcome = self._layer.create(key, payload, seconds, index)
         if signals.listening():
             self._send("create", outcome, key)
@@ -150,7 +165,7 @@ class RedisSessionStore:
         self, key: str, data: SessionData, ttl: float | None = None
     ) -> bool:
         """See create()."""
-        payload, seconds, index = self._prepared(data, self._ttl(data, ttl))
+        payload, seconds, index = self._prepared(key, data, self._ttl(data, ttl))
         outcome = await self._layer.acreate(key, payload, seconds, index)
         if signals.listening():
             await self._asend("create", outcome, key)
@@ -158,7 +173,7 @@ class RedisSessionStore:
 
     def update(self, key: str, data: SessionData, ttl: float | None = None) -> bool:
         """Write only if a live session holds ``key``; never creates, never revives."""
-        payload, seconds, index = self._prepared(data, self._ttl(data, ttl))
+        payload, seconds, index = self._prepared(key, data, self._ttl(data, ttl))
         outcome = self._layer.update(key, payload, seconds, index)
         if signals.listening():
             self._send("update", outcome, key)
@@ -168,7 +183,7 @@ class RedisSessionStore:
         self, key: str, data: SessionData, ttl: float | None = None
     ) -> bool:
         """See update()."""
-        payload, seconds, index = self._prepared(data, self._ttl(data, ttl))
+        payload, seconds, index = self._prepared(key, data, self._ttl(data, ttl))
         outcome = await self._layer.aupdate(key, payload, seconds, index)
         if signals.listening():
             await self._asend("update", outcome, key)
@@ -297,7 +312,13 @@ class RedisSessionStore:
     # --- Every session under the prefix, a SCAN batch at a time ---------------
 
     def all(self) -> Iterator[tuple[str, SessionData]]:
-        """Every live session as ``(id, data)``, streamed batch by batch."""
+        """Every live session as ``(id, data)``, streamed batch by batch.
+
+        With ``ENCRYPTION`` on, the data of an encrypted session is ``{}``:
+        only its session key opens it. Its id is exact, so counting, listing
+        and destroying by id keep working; in "migrate" mode a session still
+        stored unencrypted yields its data.
+        """
         for names in self._layer.scan():
             yield from self._sessions(names, self._layer.values(names))
 
@@ -340,7 +361,7 @@ class RedisSessionStore:
     ) -> Iterator[tuple[str, SessionData]]:
         # Names can expire or be destroyed between SCAN and GET: their value
         # is None, and zip keeps every other name paired with its own value.
-        loads = self._payloads.loads
+        loads = self._payloads.loads_without_key
         ids = self._layer.ids_of_names(names)
         for session_id, payload in zip(ids, values, strict=True):
             data = _public(loads(payload))

@@ -2,152 +2,94 @@
 
 ``path("account/sessions/", include("django_redis_sessions.urls"))`` gives a
 list of the user's sessions (this device first and marked), an "End session"
-button per other session and "End all other sessions". Every action is a POST with
-Django's CSRF protection.
+button per other session, a "Log out" button for this device, and "End all
+other sessions", which asks for confirmation on a page of its own (no
+JavaScript needed). Every action is a POST with Django's CSRF protection.
 
-The page names each session by its hashed id, ``"#" + base64url(SHA-256(key))``,
-even with ``HASH_IDS`` False, where the store's id is the key itself: a key is
-a login cookie, and never reaches a page. A posted id only ends a session that
-the page would list, so neither a key nor another user's id ends anything.
+Sessions are named by their hashed id whatever ``HASH_IDS`` says (see
+``describe.py``): no session key reaches the page.
 
-The templates, ``django_redis_sessions/sessions.html`` extending
-``django_redis_sessions/base.html``, are overridden as any app's are. Their
-context: ``rows`` (each a ``Row``: ``id``, ``short_id``, ``is_current``,
-``browser``, ``ip``, the texts ``signed_in``, ``last_active`` and ``expires``,
-and ``session``, the store's ``UserSession``), ``others`` (how many rows are
-not this device) and ``show_ip``.
+The templates, ``django_redis_sessions/sessions.html`` and
+``django_redis_sessions/confirm_end_others.html`` extending
+``django_redis_sessions/base.html``, are overridden as any app's are; each
+column of the list is a block of its own (``device``, ``ip``, ``signed_in``,
+``last_active``, ``expires``, ``actions``, each with a ``<name>_heading``
+block), so a project changes one without copying the rest. Their context:
+``rows`` (each a ``describe.Row``: ``id``, ``short_id``, ``name``,
+``is_current``, ``browser``, ``ip``, ``location``, the texts ``signed_in``,
+``last_active`` and ``expires``, and ``session``, the store's
+``UserSession``), ``others`` (how many rows are not this device),
+``show_ip``, ``show_browser`` and ``resolution_minutes`` (how closely "last
+active" follows a session).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
+from django.contrib.auth import logout
 from django.contrib.auth.mixins import LoginRequiredMixin
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import resolve_url
 from django.urls import reverse
-from django.utils import timezone
 from django.utils.decorators import method_decorator
-from django.utils.timesince import timesince, timeuntil
+from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 from django.views import View
 from django.views.decorators.cache import never_cache
 from django.views.generic import TemplateView
 
 from django_redis_sessions import get_store, logout_other_sessions
 from django_redis_sessions.conf import conf
-from django_redis_sessions.keys import hashed_id, is_hashed_id
-from django_redis_sessions.user_index import UserSession
+from django_redis_sessions.describe import (
+    LAST_ACTIVE_RESOLUTION_MINUTES,
+    Row,
+    describe_browser,
+    session_rows,
+)
 
-# Checked in order: Edge, Opera and Chromium also say "Chrome/", Chrome also
-# says "Safari/", and an iPhone says "like Mac OS X".
-_BROWSERS = [
-    ("Edg", "Edge"),
-    ("OPR/", "Opera"),
-    ("Firefox/", "Firefox"),
-    ("FxiOS/", "Firefox"),
-    ("CriOS/", "Chrome"),
-    ("Chrome/", "Chrome"),
-    ("Safari/", "Safari"),
+__all__ = [
+    "EndOtherSessionsView",
+    "EndSessionView",
+    "SessionListView",
+    "describe_browser",
+    "own_sessions",
 ]
-_SYSTEMS = [
-    ("Android", "Android"),
-    ("iPhone", "iOS"),
-    ("iPad", "iPadOS"),
-    ("Windows", "Windows"),
-    ("CrOS", "ChromeOS"),
-    ("Mac OS X", "macOS"),
-    ("Linux", "Linux"),
-]
-
-
-def describe_browser(user_agent: str) -> str | None:
-    """A name like "Firefox on Windows" for a ``User-Agent``; None if it has none."""
-    browser = next((name for mark, name in _BROWSERS if mark in user_agent), None)
-    system = next((name for mark, name in _SYSTEMS if mark in user_agent), None)
-    if browser and system:
-        return f"{browser} on {system}"
-    if system:
-        return f"A browser on {system}"
-    return browser
-
-
-@dataclass(frozen=True)
-class Row:
-    """One session as the page shows it."""
-
-    session: UserSession
-    #: A hashed id whatever ``HASH_IDS`` says: what the page posts back.
-    id: str
-    is_current: bool
-    #: Only when ``USER_INDEX_METADATA`` collects them.
-    browser: str | None
-    ip: str | None
-
-    @property
-    def short_id(self) -> str:
-        return self.id[1:9]
-
-    @property
-    def signed_in(self) -> str:
-        return _ago(self.session.created_at)
-
-    @property
-    def last_active(self) -> str:
-        return "Now" if self.is_current else _ago(self.session.last_seen_at)
-
-    @property
-    def expires(self) -> str:
-        return f"in {timeuntil(self.session.expires_at)}"
-
-
-def _ago(moment: datetime) -> str:
-    # timesince() says "0 minutes" for anything under a minute.
-    if (timezone.now() - moment).total_seconds() < 60:
-        return "Just now"
-    return f"{timesince(moment)} ago"
 
 
 def own_sessions(request: HttpRequest) -> list[Row]:
     """The user's live sessions, newest first, this request's first of all."""
-    key = request.session.session_key
-    current = hashed_id(key) if key else None
-    wanted = conf.USER_INDEX_METADATA
-    rows = []
-    for session in get_store().user_sessions(request.user.pk):
-        page_id = session.id if is_hashed_id(session.id) else hashed_id(session.id)
-        agent = session.user_agent if "user_agent" in wanted else None
-        rows.append(
-            Row(
-                session=session,
-                id=page_id,
-                is_current=page_id == current,
-                browser=(describe_browser(agent) or agent) if agent else None,
-                ip=session.ip if "ip" in wanted else None,
-            )
-        )
-    rows.sort(key=lambda row: not row.is_current)  # stable: newest first stays
-    return rows
+    return session_rows(request.user.pk, request.session.session_key)
+
+
+class _ListContext(LoginRequiredMixin, TemplateView):
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        context = super().get_context_data(**kwargs)
+        rows = own_sessions(self.request)
+        wanted = conf.USER_INDEX_METADATA
+        context["rows"] = rows
+        context["others"] = sum(not row.is_current for row in rows)
+        context["show_ip"] = "ip" in wanted
+        context["show_browser"] = "user_agent" in wanted
+        context["resolution_minutes"] = LAST_ACTIVE_RESOLUTION_MINUTES
+        return context
 
 
 @method_decorator(never_cache, name="dispatch")
-class SessionListView(LoginRequiredMixin, TemplateView):
+class SessionListView(_ListContext):
     """The user's live sessions, newest first; this device first of all."""
 
     template_name = "django_redis_sessions/sessions.html"
 
-    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
-        context = super().get_context_data(**kwargs)
-        rows = own_sessions(self.request)
-        context["rows"] = rows
-        context["others"] = sum(not row.is_current for row in rows)
-        context["show_ip"] = "ip" in conf.USER_INDEX_METADATA
-        return context
-
 
 class EndSessionView(LoginRequiredMixin, View):
-    """End one of the user's other sessions, named by the page's id."""
+    """End one of the user's sessions, named by the page's id.
+
+    The session of this device is ended as a logout, through
+    ``django.contrib.auth.logout()``, so the usual signals and redirects apply.
+    """
 
     http_method_names = ["post"]
 
@@ -155,30 +97,44 @@ class EndSessionView(LoginRequiredMixin, View):
         posted = request.POST.get("id", "")
         row = next((row for row in own_sessions(request) if row.id == posted), None)
         if row is None:
-            _tell(request, "No such session of yours to end.", messages.WARNING)
+            _tell(request, _("No such session of yours to end."), messages.WARNING)
         elif row.is_current:
-            _tell(
-                request,
-                "That is the session of this device: log out to end it.",
-                messages.WARNING,
-            )
+            logout(request)
+            _tell(request, _("You are logged out on this device."))
+            return HttpResponseRedirect(_after_logout())
         else:
             # Its index entry is pruned when the list is next read.
             get_store().destroy(row.session.id)
-            _tell(request, "Ended that session: it is logged out.")
+            _tell(request, _("Ended that session: it is logged out."))
         return HttpResponseRedirect(reverse("django_redis_sessions:sessions"))
 
 
-class EndOtherSessionsView(LoginRequiredMixin, View):
-    """End every session of the user but this one."""
+@method_decorator(never_cache, name="dispatch")
+class EndOtherSessionsView(_ListContext):
+    """End every session of the user but this one, once confirmed.
 
-    http_method_names = ["post"]
+    A GET shows what would end and a button to confirm; the POST of that
+    button ends them. A link, not a script, leads here, so the confirmation
+    works without JavaScript.
+    """
+
+    template_name = "django_redis_sessions/confirm_end_others.html"
 
     def post(self, request: HttpRequest) -> HttpResponse:
         ended = logout_other_sessions(request)
-        plural = "session" if ended == 1 else "sessions"
-        _tell(request, f"Ended {ended} other {plural}: they are logged out.")
+        text = ngettext(
+            "Ended %(count)d other session: it is logged out.",
+            "Ended %(count)d other sessions: they are logged out.",
+            ended,
+        ) % {"count": ended}
+        _tell(request, text)
         return HttpResponseRedirect(reverse("django_redis_sessions:sessions"))
+
+
+def _after_logout() -> str:
+    """Where logging this device out leads: LOGOUT_REDIRECT_URL, else LOGIN_URL."""
+    target = getattr(settings, "LOGOUT_REDIRECT_URL", None) or settings.LOGIN_URL
+    return str(resolve_url(target))
 
 
 def _tell(request: HttpRequest, message: str, level: int = messages.SUCCESS) -> None:

@@ -13,10 +13,13 @@ DEBUG = False
 USE_TZ = True
 ALLOWED_HOSTS = ["testserver", "localhost"]
 INSTALLED_APPS = [
+    "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
+    "django.contrib.humanize",
     "django.contrib.messages",
     "django.contrib.sessions",
+    "django.contrib.staticfiles",
     "django_redis_sessions",
 ]
 MIDDLEWARE = [

@@ -572,7 +572,7 @@ def test_unchanged_signed_sessions_still_save_with_a_touch(
     settings.SESSION_REDIS = {**session_redis, "SERIALIZER": SIGNED}
     key = saved_key(SessionStore, a=1)
     first, second = SessionStore(key), SessionStore(key)
-    assert first._payloads.dumps({"a": 1}) == second._payloads.dumps({"a": 1})
+    assert first._payloads.dumps({"a": 1}, key) == second._payloads.dumps({"a": 1}, key)
 
 
 def test_a_stalled_redis_on_save_fails_in_bounded_time_and_loses_nothing(

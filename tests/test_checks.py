@@ -89,6 +89,11 @@ VALID_CONFIG: dict[str, Any] = {
     "MAX_SESSIONS_PER_USER": 5,
     "CLIENT_IP": "django_redis_sessions.middleware.remote_addr",
     "MIGRATE_FROM": "django.contrib.sessions.backends.db",
+    "ENCRYPTION": "migrate",
+    "ENCRYPTION_KEYS": [
+        "a-server-secret-of-32-characters",
+        b"another one, of 32 bytes or more",
+    ],
 }
 
 
@@ -163,9 +168,10 @@ def test_unknown_keys_are_one_e002_naming_them_sorted() -> None:
     assert messages[0].msg == "SESSION_REDIS has unknown keys: 'HOST', 'TTL'."
     assert messages[0].hint == (
         "Valid keys are CLIENT, CLIENT_IP, CLUSTER, CLUSTER_NODES, DISABLE_TOUCH, "
-        "HASH_IDS, MAX_SESSIONS_PER_USER, MIGRATE_FROM, OPTIONS, PREFIX, "
-        "SCAN_COUNT, SENTINELS, SENTINEL_SERVICE, SERIALIZER, TOMBSTONE_SECONDS, "
-        "TTL_SECONDS, URL, USER_INDEX, USER_INDEX_METADATA."
+        "ENCRYPTION, ENCRYPTION_KEYS, HASH_IDS, MAX_SESSIONS_PER_USER, "
+        "MIGRATE_FROM, OPTIONS, PREFIX, SCAN_COUNT, SENTINELS, SENTINEL_SERVICE, "
+        "SERIALIZER, TOMBSTONE_SECONDS, TTL_SECONDS, URL, USER_INDEX, "
+        "USER_INDEX_METADATA."
     )
 
 

@@ -209,7 +209,10 @@ def test_ending_your_own_session() -> None:
     messages = [str(m) for m in response.context["messages"]]
     assert messages == [
         f"Ended your own session {session_id[:9]}: you are anonymous now, and no later "
-        "request can bring that session back."
+        "request can bring that session back.",
+        # The redirect still carried the ended session's cookie.
+        "You were logged out: your session was ended from another device or by "
+        "an administrator.",
     ]
     response = alice.post("/sessions/end/", {"id": session_id}, follow=True)
     assert [str(m) for m in response.context["messages"]] == [
@@ -276,7 +279,7 @@ def test_your_sessions_in_two_browsers_end_the_other_one() -> None:
         hashed_id(session_key(laptop)),
         phone_id,
     ]
-    for shown in ("Firefox on Windows", "203.0.113.7", "Chrome on Android"):
+    for shown in ("Firefox on Windows", "203.0.113.7", "Chrome Mobile on Android"):
         assert shown in html
     assert "198.51.100.4" in html
     for key in (session_key(laptop), session_key(phone)):

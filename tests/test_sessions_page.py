@@ -6,19 +6,22 @@ client in as that user. Each ``Client`` plays one browser.
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
+from django.contrib.messages import get_messages
 from django.test import Client
 
-from django_redis_sessions import get_store
+from django_redis_sessions import describe, get_store
+from django_redis_sessions.describe import describe_browser
 from django_redis_sessions.keys import hashed_id
-from django_redis_sessions.views import describe_browser
 from tests.utils import CHROME_ON_ANDROID, FIREFOX_ON_WINDOWS
 
 PAGE = "/account/sessions/"
@@ -137,8 +140,12 @@ def test_the_page_lists_only_the_users_own_sessions_newest_first_this_device_fir
     assert html.count("This device") == 1
     assert "This device" in rows(html)[page_id(second)]
     assert page_id(other_user) not in html
-    assert html.count('name="id"') == 2  # an End button for each other session
-    assert "End all other sessions" in html
+    by_id = rows(html)
+    assert "Log out</button>" in by_id[page_id(second)]
+    for other in (first, third):
+        assert "End session</button>" in by_id[page_id(other)]
+    assert html.count('name="id"') == 3
+    assert f'href="{END_OTHERS}">End all other sessions</a>' in html
     assert row_ids(browsers.page(other_user)) == [page_id(other_user)]
 
 
@@ -183,17 +190,42 @@ def test_end_ends_another_session_which_is_anonymous_on_its_next_request(
 
 
 @pytest.mark.django_db
-def test_end_refuses_this_devices_session_and_sessions_that_are_not_the_users(
+def test_this_device_logs_out_from_the_list(browsers: Browsers, alice: User) -> None:
+    mine, other = browsers.log_in(alice), browsers.log_in(alice)
+    key = mine.cookies["sessionid"].value
+
+    response = mine.post(END, {"id": page_id(mine)})
+
+    assert response.status_code == 302
+    assert response["Location"] == "/login/"  # LOGIN_URL: no LOGOUT_REDIRECT_URL
+    assert [str(m) for m in get_messages(response.wsgi_request)] == [
+        "You are logged out on this device."
+    ]
+    assert not get_store().exists(key)
+    assert not is_logged_in(mine)
+    assert is_logged_in(other)
+
+
+@pytest.mark.django_db
+def test_this_device_logs_out_to_logout_redirect_url_where_set(
+    settings: Any, browsers: Browsers, alice: User
+) -> None:
+    settings.LOGOUT_REDIRECT_URL = "whoami"  # a URL name, as Django allows
+    mine = browsers.log_in(alice)
+
+    response = mine.post(END, {"id": page_id(mine)})
+
+    assert response["Location"] == "/whoami/"
+
+
+@pytest.mark.django_db
+def test_end_refuses_sessions_that_are_not_the_users(
     browsers: Browsers, alice: User, bob: User
 ) -> None:
     mine, other = browsers.log_in(alice), browsers.log_in(alice)
     bobs = browsers.log_in(bob)
     other_key = other.cookies["sessionid"].value
 
-    response = mine.post(END, {"id": page_id(mine)}, follow=True)
-    assert "That is the session of this device: log out to end it." in (
-        browsers.page(mine, response)
-    )
     refused = [
         page_id(bobs),  # another user's
         other_key,  # a key, not an id
@@ -207,6 +239,42 @@ def test_end_refuses_this_devices_session_and_sessions_that_are_not_the_users(
     assert is_logged_in(mine)
     assert is_logged_in(other)
     assert is_logged_in(bobs)
+
+
+@pytest.mark.django_db
+def test_end_all_other_sessions_asks_first_on_a_page_that_needs_no_javascript(
+    browsers: Browsers, alice: User, bob: User
+) -> None:
+    mine, second, third = (browsers.log_in(alice) for _ in range(3))
+    browsers.log_in(bob)
+
+    html = browsers.page(mine, mine.get(END_OTHERS))
+
+    assert "End all other sessions?" in html
+    assert "2 other sessions will be logged out at once:" in html
+    assert html.count("<li>") == 2
+    assert "This device stays logged in." in html
+    form = re.search(r'<form method="post" class="actions">(.*?)</form>', html, re.S)
+    assert form is not None  # posts to this very URL
+    assert 'name="csrfmiddlewaretoken"' in form.group(1)
+    assert '<button type="submit" class="danger">Yes, end them</button>' in form[1]
+    assert f'<a class="button" href="{PAGE}">Cancel</a>' in form[1]
+    assert "<script" not in html
+    # Asking ends nothing.
+    assert is_logged_in(second)
+    assert is_logged_in(third)
+
+
+@pytest.mark.django_db
+def test_end_all_other_sessions_asks_nothing_when_there_is_nothing_to_end(
+    browsers: Browsers, alice: User
+) -> None:
+    mine = browsers.log_in(alice)
+
+    html = browsers.page(mine, mine.get(END_OTHERS))
+
+    assert "You are logged in on this device only." in html
+    assert "Yes, end them" not in html
 
 
 @pytest.mark.django_db
@@ -252,7 +320,7 @@ def test_every_action_is_post_only(browsers: Browsers, alice: User) -> None:
     mine, other = browsers.log_in(alice), browsers.log_in(alice)
 
     assert mine.get(END, {"id": page_id(other)}).status_code == 405
-    assert mine.get(END_OTHERS).status_code == 405
+    assert mine.get(END_OTHERS).status_code == 200  # the confirmation page
     assert mine.post(PAGE).status_code == 405
 
     assert is_logged_in(other)
@@ -312,11 +380,12 @@ def test_with_metadata_each_session_shows_its_ip_and_browser(
 
     html = browsers.page(laptop)
 
-    assert '<th scope="col">IP address</th>' in html
+    assert '<th scope="col">IP address at sign-in</th>' in html
+    assert "The IP address is the one the session signed in from." in html
     by_id = rows(html)
     assert "Firefox on Windows" in by_id[page_id(laptop)]
     assert "203.0.113.7" in by_id[page_id(laptop)]
-    assert "Chrome on Android" in by_id[page_id(phone)]
+    assert "Chrome Mobile on Android" in by_id[page_id(phone)]
     assert "198.51.100.4" in by_id[page_id(phone)]
     # The whole User-Agent is there for who wants it, as a tooltip.
     assert f'title="{FIREFOX_ON_WINDOWS}"' in by_id[page_id(laptop)]
@@ -342,37 +411,172 @@ def test_without_metadata_no_ip_or_browser_is_shown(
     assert f"Session {page_id(phone)[1:9]}" in by_id[page_id(phone)]
 
 
+IPHONE = (
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 "
+    "(KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1"
+)
+EDGE = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like "
+    "Gecko) Chrome/126.0.0.0 Safari/537.36 Edg/126.0.0.0"
+)
+HEADLESS = (
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "HeadlessChrome/156.0.0.0 Safari/537.36"
+)
+MAC_SAFARI = (
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 "
+    "(KHTML, like Gecko) Version/17.5 Safari/605.1.15"
+)
+
+
+@pytest.mark.parametrize(
+    ("user_agent", "shown"),
+    [
+        (FIREFOX_ON_WINDOWS, "Firefox on Windows"),
+        (CHROME_ON_ANDROID, "Chrome Mobile on Android"),
+        (HEADLESS, "HeadlessChrome on Linux"),
+        (EDGE, "Edge on Windows"),
+        (IPHONE, "Mobile Safari on iOS"),
+        (MAC_SAFARI, "Safari on Mac OS X"),
+        ("Mozilla/5.0 (X11; Linux x86_64)", "A browser on Linux"),
+        ("curl/8.5.0", "curl"),
+        ("", None),
+    ],
+)
+def test_ua_parser_names_the_browser(user_agent: str, shown: str | None) -> None:
+    assert describe_browser(user_agent) == shown
+
+
 @pytest.mark.parametrize(
     ("user_agent", "shown"),
     [
         (FIREFOX_ON_WINDOWS, "Firefox on Windows"),
         (CHROME_ON_ANDROID, "Chrome on Android"),
-        (
-            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
-            "HeadlessChrome/156.0.0.0 Safari/537.36",
-            "Chrome on Linux",
-        ),
-        (
-            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, "
-            "like Gecko) Chrome/126.0.0.0 Safari/537.36 Edg/126.0.0.0",
-            "Edge on Windows",
-        ),
-        (
-            "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) "
-            "AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Mobile/15E148 "
-            "Safari/604.1",
-            "Safari on iOS",
-        ),
-        (
-            "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 "
-            "(KHTML, like Gecko) Version/17.5 Safari/605.1.15",
-            "Safari on macOS",
-        ),
+        (HEADLESS, "Chrome on Linux"),
+        (EDGE, "Edge on Windows"),
+        (IPHONE, "Safari on iOS"),
+        (MAC_SAFARI, "Safari on macOS"),
         ("Mozilla/5.0 (X11; Linux x86_64)", "A browser on Linux"),
         ("curl/8.5.0", None),
     ],
 )
-def test_the_browser_is_named_from_its_user_agent(
-    user_agent: str, shown: str | None
+def test_without_ua_parser_a_short_table_names_the_browser(
+    without_ua_parser: None, user_agent: str, shown: str | None
 ) -> None:
     assert describe_browser(user_agent) == shown
+
+
+@pytest.fixture
+def without_ua_parser(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """As if the ``ua-parser`` extra were not installed."""
+    real = importlib.import_module
+
+    def import_module(name: str, package: str | None = None) -> Any:
+        if name == "ua_parser":
+            raise ImportError(name)
+        return real(name, package)
+
+    monkeypatch.setattr(importlib, "import_module", import_module)
+    describe._parsed.cache_clear()
+    yield
+    describe._parsed.cache_clear()
+
+
+class FakeGeoIP2:
+    """Django's ``GeoIP2`` as the page uses it, over a two-address "database"."""
+
+    opened: list[str] = []
+
+    def __init__(self, path: str) -> None:
+        self.opened.append(path)
+
+    def city(self, ip: str) -> dict[str, Any]:
+        places: dict[str, dict[str, Any]] = {
+            "203.0.113.7": {"city": "Lyon", "country_name": "France"},
+            "198.51.100.4": {"city": None, "country_name": "Brazil"},
+        }
+        if ip not in places:
+            raise ValueError(f"{ip} is not in the database")
+        return places[ip]
+
+
+@pytest.fixture
+def fake_geoip(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[FakeGeoIP2]]:
+    geoip2 = importlib.import_module("django.contrib.gis.geoip2")
+    monkeypatch.setattr(geoip2, "HAS_GEOIP2", True)
+    monkeypatch.setattr(geoip2, "GeoIP2", FakeGeoIP2, raising=False)
+    FakeGeoIP2.opened = []
+    describe._geoip.cache_clear()
+    yield FakeGeoIP2
+    describe._geoip.cache_clear()
+
+
+@pytest.mark.django_db
+def test_with_geoip_path_each_ip_shows_where_it_is(
+    settings: Any,
+    session_redis: dict[str, Any],
+    fake_geoip: type[FakeGeoIP2],
+    browsers: Browsers,
+    alice: User,
+) -> None:
+    settings.GEOIP_PATH = "/srv/geoip"
+    session_redis["USER_INDEX_METADATA"] = ("ip", "user_agent")
+    laptop = browsers.log_in(alice, REMOTE_ADDR="203.0.113.7")
+    phone = browsers.log_in(alice, REMOTE_ADDR="198.51.100.4")
+    unknown = browsers.log_in(alice, REMOTE_ADDR="10.0.0.1")
+
+    by_id = rows(browsers.page(laptop))
+
+    assert '<span class="place muted">Lyon, France</span>' in by_id[page_id(laptop)]
+    assert '<span class="place muted">Brazil</span>' in by_id[page_id(phone)]
+    assert "10.0.0.1" in by_id[page_id(unknown)]
+    assert "place" not in by_id[page_id(unknown)]
+    assert fake_geoip.opened == ["/srv/geoip"]  # opened once, not per row
+
+
+@pytest.mark.django_db
+def test_without_geoip_path_no_place_is_looked_up(
+    session_redis: dict[str, Any],
+    fake_geoip: type[FakeGeoIP2],
+    browsers: Browsers,
+    alice: User,
+) -> None:
+    session_redis["USER_INDEX_METADATA"] = ("ip",)
+    laptop = browsers.log_in(alice, REMOTE_ADDR="203.0.113.7")
+
+    html = browsers.page(laptop)
+
+    assert "203.0.113.7" in html
+    assert "Lyon" not in html
+    assert fake_geoip.opened == []
+
+
+@pytest.mark.django_db
+def test_one_column_is_overridden_without_copying_the_template(
+    settings: Any,
+    session_redis: dict[str, Any],
+    tmp_path: Path,
+    browsers: Browsers,
+    alice: User,
+) -> None:
+    session_redis["USER_INDEX_METADATA"] = ("ip",)
+    template = tmp_path / "django_redis_sessions" / "sessions.html"
+    template.parent.mkdir()
+    # The project's template extends the app's of the same name, as Django
+    # allows, and replaces two blocks.
+    template.write_text(
+        '{% extends "django_redis_sessions/sessions.html" %}'
+        "{% block ip_heading %}Network{% endblock %}"
+        "{% block ip %}<b>{{ row.ip }}</b>{% endblock %}"
+    )
+    settings.TEMPLATES = [{**settings.TEMPLATES[0], "DIRS": [tmp_path]}]
+    laptop = browsers.log_in(alice, REMOTE_ADDR="203.0.113.7")
+
+    html = browsers.page(laptop)
+
+    assert '<th scope="col">Network</th>' in html
+    assert "<b>203.0.113.7</b>" in html
+    # Every other column as the app's template has it.
+    assert '<th scope="col">Last active</th>' in html
+    assert "This device" in html
+    assert "Log out</button>" in html

@@ -79,7 +79,8 @@ def expected_document(prefix: str, lifetime_max: int) -> dict[str, Any]:
         "prefix": prefix,
         "live_sessions": 20,
         "tombstones": 3,
-        "indexed_users": None,
+        "indexed_users": 0,
+        "unencrypted": None,
         "without_expiry": 0,
         "payload_bytes": {
             "p50": 50,
@@ -183,9 +184,9 @@ def test_stats_draws_aligned_histograms_with_a_total_line(
     expected = f"""\
 Sessions under the prefix {prefix!r} in Redis at {redis_url}.
 
-  Live sessions:                 20
-  Tombstones:                     3
-  Indexed users:  no per-user index
+  Live sessions:  20
+  Tombstones:      3
+  Indexed users:   0
 
 Payload size: p50 50 B, p90 {stats.format_bytes(upper(1000))}, p99 4.9 KiB, max 4.9 KiB
       0 B to 128 B  ████████████████████████████████████████  10
@@ -500,6 +501,7 @@ def test_stats_counts_a_name_scan_repeats_once(
                     max(first[5], reply[5]),
                     first[6] + reply[6],
                     first[7] + reply[7],
+                    first[8] + reply[8],
                 ]
         return reply
 
@@ -595,3 +597,55 @@ def test_show_in_migrate_mode_does_not_move_a_plain_session(
 
     assert output.splitlines()[1] == "state:       live"
     assert raw_redis.exists(f"{prefix}{{{KEY}}}") == 1
+
+
+def _index_three_users(store: RedisSessionStore) -> None:
+    """Four sessions of three users, one anonymous session, one ended user."""
+    for number, user in enumerate(["1", "1", "2", "{3}:x"]):
+        data = {"_auth_user_id": user, "n": number}
+        assert store.create(f"user{number:04d}" + "a" * 24, data, ttl=600)
+    assert store.create("anon" + "a" * 28, {"n": 9}, ttl=600)
+    assert store.create("gone" + "a" * 28, {"_auth_user_id": "4"}, ttl=600)
+    assert store.logout_user("4") == 1
+
+
+def test_stats_counts_the_users_the_index_holds(
+    session_redis: dict[str, Any], raw_redis: redis.Redis, prefix: str
+) -> None:
+    _index_three_users(RedisSessionStore())
+    # Counted by name, whatever the type: an index may become a sorted set.
+    raw_redis.zadd(f"{prefix}{{u:NQ}}:sessions", {"#x": 1})
+    # Not an index: another prefix's, and a name that only starts like one.
+    raw_redis.set(f"other-{prefix}{{u:MQ}}:sessions", b"x")
+    raw_redis.set(f"{prefix}{{u:MQ}}:sessions:extra", b"x")
+
+    document = json.loads(run("stats", "--json", "--sample", "0"))
+
+    assert document["indexed_users"] == 4
+    assert "  Indexed users:  4\n" in run("stats", "--sample", "0")
+
+
+def test_stats_says_there_is_no_index_when_user_index_is_off(
+    session_redis: dict[str, Any],
+) -> None:
+    _index_three_users(RedisSessionStore())
+    session_redis["USER_INDEX"] = False
+
+    assert json.loads(run("stats", "--json"))["indexed_users"] is None
+    assert "no per-user index" in run("stats")
+
+
+def test_stats_on_cluster_counts_the_users_of_every_primary(
+    cluster: redis.cluster.RedisCluster, prefix: str
+) -> None:
+    store = RedisSessionStore()
+    for user in range(12):
+        assert store.create(f"{user:032d}", {"_auth_user_id": str(user)}, ttl=600)
+    layer = RedisLayer(prefix=prefix)
+    slots = {
+        cluster.get_node_from_key(layer._index_name(str(user))).name
+        for user in range(12)
+    }
+    assert len(slots) > 1  # the users' indexes are spread over primaries
+
+    assert json.loads(run("stats", "--json"))["indexed_users"] == 12

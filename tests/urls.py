@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.contrib import admin
 from django.contrib.auth import get_user_model, login, logout
 from django.contrib.auth import views as auth_views
+from django.contrib.auth.admin import UserAdmin
+from django.contrib.auth.models import User
 from django.http import HttpRequest, HttpResponse
 from django.urls import include, path
 
 from django_redis_sessions import alogout_other_sessions, logout_other_sessions
+from django_redis_sessions.admin import UserSessionsAdminMixin
 
 
 def read(request: HttpRequest) -> HttpResponse:
@@ -57,7 +61,17 @@ def whoami(request: HttpRequest) -> HttpResponse:
     return HttpResponse(str(request.user.pk or "anonymous"))
 
 
+class SessionsUserAdmin(UserSessionsAdminMixin, UserAdmin):  # type: ignore[type-arg]
+    """The README's admin: the user's sessions on the user's change page."""
+
+
+if admin.site.is_registered(User):
+    admin.site.unregister(User)
+admin.site.register(User, SessionsUserAdmin)
+
+
 urlpatterns = [
+    path("admin/", admin.site.urls),
     path("logout-others/", log_out_others),
     path("password/", PasswordChangeView.as_view()),
     path("account/sessions/", include("django_redis_sessions.urls")),
@@ -65,7 +79,7 @@ urlpatterns = [
     path("write/", write),
     path("login/", log_in),
     path("logout/", log_out),
-    path("whoami/", whoami),
+    path("whoami/", whoami, name="whoami"),
 ]
 
 
@@ -108,3 +122,17 @@ urlpatterns += [
     path("async-logout/", async_log_out),
     path("async-whoami/", async_whoami),
 ]
+
+
+def note(request: HttpRequest) -> HttpResponse:
+    """Keep ``?text=`` in the session (what a leak scan looks for)."""
+    request.session["note"] = request.GET["text"]
+    return HttpResponse(request.session["note"])
+
+
+async def async_note(request: HttpRequest) -> HttpResponse:
+    await request.session.aset("note", request.GET["text"])
+    return HttpResponse(await request.session.aget("note"))
+
+
+urlpatterns += [path("note/", note), path("async-note/", async_note)]

@@ -47,6 +47,27 @@ needs_async_backend = pytest.mark.skipif(
 #: directory per Django version (see ``django_tests()``).
 DJANGO_TESTS_CACHE = Path(__file__).resolve().parent.parent / ".django-tests"
 
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def cannot_run(reason: str) -> None:
+    """Skip for ``reason`` on a developer's machine; fail in CI."""
+    if in_ci():
+        pytest.fail(f"{reason} CI must run this test.", pytrace=False)
+    pytest.skip(reason)
+
+
+def installed(binary: str, package: str) -> str:
+    """The path of ``binary``; skipped (failed in CI) where it is missing."""
+    path = shutil.which(binary)
+    if path is None:
+        cannot_run(f"{binary} is not installed: apt-get install {package}.")
+    assert path is not None
+    return path
+
+
 #: Browsers other than the test client, for the sessions page's metadata.
 FIREFOX_ON_WINDOWS = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:128.0) Gecko/20100101 Firefox/128.0"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import django
@@ -73,9 +74,13 @@ class SessionStore(SessionBase):
         self.accessed = False
         self.modified = False
         self.serializer = _serializer(settings.SESSION_SERIALIZER)
-        # (key, payload) as last read from or written to Redis: an unmodified
-        # save of the same bytes under the same key only refreshes the TTL.
+        # (key, serialized data) as last read from or written to Redis, in
+        # plain (before encryption): an unmodified save of the same bytes
+        # under the same key only refreshes the TTL.
         self._stored: tuple[str, bytes] | None = None
+        # (key, the bytes Redis holds) of that same read or write: the
+        # version a save writes over (encrypted, it differs from the plain).
+        self._version: tuple[str, bytes] | None = None
         # The user whose index holds this session, and the expiry (ms) its
         # entry records: read from the data, so knowing costs no round trip.
         self._indexed: tuple[str, int] | None = None
@@ -84,6 +89,10 @@ class SessionStore(SessionBase):
         self._assigned: set[str] = set()
         #: What ``SessionMetadataMiddleware`` collected for a new index entry.
         self.client_metadata: dict[str, str] = {}
+        #: Set by ``SessionMetadataMiddleware``: called when a load misses
+        #: because another request ended the session (a tombstone holds its
+        #: key). Only a load that misses asks; a live session costs nothing.
+        self.on_ended_elsewhere: Callable[[], None] | None = None
         # A cookie that is no key of this engine: while MIGRATE_FROM names
         # signed_cookies, it may be a session to adopt (see _get_session()).
         self._foreign_cookie = session_key if self.session_key is None else None
@@ -118,15 +127,19 @@ class SessionStore(SessionBase):
 
     def _accept_loaded(self, key: str | None, payload: bytes | None) -> dict[str, Any]:
         """The data read under ``key``; forget the key if there is none."""
-        data = self._payloads.loads(payload)
+        loaded = None if key is None else self._payloads.load(payload, key)
         self._indexed = None
-        if key is None or payload is None or data is None:
+        if key is None or payload is None or loaded is None:
             # Never keep a key the client chose: the next save creates a
             # fresh random one (no session fixation).
             self._session_key = None
-            self._stored = None
+            self._stored = self._version = None
             return {}
-        self._stored = (key, payload)
+        data = loaded.data
+        # A value stored before encryption was on is written again (now
+        # encrypted) by the next save, even an unmodified one.
+        self._stored = None if loaded.unencrypted else (key, loaded.plain)
+        self._version = (key, payload)
         self._assigned.clear()
         until = data.pop(INDEX_MARK, None)
         if isinstance(until, int) and data.get(USER_ID_KEY) is not None:
@@ -136,7 +149,10 @@ class SessionStore(SessionBase):
     def _prepared(
         self, data: dict[str, Any], ttl: float, *, moving: bool = False
     ) -> tuple[bytes, IndexWrite | None]:
-        """The payload to store, and the index entry to write with it, if any.
+        """The serialized data, and the index entry to write with it, if any.
+
+        The data is not encrypted yet: that needs the key it is written under
+        (``Payloads.seal()``), and an unmodified session is compared in plain.
 
         An entry is written when the session gets a user or a new id, or when
         its expiry moved more than the slack past the entry's: most saves of a
@@ -144,7 +160,7 @@ class SessionStore(SessionBase):
         """
         user = data.get(USER_ID_KEY)
         if user is None or not self._layer.user_index:
-            return self._payloads.dumps(data), None
+            return self._payloads.serialize(data), None
         user = str(user)
         expires_ms = now_ms() + ttl_milliseconds(ttl)
         index = None
@@ -161,7 +177,7 @@ class SessionStore(SessionBase):
             until = expires_ms
         else:
             until = self._indexed[1]
-        return self._payloads.dumps({**data, INDEX_MARK: until}), index
+        return self._payloads.serialize({**data, INDEX_MARK: until}), index
 
     def _entry_metadata(self) -> dict[str, str]:
         wanted = self._layer.index_metadata
@@ -191,14 +207,23 @@ class SessionStore(SessionBase):
         return previous[0]
 
     def _accept_saved(
-        self, outcome: Outcome, key: str, payload: bytes, *, must_create: bool
+        self,
+        outcome: Outcome,
+        key: str,
+        payload: bytes,
+        sealed: bytes | None,
+        *,
+        must_create: bool,
     ) -> None:
+        """Settle a save; ``sealed`` is what it stored, None for a touch."""
         if outcome is Outcome.EXPIRED:
-            self._stored = None
+            self._stored = self._version = None
         elif outcome is not Outcome.WRITTEN:
             raise CreateError if must_create else UpdateError
         else:
             self._stored = (key, payload)
+            if sealed is not None:
+                self._version = (key, sealed)
             self._assigned.clear()
 
     def _accept_adopted(self, data: dict[str, Any] | None) -> dict[str, Any]:
@@ -208,7 +233,7 @@ class SessionStore(SessionBase):
         # The cookie is no key to store: the save at the end of the request
         # creates a session with a fresh random key and sends its cookie.
         self._session_key = None
-        self._stored = None
+        self._stored = self._version = None
         self.modified = True
         return data
 
@@ -220,9 +245,16 @@ class SessionStore(SessionBase):
     def _forget_stored(self, key: str) -> None:
         if self._stored is not None and self._stored[0] == key:
             self._stored = None
+        if self._version is not None and self._version[0] == key:
+            self._version = None
 
     def _accept_cycled(
-        self, outcome: Outcome, key: str, payload: bytes, index: IndexWrite | None
+        self,
+        outcome: Outcome,
+        key: str,
+        payload: bytes,
+        sealed: bytes,
+        index: IndexWrite | None,
     ) -> bool:
         """Settle a key change after its script; False if ``key`` was unusable.
 
@@ -236,11 +268,11 @@ class SessionStore(SessionBase):
             return False
         self._indexed = None
         if outcome is Outcome.WRITTEN:
-            self._stored = (key, payload)
+            self._stored, self._version = (key, payload), (key, sealed)
             if index is not None:
                 self._indexed = (index.user_id, index.expires_ms)
             return True
-        self._stored = None
+        self._stored = self._version = None
         if outcome is Outcome.MISSING:
             security_logger.warning(
                 "The session was ended by another request before its key could "
@@ -287,6 +319,9 @@ class SessionStore(SessionBase):
         if payload is None:
             # Only a miss pays for the window: a hit stays one GET.
             payload = migration.read_through(self._layer, key, self._payloads)
+            notice = self.on_ended_elsewhere
+            if payload is None and notice is not None and self._layer.tombstoned(key):
+                notice()
         return self._accept_loaded(key, payload)
 
     def exists(self, session_key: str | None) -> bool:
@@ -310,21 +345,25 @@ class SessionStore(SessionBase):
         data = self._get_session(no_load=must_create)
         ttl = self.get_expiry_age()
         payload, index = self._prepared(data, ttl)
+        sealed: bytes | None = None
         if must_create:
-            operation, outcome = "create", self._layer.create(key, payload, ttl, index)
+            sealed = self._payloads.seal(payload, key)
+            operation, outcome = "create", self._layer.create(key, sealed, ttl, index)
         elif index is None and self._only_needs_touch(key, payload):
             if self._layer.disable_touch:
                 return None
             operation, outcome = "touch", self._layer.touch(key, ttl)
         else:
             operation = "update"
-            outcome, data, payload, index = self._update(key, data, payload, ttl, index)
+            outcome, data, payload, sealed, index = self._update(
+                key, data, payload, ttl, index
+            )
         if signals.listening():
             events = signals.after_write(
                 operation, outcome, key, refused_if_missing=True
             )
             signals.send(type(self), events, self._layer.session_id)
-        self._accept_saved(outcome, key, payload, must_create=must_create)
+        self._accept_saved(outcome, key, payload, sealed, must_create=must_create)
         if outcome is Outcome.WRITTEN and (user := self._record_index(index, data)):
             self._layer.unindex(user, key)
         return None
@@ -336,7 +375,7 @@ class SessionStore(SessionBase):
         payload: bytes,
         ttl: float,
         index: IndexWrite | None,
-    ) -> tuple[Outcome, dict[str, Any], bytes, IndexWrite | None]:
+    ) -> tuple[Outcome, dict[str, Any], bytes, bytes, IndexWrite | None]:
         """Save over the version this request loaded, merging a newer one.
 
         One round trip when nobody else saved since the load; after another
@@ -344,29 +383,27 @@ class SessionStore(SessionBase):
         own changes are re-applied onto it (``merge.merged``) and the save is
         sent again, at most ``MERGE_ATTEMPTS`` times (then CONFLICT, which
         ``save()`` raises as ``UpdateError``). Returns the outcome and what
-        was last sent: the data, its payload and its index entry.
+        was last sent: the data, its payload, plain and sealed, and its index
+        entry.
         """
         for _ in range(MERGE_ATTEMPTS):
-            expected = self._loaded_payload(key)
-            if expected is None:
-                return (
-                    self._layer.update(key, payload, ttl, index),
-                    data,
-                    payload,
-                    index,
-                )
-            result = self._layer.update(key, payload, ttl, index, expected=expected)
+            sealed = self._payloads.seal(payload, key)
+            # A session never read here (None) is written last-write-wins.
+            expected = self._loaded_version(key)
+            result = self._layer.update(key, sealed, ttl, index, expected=expected)
             if not isinstance(result, Conflict):
-                return result, data, payload, index
+                return result, data, payload, sealed, index
+            assert expected is not None
             data = self._merged(key, expected, data, result.current)
             payload, index = self._prepared(data, ttl)
-        return Outcome.CONFLICT, data, payload, index
+        return Outcome.CONFLICT, data, payload, sealed, index
 
-    def _loaded_payload(self, key: str) -> bytes | None:
-        """The payload last read or written under ``key`` by this session."""
-        if self._stored is None or self._stored[0] != key:
+    def _loaded_version(self, key: str) -> bytes | None:
+        """The bytes Redis held under ``key`` when this session last read or
+        wrote them: the version its save writes over."""
+        if self._version is None or self._version[0] != key:
             return None
-        return self._stored[1]
+        return self._version[1]
 
     def _merged(
         self, key: str, loaded: bytes, mine: dict[str, Any], current: bytes
@@ -376,13 +413,16 @@ class SessionStore(SessionBase):
         ``current`` becomes the version the next save expects, and the
         session's data (with the index entry it records) from now on.
         """
-        before = self._payloads.loads(loaded) or {}
+        before = self._payloads.loads(loaded, key) or {}
         before.pop(INDEX_MARK, None)
-        # A value that no longer decodes (corrupt, foreign, expired) has
-        # nothing to merge into; what this request holds is written over it.
-        now = self._payloads.loads(current) or {}
+        # A value that no longer opens or decodes (corrupt, foreign, expired)
+        # has nothing to merge into; what this request holds is written over
+        # it.
+        found = self._payloads.load(current, key)
+        now = {} if found is None else found.data
         until = now.pop(INDEX_MARK, None)
-        self._stored = (key, current)
+        self._stored = None if found is None else (key, found.plain)
+        self._version = (key, current)
         self._indexed = None
         if isinstance(until, int) and now.get(USER_ID_KEY) is not None:
             self._indexed = (str(now[USER_ID_KEY]), until)
@@ -402,13 +442,14 @@ class SessionStore(SessionBase):
             migration.forget(old_key)
         for _ in range(CREATE_ATTEMPTS):
             key = self._get_new_session_key()
-            outcome = self._layer.cycle(old_key, key, payload, ttl, index)
+            sealed = self._payloads.seal(payload, key)
+            outcome = self._layer.cycle(old_key, key, sealed, ttl, index)
             if signals.listening():
                 events = signals.after_write(
                     "cycle", outcome, key, old_key=old_key, refused_if_missing=True
                 )
                 signals.send(type(self), events, self._layer.session_id)
-            if self._accept_cycled(outcome, key, payload, index):
+            if self._accept_cycled(outcome, key, payload, sealed, index):
                 self._session_key = key if outcome is Outcome.WRITTEN else None
                 self.modified = True
                 return
@@ -477,6 +518,10 @@ class SessionStore(SessionBase):
                 payload = await migration.aread_through(
                     self._layer, key, self._payloads
                 )
+                notice = self.on_ended_elsewhere
+                layer = self._layer
+                if payload is None and notice and await layer.atombstoned(key):
+                    notice()
             return self._accept_loaded(key, payload)
 
         async def aset(self, key: str, value: Any) -> None:
@@ -515,16 +560,18 @@ class SessionStore(SessionBase):
             ttl = await self.aget_expiry_age()
             payload, index = self._prepared(data, ttl)
             layer = self._layer
+            sealed: bytes | None = None
             if must_create:
                 operation = "create"
-                outcome = await layer.acreate(key, payload, ttl, index)
+                sealed = self._payloads.seal(payload, key)
+                outcome = await layer.acreate(key, sealed, ttl, index)
             elif index is None and self._only_needs_touch(key, payload):
                 if self._layer.disable_touch:
                     return None
                 operation, outcome = "touch", await layer.atouch(key, ttl)
             else:
                 operation = "update"
-                outcome, data, payload, index = await self._aupdate(
+                outcome, data, payload, sealed, index = await self._aupdate(
                     key, data, payload, ttl, index
                 )
             if signals.listening():
@@ -532,7 +579,7 @@ class SessionStore(SessionBase):
                     operation, outcome, key, refused_if_missing=True
                 )
                 await signals.asend(type(self), events, layer.session_id)
-            self._accept_saved(outcome, key, payload, must_create=must_create)
+            self._accept_saved(outcome, key, payload, sealed, must_create=must_create)
             if outcome is Outcome.WRITTEN and (user := self._record_index(index, data)):
                 await self._layer.aunindex(user, key)
             return None
@@ -544,20 +591,19 @@ class SessionStore(SessionBase):
             payload: bytes,
             ttl: float,
             index: IndexWrite | None,
-        ) -> tuple[Outcome, dict[str, Any], bytes, IndexWrite | None]:
+        ) -> tuple[Outcome, dict[str, Any], bytes, bytes, IndexWrite | None]:
             """See _update()."""
             layer = self._layer
             for _ in range(MERGE_ATTEMPTS):
-                expected = self._loaded_payload(key)
-                result = await layer.aupdate(
-                    key, payload, ttl, index, expected=expected
-                )
+                sealed = self._payloads.seal(payload, key)
+                expected = self._loaded_version(key)
+                result = await layer.aupdate(key, sealed, ttl, index, expected=expected)
                 if not isinstance(result, Conflict):
-                    return result, data, payload, index
+                    return result, data, payload, sealed, index
                 assert expected is not None
                 data = self._merged(key, expected, data, result.current)
                 payload, index = self._prepared(data, ttl)
-            return Outcome.CONFLICT, data, payload, index
+            return Outcome.CONFLICT, data, payload, sealed, index
 
         async def _acycle(self) -> None:
             """See _cycle()."""
@@ -569,13 +615,14 @@ class SessionStore(SessionBase):
                 await migration.aforget(old_key)
             for _ in range(CREATE_ATTEMPTS):
                 key = await self._aget_new_session_key()
-                outcome = await self._layer.acycle(old_key, key, payload, ttl, index)
+                sealed = self._payloads.seal(payload, key)
+                outcome = await self._layer.acycle(old_key, key, sealed, ttl, index)
                 if signals.listening():
                     events = signals.after_write(
                         "cycle", outcome, key, old_key=old_key, refused_if_missing=True
                     )
                     await signals.asend(type(self), events, self._layer.session_id)
-                if self._accept_cycled(outcome, key, payload, index):
+                if self._accept_cycled(outcome, key, payload, sealed, index):
                     self._session_key = key if outcome is Outcome.WRITTEN else None
                     self.modified = True
                     return

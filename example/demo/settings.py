@@ -49,6 +49,8 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
+    # Translated relative times on the "Your sessions" page.
+    "django.contrib.humanize",
     # Before django_redis_sessions: its templates override the package's, so
     # the "Your sessions" page has the demo's layout.
     "example.demo",

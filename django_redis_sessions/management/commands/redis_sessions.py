@@ -389,9 +389,13 @@ class Command(BaseCommand):
         ):
             # Moved names vanish from the plain pattern, so a second run only
             # sees what is left: stopping at any point loses nothing.
+            # A plain name is the one place a session key is still at hand:
+            # a session stored unencrypted is encrypted as it moves.
+            payloads = get_payloads()
+            reseal = payloads.resealed if payloads.encryption is not None else None
             for names in layer.scan(remember=0):
                 if plain := layer.plain_names(names):
-                    progress.add(layer.move_to_ids(plain))
+                    progress.add(layer.move_to_ids(plain, reseal))
             # Then the user indexes: an entry written while ids were not
             # hashed has the cookie as its field; it moves to the id.
             rewritten = sum(layer.rekey_index_batches())
@@ -540,8 +544,12 @@ def _show_lines(report: stats.SessionReport, *, decode: bool) -> list[str]:
         rows.append(("expires in", f"{stats.format_seconds(seconds)} ({seconds:,} s)"))
     if report.size is not None:
         rows.append(("size", f"{report.size:,} bytes"))
+    if report.encrypted:
+        rows.append(("payload", "encrypted; only the session key opens it"))
     if report.state == "live":
-        if report.data is None:
+        if report.data is None and report.encrypted:
+            user = "unknown (the payload is encrypted: give the session key)"
+        elif report.data is None:
             user = "unknown (the payload cannot be decoded, or has expired)"
         else:
             user = "anonymous" if report.user_id is None else report.user_id
