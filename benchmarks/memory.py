@@ -40,6 +40,11 @@ def usage(client: redis.Redis, name: str) -> tuple[int, int]:
     return int(client.memory_usage(name, samples=0) or 0), int(value_bytes)
 
 
+def index_usage(client: redis.Redis, layer: Any, user: str) -> int:
+    """MEMORY USAGE of a user's index: its hash and its expiry set."""
+    return sum(usage(client, name)[0] for name in layer.index_names(user))
+
+
 def this_engine(client: redis.Redis, hash_ids: bool) -> dict[str, str]:
     config = {**settings.SESSION_REDIS, "HASH_IDS": hash_ids}
     with override_settings(SESSION_REDIS=config):
@@ -55,9 +60,9 @@ def this_engine(client: redis.Redis, hash_ids: bool) -> dict[str, str]:
             user = f"{hash_ids}-{count}"  # a user of ``count`` sessions
             for _ in range(count):
                 logged_in(common.SessionStore, user)
-            index, _ = usage(client, common.user_index_key(layer.prefix, user))
+            index = index_usage(client, layer, user)
             found[f"index, per session, {count} of one user"] = f"{index / count:,.0f}"
-        first = usage(client, common.user_index_key(layer.prefix, f"{hash_ids}-1"))[0]
+        first = index_usage(client, layer, f"{hash_ids}-1")
         found["a logged-in session: session + index"] = f"{memory + first:,}"
     return found
 

@@ -20,7 +20,7 @@ import math
 import secrets
 import sys
 from array import array
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from functools import partial
 from typing import Any, NamedTuple, overload
 
@@ -64,7 +64,13 @@ from django_redis_sessions.keys import (
 )
 from django_redis_sessions.payloads import log_corrupt
 from django_redis_sessions.scripts import Conflict, Outcome
-from django_redis_sessions.user_index import IndexWrite, now_ms
+from django_redis_sessions.user_index import (
+    SLACK_MS,
+    IndexWrite,
+    created_ms,
+    now_ms,
+    seen_ms,
+)
 
 #: The TTL bucket ``scripts.MEASURE`` gives a name without a TTL.
 NO_TTL = 0xFFFF
@@ -146,19 +152,28 @@ def _versioned(reply: Any) -> Outcome | Conflict:
     return Outcome(int(reply[0]))
 
 
+def _indexed(reply: Any) -> tuple[Outcome, bool]:
+    """A write's outcome, and whether its index write found the user over the cap.
+
+    The indexed scripts answer ``{outcome, over}``; the others a number.
+    """
+    if isinstance(reply, list):
+        return Outcome(int(reply[0])), bool(int(reply[1]))
+    return Outcome(reply), False
+
+
+def _ended_meanwhile(created: Outcome) -> Outcome:
+    """A Cluster key change's create, once the old session ended: a refused
+    new id means the session was ended meanwhile (MISSING), not that the
+    caller should try another key, which could only find the old one gone."""
+    if created in (Outcome.TOMBSTONED, Outcome.EXISTS):
+        return Outcome.MISSING
+    return created
+
+
 def _ids(reply: Any) -> list[str]:
     """Session ids in a script's reply, decoded."""
     return [item.decode() if isinstance(item, bytes) else str(item) for item in reply]
-
-
-def _indexed(reply: Any) -> tuple[Outcome, list[str]]:
-    """A write's outcome and the ids an index write pushed beyond the cap.
-
-    The indexed scripts answer ``{outcome, id...}``; the others a number.
-    """
-    if isinstance(reply, list):
-        return Outcome(int(reply[0])), _ids(reply[1:])
-    return Outcome(reply), []
 
 
 def _decoded_hash(reply: dict[Any, Any]) -> dict[str, str]:
@@ -170,18 +185,18 @@ def _decoded_hash(reply: dict[Any, Any]) -> dict[str, str]:
     }
 
 
-def _created(existed: Any, reply: Any) -> tuple[Outcome, list[str]]:
-    """The outcome of one pipelined ``EXISTS`` + ``CREATE`` pair, and evictions."""
+def _created(existed: Any, reply: Any) -> tuple[Outcome, bool]:
+    """The outcome of one pipelined ``EXISTS`` + ``CREATE`` pair, and the cap flag."""
     # Redis before 7 wraps an error raised inside a script in its own text.
     if isinstance(reply, ResponseError) and "WRONGTYPE" in str(reply):
-        return Outcome.EXISTS, []
+        return Outcome.EXISTS, False
     for error in (existed, reply):
         if isinstance(error, Exception):
             raise error
-    outcome, evicted = _indexed(reply)
+    outcome, over = _indexed(reply)
     if outcome is Outcome.WRITTEN and existed:
-        return Outcome.EXISTS, []
-    return outcome, evicted
+        return Outcome.EXISTS, over
+    return outcome, over
 
 
 def _seconds(pttl: int) -> float | None:
@@ -209,7 +224,13 @@ class RedisLayer:
         hash_ids: bool | str | None = None,
         client: Callable[[], Any] = clients.get,
         async_client: Callable[[], Any] = clients.for_running_loop,
+        on_evicted: Callable[[list[str]], None] | None = None,
+        aon_evicted: Callable[[list[str]], Awaitable[None]] | None = None,
     ) -> None:
+        #: Called with the ids of the live sessions MAX_SESSIONS_PER_USER
+        #: ended, after they ended (``aon_evicted`` on the asyncio path).
+        self.on_evicted = on_evicted
+        self.aon_evicted = aon_evicted
         self.prefix = conf.PREFIX if prefix is None else prefix
         mode = conf.HASH_IDS if hash_ids is None else hash_ids
         self._hashing = mode is not False and mode != "prepare"
@@ -467,12 +488,12 @@ class RedisLayer:
         if not ttl_ms:
             return Outcome.EXPIRED
         client = self._client()
-        evicted: list[str] = []
+        over = False
         if index is not None and is_cluster(client):
-            evicted = _ids(scripts.run(client, *self._index_call(key, index)))
+            over = bool(scripts.run(client, *self._index_call(key, index)))
         script, keys, args = self._create_call(key, payload, ttl_ms, index, client)
         outcome, more = _indexed(scripts.run(client, script, keys, args))
-        self._end(evicted + more)
+        self._after_write(outcome, over or more, key, index)
         return outcome
 
     async def acreate(
@@ -484,12 +505,13 @@ class RedisLayer:
         if not ttl_ms:
             return Outcome.EXPIRED
         client = self._async_client()
-        evicted: list[str] = []
+        over = False
         if index is not None and is_cluster(client):
-            evicted = _ids(await scripts.arun(client, *self._index_call(key, index)))
+            call = self._index_call(key, index)
+            over = bool(await scripts.arun(client, *call))
         script, keys, args = self._create_call(key, payload, ttl_ms, index, client)
         outcome, more = _indexed(await scripts.arun(client, script, keys, args))
-        await self._aend(evicted + more)
+        await self._aafter_write(outcome, over or more, key, index)
         return outcome
 
     def _create_call(
@@ -503,7 +525,7 @@ class RedisLayer:
         if index is None or is_cluster(client):
             # On Cluster the index entry was written first, on its own slot.
             return scripts.CREATE, self._names(key), (payload, ttl_ms)
-        keys = (*self._names(key), self._index_name(index.user_id))
+        keys = (*self._names(key), *self.index_names(index.user_id))
         return (
             scripts.CREATE_INDEXED,
             keys,
@@ -555,18 +577,24 @@ class RedisLayer:
             return [outcome or Outcome.EXPIRED for outcome in outcomes]
         for script in (scripts.CREATE, scripts.CREATE_INDEXED, scripts.INDEX_WRITE):
             scripts.load(client, script)
+        over: dict[str, str] = {}  # users beyond the cap -> an id just written
         if len(entries):
             # Before the sessions: a failure leaves stale entries, never a
             # live session missing from its user's index.
-            for evicted in entries.execute():
-                self._end(_ids(evicted))
+            flags = iter(entries.execute())
+            for key, _, ttl, index in items:
+                if index is not None and ttl_milliseconds(ttl) and next(flags):
+                    over[index.user_id] = self.session_id(key)
         replies = iter(pipeline.execute(raise_on_error=False))
         results = []
-        for outcome in outcomes:
+        for (key, _, _, index), outcome in zip(items, outcomes, strict=True):
             if outcome is None:
-                outcome, evicted = _created(next(replies), next(replies))
-                self._end(evicted)
+                outcome, beyond = _created(next(replies), next(replies))
+                if beyond and index is not None:
+                    over[index.user_id] = self.session_id(key)
             results.append(outcome)
+        for user_id, kept in over.items():
+            self._evict(user_id, kept)
         return results
 
     def leave_tombstone(self, key: str, ttl: float) -> bool:
@@ -684,10 +712,10 @@ class RedisLayer:
             return Outcome.EXPIRED
         client = self._client()
         name = self.data_name(key)
-        evicted: list[str] = []
+        over = False
         if index is None or is_cluster(client):
             if index is not None:
-                evicted = _ids(scripts.run(client, *self._index_call(key, index)))
+                over = bool(scripts.run(client, *self._index_call(key, index)))
             if expected is None:
                 reply = client.execute_command("SET", name, payload, "PX", ttl_ms, "XX")
                 outcome: Outcome | Conflict = _written(reply)
@@ -696,12 +724,12 @@ class RedisLayer:
                 reply = scripts.run(client, scripts.UPDATE_VERSIONED, (name,), args)
                 outcome = _versioned(reply)
         else:
-            keys = (name, self._index_name(index.user_id))
+            keys = (name, *self.index_names(index.user_id))
             args = (payload, ttl_ms, *self._index_args(key, index))
-            outcome, evicted = _indexed(
+            outcome, over = _indexed(
                 scripts.run(client, scripts.UPDATE_INDEXED, keys, args)
             )
-        self._end(evicted)
+        self._after_write(outcome, over, key, index)
         return outcome
 
     @overload
@@ -743,11 +771,11 @@ class RedisLayer:
             return Outcome.EXPIRED
         client = self._async_client()
         name = self.data_name(key)
-        evicted: list[str] = []
+        over = False
         if index is None or is_cluster(client):
             if index is not None:
                 call = self._index_call(key, index)
-                evicted = _ids(await scripts.arun(client, *call))
+                over = bool(await scripts.arun(client, *call))
             if expected is None:
                 reply = await client.execute_command(
                     "SET", name, payload, "PX", ttl_ms, "XX"
@@ -760,12 +788,12 @@ class RedisLayer:
                 )
                 outcome = _versioned(reply)
         else:
-            keys = (name, self._index_name(index.user_id))
+            keys = (name, *self.index_names(index.user_id))
             args = (payload, ttl_ms, *self._index_args(key, index))
-            outcome, evicted = _indexed(
+            outcome, over = _indexed(
                 await scripts.arun(client, scripts.UPDATE_INDEXED, keys, args)
             )
-        await self._aend(evicted)
+        await self._aafter_write(outcome, over, key, index)
         return outcome
 
     def touch(self, key: str, ttl: float) -> Outcome:
@@ -811,7 +839,9 @@ class RedisLayer:
         for script, keys, args in self._destroy_calls(client, key, user_id):
             removed += scripts.run(client, script, keys, args)
         if user_id is not None and is_cluster(client):
-            client.hdel(self._index_name(user_id), self.session_id(key))
+            # Unlisted only once ended: a failure in between leaves a stale
+            # entry, never a live session missing from the index.
+            scripts.run(client, *self._forget_call(user_id, key))
         if (marker := self._ended_for_good(key)) is not None:
             client.execute_command("PERSIST", marker)
         return bool(removed)
@@ -825,7 +855,7 @@ class RedisLayer:
         for script, keys, args in self._destroy_calls(client, key, user_id):
             removed += await scripts.arun(client, script, keys, args)
         if user_id is not None and is_cluster(client):
-            await client.hdel(self._index_name(user_id), self.session_id(key))
+            await scripts.arun(client, *self._forget_call(user_id, key))
         if (marker := self._ended_for_good(key)) is not None:
             await client.execute_command("PERSIST", marker)
         return bool(removed)
@@ -841,8 +871,8 @@ class RedisLayer:
         keys = tuple(name for names in forms for name in names)
         if user_id is None:
             return [(scripts.DESTROY, keys, args)]
-        indexed_keys = (*keys, self._index_name(user_id))
-        return [(scripts.DESTROY_INDEXED, indexed_keys, (*args, self.session_id(key)))]
+        indexed_keys = (*keys, *self.index_names(user_id))
+        return [(scripts.DESTROY_INDEXED, indexed_keys, (*args, *self._fields(key)))]
 
     def _ended_for_good(self, key: str) -> str | None:
         """The tombstone that must outlive a plain form nobody can name.
@@ -880,15 +910,6 @@ class RedisLayer:
                     break
         return settled
 
-    def _end(self, session_ids: list[str]) -> None:
-        """End the sessions pushed out of an index by MAX_SESSIONS_PER_USER."""
-        for session_id in session_ids:
-            self.destroy(session_id)
-
-    async def _aend(self, session_ids: list[str]) -> None:
-        for session_id in session_ids:
-            await self.adestroy(session_id)
-
     def cycle(
         self,
         old_key: str | None,
@@ -917,20 +938,27 @@ class RedisLayer:
         client = self._client()
         if not is_cluster(client):
             script, keys, args = self._cycle_call(old_key, new_key, payload, ttl, index)
-            outcome, evicted = _indexed(scripts.run(client, script, keys, args))
-            self._end(evicted)
+            outcome, over = _indexed(scripts.run(client, script, keys, args))
+            self._after_write(outcome, over, new_key, index)
             return outcome
         # On Redis Cluster the two sessions live on different slots, which one
-        # script may not touch. The old one ends first and the new one is
-        # created only if the old was live: a failure in between logs the user
-        # out, where the other order could leave two live sessions. The index
-        # entry moves before the new session exists, so it is never missed.
-        if not self.destroy(old_key):
-            return Outcome.MISSING
+        # script may not touch. The new id's entry is written first, so a
+        # listing that runs while the key changes finds the new session as
+        # soon as it exists (the old entry stays until its session is known
+        # dead). Then the old session ends, and the new one is created only
+        # if the old was live: a failure in between logs the user out, where
+        # the other order could leave two live sessions. A new id refused
+        # then was ended by a logout that ran in between (it found the new
+        # entry): the session is over, as if the old one had been ended.
+        over = False
         if index is not None:
             call = self._index_call(new_key, index, moved_from=old_key)
-            self._end(_ids(scripts.run(client, *call)))
-        return self.create(new_key, payload, ttl)
+            over = bool(scripts.run(client, *call))
+        if not self.destroy(old_key):
+            return Outcome.MISSING
+        outcome = _ended_meanwhile(self.create(new_key, payload, ttl))
+        self._after_write(outcome, over, new_key, index)
+        return outcome
 
     async def acycle(
         self,
@@ -951,15 +979,18 @@ class RedisLayer:
         client = self._async_client()
         if not is_cluster(client):
             script, keys, args = self._cycle_call(old_key, new_key, payload, ttl, index)
-            outcome, evicted = _indexed(await scripts.arun(client, script, keys, args))
-            await self._aend(evicted)
+            outcome, over = _indexed(await scripts.arun(client, script, keys, args))
+            await self._aafter_write(outcome, over, new_key, index)
             return outcome
-        if not await self.adestroy(old_key):
-            return Outcome.MISSING
+        over = False
         if index is not None:
             call = self._index_call(new_key, index, moved_from=old_key)
-            await self._aend(_ids(await scripts.arun(client, *call)))
-        return await self.acreate(new_key, payload, ttl)
+            over = bool(await scripts.arun(client, *call))
+        if not await self.adestroy(old_key):
+            return Outcome.MISSING
+        outcome = _ended_meanwhile(await self.acreate(new_key, payload, ttl))
+        await self._aafter_write(outcome, over, new_key, index)
+        return outcome
 
     @staticmethod
     def _cycle_plan(old_key: str, new_key: str, ttl: float) -> Outcome | None:
@@ -986,43 +1017,142 @@ class RedisLayer:
         args = (payload, ttl_milliseconds(ttl), self._tombstone_ms, retry_token())
         if index is None:
             return scripts.CYCLE, keys, args
-        index_args = self._index_args(new_key, index)
-        moved = (
-            index_args[0],  # the new id
-            self.session_id(old_key),
-            *index_args[1:5],  # expires, now, slack, cap
-        )
-        keys = (*keys, self._index_name(index.user_id))
+        # The old session ends in the same script: its entries go with it.
+        moved = self._index_args(new_key, index, inherit=self._fields(old_key))
+        keys = (*keys, *self.index_names(index.user_id))
         return scripts.CYCLE_INDEXED, keys, (*args, *moved)
 
     # --- The per-user index ---------------------------------------------------
 
+    def index_names(self, user_id: str) -> tuple[str, str]:
+        """The Redis names of ``user_id``'s index: its hash and its expiry set.
+
+        Both on the user's slot; neither ends in ``}``, so the session
+        pattern never sees them.
+        """
+        name = user_index_key(self.prefix, user_id)
+        return name, name.removesuffix(":sessions") + ":expiry"
+
     def _index_name(self, user_id: str) -> str:
         return user_index_key(self.prefix, user_id)
 
-    def _index_args(self, key: str, index: IndexWrite) -> list[Any]:
-        return index.script_args(self.session_id(key), now_ms(), self._cap)
+    def _fields(self, key: str) -> list[str]:
+        """The index fields the session of ``key`` may be listed under.
+
+        Its id and, in "migrate" mode, its plain key: the field of an entry
+        written while ids were not hashed (a key sent in this mode anyway, as
+        the plain names are). Never a key in True mode: Redis must not see it.
+        """
+        session_id = self.session_id(key)
+        if self._migrating and session_id != key:
+            return [session_id, key]
+        return [session_id]
+
+    def _index_args(
+        self,
+        key: str,
+        index: IndexWrite,
+        *,
+        inherit: list[str] | None = None,
+        unlist: bool = True,
+    ) -> list[Any]:
+        """``index_write``'s arguments (``scripts.py``) for ``key``'s entry.
+
+        ``inherit``: the fields the entry takes its creation time and
+        metadata from (default: the session's own other fields); with
+        ``unlist`` they leave the index, which only a write that ends their
+        session (or that is their session) may do.
+        """
+        session_id = self.session_id(key)
+        fields = self._fields(key)[1:] if inherit is None else inherit
+        return [
+            *index.script_args(session_id, now_ms(), self._cap),
+            "1" if unlist else "0",
+            *fields,
+        ]
 
     def _index_call(
         self, key: str, index: IndexWrite, moved_from: str | None = None
     ) -> tuple[str, tuple[str, ...], tuple[Any, ...]]:
-        """INDEX_WRITE of ``key``'s entry, alone on the user's slot (Cluster)."""
-        session_id, *rest = self._index_args(key, index)
-        previous = "" if moved_from is None else self.session_id(moved_from)
-        keys = (self._index_name(index.user_id),)
-        return scripts.INDEX_WRITE, keys, (session_id, previous, *rest)
+        """INDEX_WRITE of ``key``'s entry, alone on the user's slot.
+
+        With ``moved_from`` (a key change on Cluster) the entry inherits the
+        old session's, which stays: that session is not ended yet.
+        """
+        if moved_from is None:
+            args = self._index_args(key, index)
+        else:
+            args = self._index_args(
+                key, index, inherit=self._fields(moved_from), unlist=False
+            )
+        return scripts.INDEX_WRITE, self.index_names(index.user_id), tuple(args)
+
+    def _forget_call(
+        self, user_id: str, key: str
+    ) -> tuple[str, tuple[str, ...], tuple[Any, ...]]:
+        """INDEX_FORGET of the entries of ``key``'s session."""
+        names = self.index_names(user_id)
+        return scripts.INDEX_FORGET, names, tuple(self._fields(key))
+
+    def _after_write(
+        self,
+        outcome: Outcome | Conflict,
+        over: bool,
+        key: str,
+        index: IndexWrite | None,
+    ) -> None:
+        if over and index is not None and outcome is Outcome.WRITTEN:
+            self._evict(index.user_id, self.session_id(key))
+
+    async def _aafter_write(
+        self,
+        outcome: Outcome | Conflict,
+        over: bool,
+        key: str,
+        index: IndexWrite | None,
+    ) -> None:
+        if over and index is not None and outcome is Outcome.WRITTEN:
+            await self._aevict(index.user_id, self.session_id(key))
+
+    def _evict(self, user_id: str, kept: str) -> list[str]:
+        """End the user's oldest live sessions beyond MAX_SESSIONS_PER_USER.
+
+        ``kept`` is the session just written, which always stays. Only live
+        sessions count (``user_entries`` checks each one) and each ends as a
+        logout does, then leaves the index; returns (and reports to
+        ``on_evicted``) the ids of those that were still live when ended.
+        """
+        excess = _beyond_cap(self.user_entries(user_id), kept, self._cap)
+        ended = [
+            session_id for session_id in excess if self.destroy(session_id, user_id)
+        ]
+        if ended and self.on_evicted is not None:
+            self.on_evicted(ended)
+        return ended
+
+    async def _aevict(self, user_id: str, kept: str) -> list[str]:
+        """See _evict()."""
+        listed = await self.auser_entries(user_id)
+        ended = [
+            session_id
+            for session_id in _beyond_cap(listed, kept, self._cap)
+            if await self.adestroy(session_id, user_id)
+        ]
+        if ended and self.aon_evicted is not None:
+            await self.aon_evicted(ended)
+        return ended
 
     def index(self, key: str, index: IndexWrite) -> None:
         """Write ``key``'s entry in its user's index, alone (before a write)."""
-        client = self._client()
-        self._end(_ids(scripts.run(client, *self._index_call(key, index))))
+        over = scripts.run(self._client(), *self._index_call(key, index))
+        if over:
+            self._evict(index.user_id, self.session_id(key))
 
     async def aindex(self, key: str, index: IndexWrite) -> None:
         """See index()."""
-        client = self._async_client()
-        await self._aend(
-            _ids(await scripts.arun(client, *self._index_call(key, index)))
-        )
+        over = await scripts.arun(self._async_client(), *self._index_call(key, index))
+        if over:
+            await self._aevict(index.user_id, self.session_id(key))
 
     def index_entry(self, user_id: str, key: str) -> str | None:
         """The entry of ``key``'s session in ``user_id``'s index, if it has one."""
@@ -1030,12 +1160,12 @@ class RedisLayer:
         return None if entry is None else _decoded_hash({b"": entry})[""]
 
     def unindex(self, user_id: str, key: str) -> None:
-        """Drop ``key``'s session from ``user_id``'s index."""
-        self._client().hdel(self._index_name(user_id), self.session_id(key))
+        """Drop ``key``'s session from ``user_id``'s index (no longer the user's)."""
+        scripts.run(self._client(), *self._forget_call(user_id, key))
 
     async def aunindex(self, user_id: str, key: str) -> None:
         """See unindex()."""
-        await self._async_client().hdel(self._index_name(user_id), self.session_id(key))
+        await scripts.arun(self._async_client(), *self._forget_call(user_id, key))
 
     def index_fields(self, user_id: str) -> list[str]:
         """Every field of the user's index, live or not (one round trip).
@@ -1051,50 +1181,110 @@ class RedisLayer:
         """See index_fields()."""
         return _ids(await self._async_client().hkeys(self._index_name(user_id)))
 
-    def user_entries(self, user_id: str) -> list[tuple[str, str, int | None]]:
-        """The user's index entries: (id, entry, real expiry in ms or None if gone).
+    def user_entries(
+        self, user_id: str, *, pending: bool = False
+    ) -> list[tuple[str, str, int | None]]:
+        """The user's live sessions: (id, entry, real expiry in ms or None).
 
         Two round trips: the index, then every session's ``PTTL`` in one
-        pipeline. Entries of sessions gone meanwhile are dropped from the
-        index here (a third round trip, only when there are some).
+        pipeline. Each session once, by its id, never by its key. Entries of
+        sessions found gone are pruned here (a third round trip, only when
+        there are some), but only those older than the slack: a younger one
+        may belong to a session being written (on Cluster its entry comes
+        first). Entries under a plain key (written with ``HASH_IDS`` False)
+        move to their id first; in "migrate" mode their session too, if it
+        still lives under its plain name, so that it is found, and ended, by
+        its id.
+
+        With ``pending``, also the entries of sessions not there (yet) but
+        younger than the slack, with None as their expiry: on Cluster a
+        session being created or moved to a new key (``cycle``) has its entry
+        before it exists, and a logout that means to end every session of
+        the user ends those too (a destroy leaves a tombstone, which refuses
+        the create still in flight).
         """
         client = self._client()
-        index = self._index_name(user_id)
-        entries = _decoded_hash(client.hgetall(index))
+        names = self.index_names(user_id)
+        entries = _decoded_hash(client.hgetall(names[0]))
+        if plain := self._plain_fields(entries):
+            if self._migrating:
+                for key in plain:
+                    self.read(key)  # moves it to its id, if it is still plain
+            scripts.run(client, scripts.INDEX_REKEY, names, self._rekey_args(plain))
+            entries = self._rekeyed(entries, plain)
         if not entries:
             return []
         pipeline = client.pipeline(transaction=False)
         for session_id in entries:
             pipeline.pttl(self.data_name(session_id))
-        found = self._with_expiry(entries, pipeline.execute())
-        if gone := [entry[0] for entry in found if entry[2] is None]:
-            client.hdel(index, *gone)
-        return [entry for entry in found if entry[2] is not None]
+        live, dead = _sorted_out(entries, pipeline.execute(), now_ms(), pending)
+        if dead:
+            scripts.run(client, scripts.INDEX_PRUNE, names, dead)
+        return live
 
-    async def auser_entries(self, user_id: str) -> list[tuple[str, str, int | None]]:
+    async def auser_entries(
+        self, user_id: str, *, pending: bool = False
+    ) -> list[tuple[str, str, int | None]]:
         """See user_entries()."""
         client = self._async_client()
-        index = self._index_name(user_id)
-        entries = _decoded_hash(await client.hgetall(index))
+        names = self.index_names(user_id)
+        entries = _decoded_hash(await client.hgetall(names[0]))
+        if plain := self._plain_fields(entries):
+            if self._migrating:
+                for key in plain:
+                    await self.aread(key)
+            args = self._rekey_args(plain)
+            await scripts.arun(client, scripts.INDEX_REKEY, names, args)
+            entries = self._rekeyed(entries, plain)
         if not entries:
             return []
         pipeline = client.pipeline(transaction=False)
         for session_id in entries:
             pipeline.pttl(self.data_name(session_id))
-        found = self._with_expiry(entries, await pipeline.execute())
-        if gone := [entry[0] for entry in found if entry[2] is None]:
-            await client.hdel(index, *gone)
-        return [entry for entry in found if entry[2] is not None]
+        ttls = await pipeline.execute()
+        live, dead = _sorted_out(entries, ttls, now_ms(), pending)
+        if dead:
+            await scripts.arun(client, scripts.INDEX_PRUNE, names, dead)
+        return live
 
-    @staticmethod
-    def _with_expiry(
-        entries: dict[str, str], ttls: list[Any]
-    ) -> list[tuple[str, str, int | None]]:
-        now = now_ms()
-        return [
-            (session_id, entry, now + int(ttl) if int(ttl) >= 0 else None)
-            for (session_id, entry), ttl in zip(entries.items(), ttls, strict=True)
-        ]
+    def _plain_fields(self, entries: dict[str, str]) -> list[str]:
+        """The fields that are session keys, not ids, where ids are hashed."""
+        if not self._hashing:
+            return []
+        return [field for field in entries if not is_hashed_id(field)]
+
+    def _rekey_args(self, plain: list[str]) -> list[str]:
+        return [value for key in plain for value in (key, self.session_id(key))]
+
+    def _rekeyed(self, entries: dict[str, str], plain: list[str]) -> dict[str, str]:
+        """``entries`` as ``scripts.INDEX_REKEY`` leaves them: by id only."""
+        moved = set(plain)
+        found = {field: entry for field, entry in entries.items() if field not in moved}
+        for key in plain:
+            found.setdefault(self.session_id(key), entries[key])
+        return found
+
+    def rekey_index_batches(self) -> Iterator[int]:
+        """Move every index field that is a session key to its id (``rehash``).
+
+        Yields how many fields each index batch rewrote. Walks every user's
+        index under the prefix (SCAN, then HSCAN of each), so an index
+        written with ``HASH_IDS`` False keeps no cookie afterwards.
+        """
+        client = self._client()
+        pattern = glob_escape(self.prefix) + "{u:*}:sessions"
+        for node in scan_nodes(client):
+            for name in node.scan_iter(
+                match=pattern, count=self.scan_count, _type="hash"
+            ):
+                index = name.decode()
+                names = (index, index.removesuffix(":sessions") + ":expiry")
+                fields = [
+                    field.decode(errors="replace") for field in client.hkeys(index)
+                ]
+                if plain := [field for field in fields if not is_hashed_id(field)]:
+                    args = self._rekey_args(plain)
+                    yield int(scripts.run(client, scripts.INDEX_REKEY, names, args))
 
     # --- Every session under the prefix, a SCAN batch at a time ---------------
 
@@ -1334,6 +1524,44 @@ class RedisLayer:
         if is_cluster(client):
             return list(await client.mget_nonatomic(names))
         return list(await client.mget(names))
+
+
+def _sorted_out(
+    entries: dict[str, str], ttls: list[Any], now: int, pending: bool = False
+) -> tuple[list[tuple[str, str, int | None]], list[str]]:
+    """The live sessions of a listing, and the dead entries it may prune.
+
+    A dead entry is pruned only once it is older than the slack: a younger one
+    may belong to a session being written right now (its entry comes first on
+    Cluster), and is listed with ``pending``. The pruning gets each entry as
+    read, as ``(field, entry)``.
+    """
+    live: list[tuple[str, str, int | None]] = []
+    dead: list[str] = []
+    for (session_id, entry), reply in zip(entries.items(), ttls, strict=True):
+        ttl = int(reply)
+        if ttl >= 0:
+            live.append((session_id, entry, now + ttl))
+        elif ttl == -1:  # a name without a TTL, which this store never writes
+            live.append((session_id, entry, None))
+        elif seen_ms(entry) + SLACK_MS < now:
+            dead += [session_id, entry]
+        elif pending:
+            live.append((session_id, entry, None))
+    return live, dead
+
+
+def _beyond_cap(
+    live: list[tuple[str, str, int | None]], kept: str, cap: int
+) -> list[str]:
+    """The live sessions a cap of ``cap`` ends when ``kept`` was just written.
+
+    ``kept`` stays, and so do the newest others up to the cap (by when each
+    session was created, as its entry records it); the older ones go.
+    """
+    others = [(created_ms(entry), session_id) for session_id, entry, _ in live]
+    others = sorted((item for item in others if item[1] != kept), reverse=True)
+    return [session_id for _, session_id in others[max(0, cap - 1) :]]
 
 
 #: How a tombstone's name ends; a data name ends in "}" alone.

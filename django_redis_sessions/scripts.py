@@ -93,13 +93,21 @@ return {1}
 # returns the number of live forms removed (0: none was live); every tombstone
 # is set either way, so a write racing a logout of an already expired session
 # stays refused. A first tombstone holding this call's own token means the
-# call already ran and its reply was lost: the retry reports a removal.
+# call already ran and its reply was lost: the retry reports what that run
+# did, which the token records ("+": it removed a live form, "-": none).
 DESTROY = """
-if redis.call('GET', KEYS[2]) == ARGV[2] then return 1 end
+local mark = redis.call('GET', KEYS[2])
+if mark == ARGV[2] .. '+' then return 1 end
+if mark == ARGV[2] .. '-' then return 0 end
 local removed = 0
-for i = 1, #KEYS, 2 do
-  removed = removed + redis.call('DEL', KEYS[i])
-  redis.call('SET', KEYS[i + 1], ARGV[2], 'PX', ARGV[1])
+for i = 1, #KEYS, 2 do removed = removed + redis.call('DEL', KEYS[i]) end
+mark = ARGV[2] .. (removed > 0 and '+' or '-')
+for i = 2, #KEYS, 2 do
+  -- A destroy that ended nothing keeps the tombstone's token: the call that
+  -- did end the session may be waiting for its retry.
+  if removed > 0 or redis.call('PEXPIRE', KEYS[i], ARGV[1]) == 0 then
+    redis.call('SET', KEYS[i], mark, 'PX', ARGV[1])
+  end
 end
 return removed
 """
@@ -285,76 +293,105 @@ return {
 
 # --- The per-user index ----------------------------------------------------
 #
-# One hash per user, ``PREFIX{u:<base64url(user id)>}:sessions``: session id ->
+# Two keys per user, both under the user's hash tag (one Cluster slot):
+# ``PREFIX{u:<base64url(user id)>}:sessions``, a hash of session id ->
 # "expires|created|seen|ip|user agent" (times in milliseconds since the epoch;
 # "expires" lags the session's real expiry by at most the slack, see
-# ``user_index.py``). Entries whose expiry plus the slack has passed are pruned
-# whenever the index is written; the hash itself expires after the last one.
-# Scripts that write a session and its entry at once, possible on one server,
-# are the plain ones with these functions in front; on Redis Cluster the
-# entry is written first, by INDEX_WRITE on the user's slot.
+# ``user_index.py``; "seen" is when the entry was written), and
+# ``PREFIX{u:...}:expiry``, a sorted set of the same ids scored by "expires".
+# Every write costs O(log n) in the number of entries: nothing here reads the
+# whole index. What the scripts keep:
+#
+# * An entry is written with its session (one server: the same script) or
+#   before it (Cluster), never after, so a live session is never unlisted.
+# * A write prunes at most PRUNE_BATCH entries whose "expires" plus the slack
+#   has passed: their sessions have expired for certain. Other dead entries
+#   (a session ended without its user known) are pruned by the reads, which
+#   check each session, once the entry is older than the slack.
+# * A script never unlists a session it did not end itself: beyond
+#   MAX_SESSIONS_PER_USER it only reports the excess; the client checks which
+#   sessions are live, ends the oldest live ones (destroy, then unlist) and
+#   prunes dead entries, so a dead entry never counts and a retried script
+#   changes nothing twice.
+#: How many expired entries one index write removes at most.
+PRUNE_BATCH = 64
+
 _INDEX_FUNCTIONS = """
 local unpack = unpack or table.unpack
-local function index_write(index, id, inherit, expires, now, slack, cap, ip, ua)
+local PRUNE_BATCH = PRUNE_BATCH_SIZE
+local function over_cap(exp, cap)
+  cap = tonumber(cap)
+  if cap > 0 and redis.call('ZCARD', exp) > cap then return 1 end
+  return 0
+end
+-- ARGV from ``at``: id, expires, now, slack, cap, ip, ua, "1" to unlist the
+-- fields that follow (else "0"), then the fields the entry inherits its
+-- creation time (and ip and user agent, when not given) from, the first found.
+local function index_write(idx, exp, at)
+  local id, expires, now, slack = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
+  local ip, ua = ARGV[at + 5], ARGV[at + 6]
   local created = now
-  local source = redis.call('HGET', index, inherit ~= '' and inherit or id)
+  local source = redis.call('HGET', idx, id)
+  for i = at + 8, #ARGV do
+    if source then break end
+    source = redis.call('HGET', idx, ARGV[i])
+  end
   if source then
-    local _, c, _, old_ip, old_ua = string.match(
-      source, '^(%d+)|(%d+)|(%d+)|([^|]*)|(.*)$')
+    local c, old_ip, old_ua = string.match(
+      source, '^%d+|(%d+)|%d+|([^|]*)|(.*)$')
     if c then
       created = c
       if ip == '' then ip = old_ip end
       if ua == '' then ua = old_ua end
     end
   end
-  if inherit ~= '' and inherit ~= id then redis.call('HDEL', index, inherit) end
-  redis.call('HSET', index, id,
+  if ARGV[at + 7] == '1' then
+    for i = at + 8, #ARGV do
+      if ARGV[i] ~= id then
+        redis.call('HDEL', idx, ARGV[i])
+        redis.call('ZREM', exp, ARGV[i])
+      end
+    end
+  end
+  redis.call('HSET', idx, id,
     expires .. '|' .. created .. '|' .. now .. '|' .. ip .. '|' .. ua)
-  local latest = tonumber(expires)
-  local others = {}
-  local fields = redis.call('HGETALL', index)
-  now = tonumber(now)
-  slack = tonumber(slack)
-  for i = 1, #fields, 2 do
-    local e, c = string.match(fields[i + 1], '^(%d+)|(%d+)|')
-    e = tonumber(e or 0)
-    if e + slack < now then
-      redis.call('HDEL', index, fields[i])
-    else
-      if e > latest then latest = e end
-      if fields[i] ~= id then others[#others + 1] = {fields[i], tonumber(c or 0)} end
+  redis.call('ZADD', exp, expires, id)
+  now, slack = tonumber(now), tonumber(slack)
+  local cutoff = string.format('(%d', now - slack)
+  local stale = redis.call(
+    'ZRANGEBYSCORE', exp, '-inf', cutoff, 'LIMIT', 0, PRUNE_BATCH)
+  if #stale > 0 then
+    redis.call('HDEL', idx, unpack(stale))
+    redis.call('ZREM', exp, unpack(stale))
+  end
+  -- Both keys live as long as the latest entry, never shorter than they
+  -- already do (an index written before the sorted set existed).
+  local last = redis.call('ZRANGE', exp, -1, -1, 'WITHSCORES')
+  local keep = tonumber(last[2]) + slack - now
+  for _, name in ipairs({idx, exp}) do
+    if redis.call('PTTL', name) < keep then
+      redis.call('PEXPIRE', name, string.format('%d', keep))
     end
   end
-  redis.call('PEXPIREAT', index, latest + slack)
-  local evicted = {}
-  cap = tonumber(cap)
-  if cap > 0 and #others + 1 > cap then
-    table.sort(others, function(a, b) return a[2] < b[2] end)
-    for j = 1, #others + 1 - cap do
-      evicted[j] = others[j][1]
-      redis.call('HDEL', index, others[j][1])
-    end
-  end
-  return evicted
+  return over_cap(exp, ARGV[at + 4])
 end
-"""
+""".replace("PRUNE_BATCH_SIZE", str(PRUNE_BATCH))
 
-# The index entry alone, on the user's slot (Redis Cluster).
-# KEYS[1] index; ARGV[1] id, ARGV[2] id whose entry it replaces ("" if none),
-# ARGV[3] expires, ARGV[4] now, ARGV[5] slack, ARGV[6] cap (0: none),
-# ARGV[7] ip, ARGV[8] user agent ("": keep what the entry had)
-# returns the ids beyond the cap, whose sessions the caller ends
+# The index entry alone, on the user's slot (Redis Cluster, and ``store.set``).
+# KEYS[1] index hash, KEYS[2] expiry set; ARGV: the index arguments (see
+# index_write)
+# returns 1 if the user has more entries than the cap, else 0
 INDEX_WRITE = (
     _INDEX_FUNCTIONS
     + """
-return index_write(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5],
-  ARGV[6], ARGV[7], ARGV[8])
+return index_write(KEYS[1], KEYS[2], 1)
 """
 )
 
-# CREATE and the index entry. KEYS[3] index; ARGV[3..] as INDEX_WRITE's
-# ARGV[1] and ARGV[3..8] (a new session replaces no entry)
-# returns {outcome, ids beyond the cap...}
+# CREATE and the index entry. KEYS[1] data name, KEYS[2] tombstone name,
+# KEYS[3] index hash, KEYS[4] expiry set; ARGV[1] payload, ARGV[2] TTL in
+# milliseconds, ARGV[3..] the index arguments
+# returns {outcome, 1 if over the cap else 0}
 CREATE_INDEXED = (
     _INDEX_FUNCTIONS
     + """
@@ -366,61 +403,120 @@ elseif redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') then
 elseif redis.call('GET', KEYS[1]) == ARGV[1] then
   outcome = 1
 end
-if outcome ~= 1 then return {outcome} end
-local evicted = index_write(KEYS[3], ARGV[3], '', ARGV[4], ARGV[5], ARGV[6],
-  ARGV[7], ARGV[8], ARGV[9])
-return {1, unpack(evicted)}
+if outcome ~= 1 then return {outcome, 0} end
+return {1, index_write(KEYS[3], KEYS[4], 3)}
 """
 )
 
-# An update (SET XX) and the index entry. KEYS[1] data name, KEYS[2] index
-# ARGV[1] payload, ARGV[2] TTL in milliseconds, ARGV[3..] as CREATE_INDEXED's
-# returns {WRITTEN, ids beyond the cap...} or {MISSING}
+# An update (SET XX: never creates, never revives) and the index entry.
+# KEYS[1] data name, KEYS[2] index hash, KEYS[3] expiry set; ARGV[1] payload,
+# ARGV[2] TTL in milliseconds, ARGV[3..] the index arguments
+# returns {WRITTEN, 1 if over the cap else 0} or {MISSING, 0}
 UPDATE_INDEXED = (
     _INDEX_FUNCTIONS
     + """
-if not redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'XX') then return {4} end
-local evicted = index_write(KEYS[2], ARGV[3], '', ARGV[4], ARGV[5], ARGV[6],
-  ARGV[7], ARGV[8], ARGV[9])
-return {1, unpack(evicted)}
+if not redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'XX') then return {4, 0} end
+return {1, index_write(KEYS[2], KEYS[3], 3)}
 """
 )
 
 # CYCLE, moving the index entry from the old id to the new one. KEYS as
-# CYCLE's, then the index last; ARGV[1..4] as CYCLE's, ARGV[5] new id,
-# ARGV[6] old id, ARGV[7] expires, ARGV[8] now, ARGV[9] slack, ARGV[10] cap
-# returns {outcome, ids beyond the cap...}
+# CYCLE's, then the index hash and the expiry set; ARGV[1..4] as CYCLE's,
+# ARGV[5..] the index arguments (the fields inherited: the old session's)
+# returns {outcome, 1 if over the cap else 0}
 CYCLE_INDEXED = (
     _INDEX_FUNCTIONS
     + """
-local index = KEYS[#KEYS]
-if redis.call('GET', KEYS[4]) == ARGV[4] then return {1} end
+local idx, exp = KEYS[#KEYS - 1], KEYS[#KEYS]
+if redis.call('GET', KEYS[4]) == ARGV[4] then return {1, over_cap(exp, ARGV[9])} end
 local live = 0
-for i = 3, #KEYS - 1, 2 do live = live + redis.call('EXISTS', KEYS[i]) end
-if live == 0 then return {4} end
-if redis.call('EXISTS', KEYS[2]) == 1 then return {3} end
-if not redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') then return {2} end
-for i = 3, #KEYS - 1, 2 do
+for i = 3, #KEYS - 2, 2 do live = live + redis.call('EXISTS', KEYS[i]) end
+if live == 0 then return {4, 0} end
+if redis.call('EXISTS', KEYS[2]) == 1 then return {3, 0} end
+if not redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') then return {2, 0} end
+for i = 3, #KEYS - 2, 2 do
   redis.call('DEL', KEYS[i])
   redis.call('SET', KEYS[i + 1], ARGV[4], 'PX', ARGV[3])
 end
-local evicted = index_write(index, ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9],
-  ARGV[10], '', '')
-return {1, unpack(evicted)}
+return {1, index_write(idx, exp, 5)}
 """
 )
 
-# DESTROY, and the session's entry out of its user's index. KEYS as
-# DESTROY's, then the index last; ARGV[1..2] as DESTROY's, ARGV[3] the id
+# DESTROY, and the session's entry out of its user's index in the same
+# script: the session is dead before it is unlisted, never the other way.
+# KEYS as DESTROY's, then the index hash and the expiry set; ARGV[1..2] as
+# DESTROY's, ARGV[3..] the fields of the session (its id; in "migrate" mode
+# its plain key too)
 DESTROY_INDEXED = """
-redis.call('HDEL', KEYS[#KEYS], ARGV[3])
-if redis.call('GET', KEYS[2]) == ARGV[2] then return 1 end
+for i = 3, #ARGV do
+  redis.call('HDEL', KEYS[#KEYS - 1], ARGV[i])
+  redis.call('ZREM', KEYS[#KEYS], ARGV[i])
+end
+local mark = redis.call('GET', KEYS[2])
+if mark == ARGV[2] .. '+' then return 1 end
+if mark == ARGV[2] .. '-' then return 0 end
 local removed = 0
-for i = 1, #KEYS - 1, 2 do
-  removed = removed + redis.call('DEL', KEYS[i])
-  redis.call('SET', KEYS[i + 1], ARGV[2], 'PX', ARGV[1])
+for i = 1, #KEYS - 2, 2 do removed = removed + redis.call('DEL', KEYS[i]) end
+mark = ARGV[2] .. (removed > 0 and '+' or '-')
+for i = 2, #KEYS - 2, 2 do
+  if removed > 0 or redis.call('PEXPIRE', KEYS[i], ARGV[1]) == 0 then
+    redis.call('SET', KEYS[i], mark, 'PX', ARGV[1])
+  end
 end
 return removed
+"""
+
+# Entries out of an index, for a session already ended (Redis Cluster, after
+# DESTROY on the session's slot) or no longer the user's.
+# KEYS[1] index hash, KEYS[2] expiry set; ARGV the fields
+INDEX_FORGET = """
+local unpack = unpack or table.unpack
+redis.call('HDEL', KEYS[1], unpack(ARGV))
+redis.call('ZREM', KEYS[2], unpack(ARGV))
+return 0
+"""
+
+# A read's pruning of entries whose sessions it found dead: each only if it
+# still holds what the read saw, so an entry rewritten meanwhile (its session
+# being written right now) stays.
+# KEYS[1] index hash, KEYS[2] expiry set; ARGV pairs of (field, entry)
+# returns how many entries were removed
+INDEX_PRUNE = """
+local removed = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+    redis.call('ZREM', KEYS[2], ARGV[i])
+    removed = removed + 1
+  end
+end
+return removed
+"""
+
+# HASH_IDS "migrate" or True: entries written under a plain key (HASH_IDS
+# False) move to the session's id, so no index keeps a cookie. An entry the
+# id already has is newer and stays; the later expiry wins.
+# KEYS[1] index hash, KEYS[2] expiry set; ARGV pairs of (plain key, id)
+# returns how many plain fields were rewritten
+INDEX_REKEY = """
+local moved = 0
+for i = 1, #ARGV, 2 do
+  local plain, id = ARGV[i], ARGV[i + 1]
+  local entry = redis.call('HGET', KEYS[1], plain)
+  if entry then
+    redis.call('HSETNX', KEYS[1], id, entry)
+    local score = redis.call('ZSCORE', KEYS[2], plain)
+    if not score then score = string.match(entry, '^(%d+)|') or '0' end
+    local mine = redis.call('ZSCORE', KEYS[2], id)
+    if not mine or tonumber(mine) < tonumber(score) then
+      redis.call('ZADD', KEYS[2], score, id)
+    end
+    redis.call('HDEL', KEYS[1], plain)
+    redis.call('ZREM', KEYS[2], plain)
+    moved = moved + 1
+  end
+end
+return moved
 """
 
 # ``redis_sessions rehash``, once no plain form is left: the tombstones that
@@ -482,6 +578,9 @@ ALL = (
     UPDATE_INDEXED,
     CYCLE_INDEXED,
     DESTROY_INDEXED,
+    INDEX_FORGET,
+    INDEX_PRUNE,
+    INDEX_REKEY,
     MEASURE,
     SETTLE_BATCH,
     CLEAR_BATCH,

@@ -1,18 +1,40 @@
 """The per-user index of live sessions: its entries and what the store returns.
 
-Each user with a session has one Redis hash (``keys.user_index_key``): session
-id -> ``"expires|created|seen|ip|user agent"``, times in milliseconds since the
-epoch. It is written by the same script as the session write that makes it
-necessary (a login, ``cycle_key``, a save that changes the user) on one
-server; on Redis Cluster, where it lives on the user's slot, before the
-session. So it may hold stale entries, never miss a live session.
+Each user with a session has a Redis hash (``keys.user_index_key``) of session
+id -> ``"expires|created|seen|ip|user agent"`` (times in milliseconds since
+the epoch) and, on the same slot, a sorted set of the ids by "expires"
+(``scripts.py`` describes both). An index may hold stale entries; it never
+misses a live session. Its invariants, each kept where it says:
+
+* **Listed once saved.** Every live session saved with a user id is listed
+  by ``user_sessions()`` once its save returned: the entry is written by the
+  same script as the session on one server, before it on Redis Cluster
+  (``RedisLayer.create``, ``update``, ``cycle``), and removed only once its
+  session is known dead: by the write that ended it, by a write once its
+  expiry plus ``SLACK_MS`` passed, or by a read that found the session gone
+  and the entry older than ``SLACK_MS`` (a younger one may belong to a
+  session being written), and then only if the entry is still what the read
+  saw (``scripts.INDEX_PRUNE``).
+* **The cap ends live sessions only.** Beyond ``MAX_SESSIONS_PER_USER`` the
+  script only reports the excess; ``RedisLayer`` lists the live sessions,
+  keeps the one being written and the newest others, ends the rest (destroy,
+  then unlist) and reports the ids it ended. A dead entry never counts, and
+  a retried script unlists nothing.
+* **No cookie in an index.** With ``HASH_IDS`` "migrate" or True, an entry
+  written under a plain key (``HASH_IDS`` False) is read by its id, moved to
+  it (``scripts.INDEX_REKEY``) by the next read or by ``rehash``, and a
+  session still under its plain name is moved to its id first, so it is
+  listed, and ended, by its id.
+* **O(log n) per write.** No write reads the whole index; a write prunes at
+  most a small batch of expired entries, so a user with 100,000 entries costs
+  a login well under a millisecond of server time.
 
 An entry is refreshed only when the session's expiry has moved more than
 ``SLACK_MS`` past the one recorded, so a request that saves costs nothing more
 most of the time; the session's data carries the expiry last recorded (under
 ``INDEX_MARK``, hidden from the session's dict) so the backend knows when, with
 no extra read. An entry is therefore stale once its expiry plus the slack has
-passed, and is pruned then.
+passed.
 """
 
 from __future__ import annotations
@@ -71,6 +93,18 @@ class IndexWrite:
             self.ip,
             self.user_agent,
         ]
+
+
+def seen_ms(entry: str) -> int:
+    """When an entry was written (its "seen" field); 0 if it is malformed."""
+    parts = entry.split("|", 3)
+    return int(parts[2]) if len(parts) == 4 and parts[2].isdigit() else 0
+
+
+def created_ms(entry: str) -> int:
+    """When an entry's session was created; 0 if it is malformed."""
+    parts = entry.split("|", 2)
+    return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else 0
 
 
 def now_ms() -> int:

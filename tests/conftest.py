@@ -29,7 +29,7 @@ from django_redis_sessions.redis_layer import RedisLayer
 from django_redis_sessions.store import RedisSessionStore
 from django_redis_sessions.testing import RedisServer, ServerNotFound, TLSFiles
 from tests.twins import AsyncTwins, no_sync_client
-from tests.utils import needs_async_backend
+from tests.utils import Server, load_scripts, needs_async_backend
 
 # Django is set up here rather than from the pytest configuration: under tox the
 # checkout is only appended to sys.path (the package under test is the built
@@ -295,6 +295,17 @@ def cluster(
     client.disconnect_connection_pools()
     client.close()
     clients.close()
+
+
+@pytest.fixture(params=["one server", "cluster"])
+def server(request: pytest.FixtureRequest, raw_redis: redis.Redis) -> Server:
+    """One server or a Redis Cluster under ``SESSION_REDIS``, every script loaded."""
+    if request.param == "cluster":
+        cluster = request.getfixturevalue("cluster")
+        load_scripts(cluster)
+        return Server(cluster, True)
+    load_scripts(raw_redis)
+    return Server(raw_redis, False)
 
 
 @pytest.fixture(params=["sync", pytest.param("async", marks=needs_async_backend)])

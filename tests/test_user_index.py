@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any
 
 import pytest
@@ -17,12 +18,13 @@ import django_redis_sessions.backends.redis as backend_module
 import django_redis_sessions.redis_layer as layer_module
 import django_redis_sessions.user_index as user_index_module
 from django_redis_sessions.backends.redis import SessionStore
-from django_redis_sessions.keys import glob_escape, user_index_key
+from django_redis_sessions.keys import data_key, glob_escape, user_index_key
 from django_redis_sessions.redis_layer import RedisLayer
+from django_redis_sessions.scripts import PRUNE_BATCH, Outcome
 from django_redis_sessions.store import RedisSessionStore
 from django_redis_sessions.testing import CommandLog
-from django_redis_sessions.user_index import INDEX_MARK, SLACK_MS
-from tests.utils import load_scripts, needs_async_backend
+from django_redis_sessions.user_index import INDEX_MARK, SLACK_MS, IndexWrite
+from tests.utils import Server, load_scripts, needs_async_backend, redis_sessions
 
 pytestmark = pytest.mark.django_db
 
@@ -226,20 +228,31 @@ def test_requests_of_a_logged_in_user_cost_what_they_did(
 
 
 def test_entries_of_sessions_gone_are_pruned_and_the_index_expires(
-    user: AbstractBaseUser, raw_redis: redis.Redis, prefix: str
+    user: AbstractBaseUser,
+    raw_redis: redis.Redis,
+    prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     first, second = logged_in(user), logged_in(user)
     store = RedisSessionStore()
-    index = index_name(prefix, user.pk)
+    index, expiry = RedisLayer().index_names(str(user.pk))
     session_ttl = raw_redis.pttl(RedisLayer().data_name(cookie(second)))
     # The index outlives the user's last session by the slack, no more.
-    assert 0 < raw_redis.pttl(index) - session_ttl <= SLACK_MS + 1000
+    for name in (index, expiry):
+        assert 0 < raw_redis.pttl(name) - session_ttl <= SLACK_MS + 1000
     # A session that vanished behind the index's back (expired, cleared).
     raw_redis.delete(RedisLayer().data_name(cookie(first)))
     assert [s.id for s in store.user_sessions(user.pk)] == [
         store.session_id(cookie(second))
     ]
-    assert raw_redis.hlen(index) == 1
+    # Its entry is younger than the slack: it might be a session being
+    # written, so it stays until a listing finds it older.
+    assert raw_redis.hlen(index) == raw_redis.zcard(expiry) == 2
+    later = user_index_module.now_ms() + SLACK_MS + 1
+    monkeypatch.setattr(layer_module, "now_ms", lambda: later)
+    assert len(store.user_sessions(user.pk)) == 1
+    assert raw_redis.hkeys(index) == raw_redis.zrange(expiry, 0, -1)
+    assert raw_redis.hkeys(index) == [store.session_id(cookie(second)).encode()]
 
 
 def test_an_index_write_prunes_entries_past_their_expiry(
@@ -248,7 +261,7 @@ def test_an_index_write_prunes_entries_past_their_expiry(
     prefix: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    old = logged_in(user)
+    logged_in(user)
     store = RedisSessionStore()
     [entry] = store.user_sessions(user.pk)
     # A login long after the first session's expiry plus the slack.
@@ -256,10 +269,10 @@ def test_an_index_write_prunes_entries_past_their_expiry(
     monkeypatch.setattr(layer_module, "now_ms", lambda: expired)
     monkeypatch.setattr(f"{backend_module.__name__}.now_ms", lambda: expired)
     new = logged_in(user)
-    index = index_name(prefix, user.pk)
+    index, expiry = RedisLayer().index_names(str(user.pk))
     fields = {field.decode() for field in raw_redis.hkeys(index)}  # type: ignore[union-attr]
     assert fields == {store.session_id(cookie(new))}
-    assert store.session_id(cookie(old)) not in fields
+    assert raw_redis.zrange(expiry, 0, -1) == [store.session_id(cookie(new)).encode()]
 
 
 # --- Forced races -------------------------------------------------------------
@@ -360,3 +373,303 @@ def test_the_index_on_cluster(
     assert [s.id for s in call_store("user_sessions", user.pk)] == [
         store.session_id(cookie(second))
     ]
+
+
+# --- Listed once saved, on one server and on Cluster -------------------------
+
+
+def user_data(user_id: str, **more: Any) -> dict[str, Any]:
+    return {"_auth_user_id": user_id, **more}
+
+
+def index_fields(server: Server, user_id: str) -> set[str]:
+    """The fields of the user's index, the same in its hash and its set."""
+    index, expiry = RedisLayer().index_names(user_id)
+    fields = {field.decode() for field in server.raw.hkeys(index)}
+    assert fields == {member.decode() for member in server.raw.zrange(expiry, 0, -1)}
+    return fields
+
+
+def test_a_listing_between_an_entry_and_its_session_prunes_nothing(
+    server: Server, call: Any
+) -> None:
+    """On Cluster the entry is written first: a listing in between keeps it."""
+    layer, store = RedisLayer(), RedisSessionStore()
+    key = "e" * 32
+    written = IndexWrite("7", user_index_module.now_ms() + 60_000)
+    call(layer, "index", key, written)
+    assert call(store, "user_sessions", "7") == []
+    assert index_fields(server, "7") == {layer.session_id(key)}
+    # A logout that must end everything sees it as pending.
+    [(session_id, _, expiry)] = call(layer, "user_entries", "7", pending=True)
+    assert (session_id, expiry) == (layer.session_id(key), None)
+    assert call(store, "create", key, user_data("7"), 60) is True
+    assert [s.id for s in call(store, "user_sessions", "7")] == [layer.session_id(key)]
+
+
+def test_a_write_prunes_a_bounded_batch_of_expired_entries(
+    server: Server, call: Any
+) -> None:
+    """Stale entries go without a cap, a batch per write: no write is O(n)."""
+    layer, store = RedisLayer(), RedisSessionStore()
+    index, expiry = layer.index_names("8")
+    past = user_index_module.now_ms() - 2 * SLACK_MS
+    stale = {f"#{n:043d}": past for n in range(100)}
+    server.raw.hset(index, mapping=dict.fromkeys(stale, f"{past}|{past}|{past}||"))
+    server.raw.zadd(expiry, stale)
+    assert call(store, "create", "f" * 32, user_data("8"), 60) is True
+    assert server.raw.zcard(expiry) == 100 - PRUNE_BATCH + 1
+    assert call(store, "create", "g" * 32, user_data("8"), 60) is True
+    assert index_fields(server, "8") == {layer.session_id(k * 32) for k in "fg"}
+
+
+# --- The cap ends live sessions only -------------------------------------------
+
+
+@pytest.fixture
+def cap_of_two(
+    server: Server, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> list[str]:
+    """MAX_SESSIONS_PER_USER = 2; the ids the layer reports ended."""
+    settings.SESSION_REDIS = {**settings.SESSION_REDIS, "MAX_SESSIONS_PER_USER": 2}
+    # Logins in one millisecond would tie for the oldest: a clock that moves
+    # at every reading keeps the order of the logins.
+    ticks = itertools.count()
+    real = user_index_module.now_ms
+    monkeypatch.setattr(layer_module, "now_ms", lambda: real() + next(ticks))
+    ended: list[str] = []
+
+    async def aon_evicted(ids: list[str]) -> None:
+        ended.extend(ids)
+
+    built = RedisLayer.__init__
+
+    def init(self: RedisLayer, **kwargs: Any) -> None:
+        built(self, **kwargs)
+        self.on_evicted = ended.extend
+        self.aon_evicted = aon_evicted
+
+    monkeypatch.setattr(RedisLayer, "__init__", init)
+    return ended
+
+
+@pytest.mark.parametrize("gone", ["ended", "expired"])
+def test_the_cap_counts_only_live_sessions(
+    server: Server, call: Any, cap_of_two: list[str], gone: str
+) -> None:
+    """A dead entry never counts, nor makes a live session end in its place."""
+    store, layer = RedisSessionStore(), RedisLayer()
+    first, dead, last = "a" * 32, "b" * 32, "c" * 32
+    for key in (first, dead):
+        assert call(store, "create", key, user_data("9"), 60) is True
+    if gone == "ended":
+        assert call(store, "destroy", dead) is True  # no user known: listed still
+    else:
+        server.raw.delete(layer.data_name(dead))
+    assert call(store, "create", last, user_data("9"), 60) is True
+    assert cap_of_two == []
+    assert call(store, "get", first) == user_data("9")
+    ids = {s.id for s in call(store, "user_sessions", "9")}
+    assert ids == {layer.session_id(first), layer.session_id(last)}
+
+
+def test_the_cap_ends_the_oldest_live_session_and_reports_it(
+    server: Server, call: Any, cap_of_two: list[str]
+) -> None:
+    store, layer = RedisSessionStore(), RedisLayer()
+    keys = [letter * 32 for letter in "abc"]
+    for key in keys:
+        assert call(store, "create", key, user_data("9"), 60) is True
+    assert cap_of_two == [layer.session_id(keys[0])]
+    assert call(store, "get", keys[0]) is None
+    assert server.raw.exists(layer.tombstone_name(keys[0])) == 1
+    assert index_fields(server, "9") == {layer.session_id(key) for key in keys[1:]}
+
+
+def test_the_cap_never_ends_the_session_being_written(
+    server: Server, call: Any, cap_of_two: list[str]
+) -> None:
+    """The one written stays, even if it is not the newest by its entry."""
+    store, layer = RedisSessionStore(), RedisLayer()
+    old, new, again = "a" * 32, "b" * 32, "c" * 32
+    for key in (old, new):
+        assert call(store, "create", key, user_data("9"), 60) is True
+    # A save of the oldest that refreshes its entry: it keeps its creation
+    # time, so a cap of one would end every other session but this one.
+    call(layer, "cycle", old, again, b'{"_auth_user_id": "9"}', 60, None)
+    assert call(store, "update", again, user_data("9", n=1), 60) is True
+    assert call(store, "get", again) == user_data("9", n=1)
+    assert cap_of_two == []
+
+
+# --- The logged-in path keeps the plain path's guarantees -------------------------
+
+
+def test_an_update_of_a_logged_in_session_after_its_logout_never_revives_it(
+    server: Server, call: Any
+) -> None:
+    store, layer = RedisSessionStore(), RedisLayer()
+    key = "h" * 32
+    assert call(store, "create", key, user_data("5"), 60) is True
+    assert call(layer, "destroy", key, "5") is True  # a logout
+    assert call(store, "update", key, user_data("5", cart="book"), 60) is False
+    assert server.raw.exists(layer.data_name(key)) == 0
+    assert call(store, "user_sessions", "5") == []
+
+
+def test_a_create_over_a_logged_in_sessions_tombstone_is_refused(
+    server: Server, call: Any
+) -> None:
+    store, layer = RedisSessionStore(), RedisLayer()
+    key = "i" * 32
+    assert call(store, "create", key, user_data("5"), 60) is True
+    assert call(layer, "destroy", key, "5") is True
+    assert call(store, "create", key, user_data("5", again=1), 60) is False
+    assert server.raw.exists(layer.data_name(key)) == 0
+    assert call(store, "user_sessions", "5") == []
+
+
+def test_a_key_change_of_an_ended_logged_in_session_writes_nothing(
+    server: Server, call: Any
+) -> None:
+    store, layer = RedisSessionStore(), RedisLayer()
+    old, new = "j" * 32, "k" * 32
+    assert call(store, "create", old, user_data("5"), 60) is True
+    assert call(layer, "destroy", old, "5") is True
+    written = IndexWrite("5", user_index_module.now_ms() + 60_000)
+    payload = b'{"_auth_user_id": "5"}'
+    outcome = call(layer, "cycle", old, new, payload, 60, written)
+    assert outcome is Outcome.MISSING
+    assert server.raw.exists(layer.data_name(new)) == 0
+    assert call(store, "user_sessions", "5") == []
+
+
+def test_a_key_change_on_cluster_lists_the_new_id_before_the_old_session_ends(
+    cluster: redis.cluster.RedisCluster, call: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A listing between the steps of a key change still finds the session."""
+    store, layer = RedisSessionStore(), RedisLayer()
+    old, new = "l" * 32, "m" * 32
+    assert call(store, "create", old, user_data("5"), 60) is True
+    seen: list[set[str]] = []
+    destroy = RedisLayer.destroy
+
+    def destroy_after_a_listing(self: RedisLayer, key: str, *args: Any) -> bool:
+        seen.append(index_fields(Server(cluster, True), "5"))
+        return destroy(self, key, *args)
+
+    monkeypatch.setattr(RedisLayer, "destroy", destroy_after_a_listing)
+    written = IndexWrite("5", user_index_module.now_ms() + 60_000)
+    payload = b'{"_auth_user_id": "5"}'
+    assert layer.cycle(old, new, payload, 60, written) is Outcome.WRITTEN
+    assert seen == [{layer.session_id(k) for k in (old, new)}]
+    assert [s.id for s in call(store, "user_sessions", "5")] == [layer.session_id(new)]
+
+
+@pytest.mark.parametrize("change", ["another user", "no user", "flush"])
+def test_a_session_whose_user_changes_leaves_the_old_users_index(
+    server: Server,
+    user: AbstractBaseUser,
+    change: str,
+    monkeypatch: pytest.MonkeyPatch,
+    call: Any,
+) -> None:
+    client = logged_in(user)
+    session = SessionStore(cookie(client))
+    session.load()
+    if change == "flush":
+        call(session, "flush")
+    elif change == "no user":
+        del session["_auth_user_id"]
+    else:
+        session["_auth_user_id"] = "other"
+    if change != "flush":
+        call(session, "save")
+    store = RedisSessionStore()
+    assert store.user_sessions(user.pk) == []
+    assert index_fields(server, str(user.pk)) == set()
+    if change == "another user":
+        assert [s.id for s in store.user_sessions("other")] == [
+            store.session_id(str(session.session_key))
+        ]
+    if change != "flush":
+        # Later saves, one refreshing its entry, never bring it back.
+        later = user_index_module.now_ms() + SLACK_MS + 60_000
+        monkeypatch.setattr(f"{backend_module.__name__}.now_ms", lambda: later)
+        again = SessionStore(session.session_key)
+        again["n"] = 1
+        call(again, "save")
+        assert store.user_sessions(user.pk) == []
+
+
+# --- Switching HASH_IDS: False -> "migrate" -> True ---------------------------------
+
+
+def hash_ids(settings: Any, mode: bool | str) -> None:
+    settings.SESSION_REDIS = {**settings.SESSION_REDIS, "HASH_IDS": mode}
+
+
+def test_hash_ids_switches_list_each_session_once_by_its_id(
+    server: Server, settings: Any, call: Any
+) -> None:
+    keys = ["n" * 32, "o" * 32]
+    hash_ids(settings, False)
+    for key in keys:
+        assert call(RedisSessionStore(), "create", key, user_data("4"), 60) is True
+    assert index_fields(server, "4") == set(keys)  # no ids without hashing
+    hash_ids(settings, "migrate")
+    store = RedisSessionStore()
+    ids = {store.session_id(key) for key in keys}
+    assert ids.isdisjoint(keys)
+    # A save by the new id, while the old field is still there: listed once.
+    assert call(store, "get", keys[0]) == user_data("4")
+    assert call(store, "update", keys[0], user_data("4", n=1), 60) is True
+    listed = [s.id for s in call(store, "user_sessions", "4")]
+    assert sorted(listed) == sorted(ids)
+    assert index_fields(server, "4") == ids  # no cookie left in the index
+    output = redis_sessions("user", "4")
+    assert not any(key in output for key in keys)
+    assert all(session_id in output for session_id in ids)
+    hash_ids(settings, True)
+    assert {s.id for s in call(RedisSessionStore(), "user_sessions", "4")} == ids
+
+
+def test_logout_user_after_switching_to_migrate_ends_every_session(
+    server: Server, settings: Any, call: Any
+) -> None:
+    """Sessions still under their plain names are found, moved, and ended."""
+    keys = ["p" * 32, "q" * 32]
+    hash_ids(settings, False)
+    for key in keys:
+        assert call(RedisSessionStore(), "create", key, user_data("3"), 60) is True
+    hash_ids(settings, "migrate")
+    store = RedisSessionStore()
+    ids = {store.session_id(key) for key in keys}
+    assert {s.id for s in call(store, "user_sessions", "3")} == ids
+    assert call(store, "logout_user", "3") == 2
+    for key in keys:
+        assert call(store, "get", key) is None
+        assert server.raw.exists(data_key(store._layer.prefix, key)) == 0
+    assert call(store, "user_sessions", "3") == []
+
+
+def test_rehash_rewrites_index_fields_to_ids(server: Server, settings: Any) -> None:
+    keys = ["r" * 32, "s" * 32]
+    hash_ids(settings, False)
+    for key in keys:
+        assert RedisSessionStore().create(key, user_data("2"), 60) is True
+    hash_ids(settings, "migrate")
+    assert "Rewrote 2 user index entries to session ids." in redis_sessions("rehash")
+    store = RedisSessionStore()
+    ids = {store.session_id(key) for key in keys}
+    assert index_fields(server, "2") == ids
+    hash_ids(settings, True)
+    output = redis_sessions("user", "2")
+    assert not any(key in output for key in keys)
+    assert RedisSessionStore().logout_user("2") == 2
+    assert everything_in_index(server, "2") == []
+
+
+def everything_in_index(server: Server, user_id: str) -> list[bytes]:
+    index, expiry = RedisLayer().index_names(user_id)
+    return [*server.raw.hkeys(index), *server.raw.zrange(expiry, 0, -1)]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import contextvars
+import dataclasses
 import importlib.metadata
 import io
 import itertools
@@ -16,7 +19,8 @@ import sys
 import tarfile
 import tempfile
 import threading
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,9 @@ import django
 import pytest
 import redis
 import redis.asyncio
+import redis.asyncio.connection
+import redis.cluster
+import redis.connection
 from django.core.management import call_command
 
 from django_redis_sessions import scripts
@@ -248,15 +255,36 @@ def saved_session(**data: Any) -> Any:
     return session
 
 
-def load_scripts(client: redis.Redis) -> None:
-    """Load every script of the engine, so a count of round trips sees none of it."""
-    for script in scripts.ALL:
-        client.script_load(script)
+def load_scripts(client: Any) -> None:
+    """Load every script of the engine, so a count of round trips sees none of it.
+
+    On a Redis Cluster, on every node.
+    """
+    if isinstance(client, redis.cluster.RedisCluster):
+        nodes = [client.get_redis_connection(node) for node in client.get_nodes()]
+    else:
+        nodes = [client]
+    for node in nodes:
+        for script in scripts.ALL:
+            node.script_load(script)
 
 
 def data_name(prefix: str, key: str) -> str:
     """The Redis name of the session of ``key`` under the configured layout."""
     return RedisLayer(prefix=prefix).data_name(key)
+
+
+@dataclasses.dataclass
+class Server:
+    """Where a test runs: a plain client on it, and whether it is a Cluster."""
+
+    raw: Any
+    cluster: bool
+
+
+def index_names(prefix: str, user_id: object) -> set[str]:
+    """The Redis names of a user's index under the configured layout."""
+    return set(RedisLayer(prefix=prefix).index_names(str(user_id)))
 
 
 def tombstone_name(prefix: str, key: str) -> str:
@@ -385,22 +413,295 @@ def _extract_tests(sdist: Path, package: str, target: Path) -> None:
 SCHEDULES = 500
 
 
-def interleavings(steps: list[int], seed: int) -> list[list[int]]:
+def interleavings(
+    steps: list[int], seed: int, wanted: int = SCHEDULES
+) -> list[list[int]]:
     """Orders of the steps of requests taking ``steps[i]`` round trips each.
 
     An order lists, for each round trip, which request runs its next step:
-    every distinct order when there are at most ``SCHEDULES``, else a seeded
-    sample of ``SCHEDULES`` distinct ones.
+    every distinct order when there are at most ``wanted``, else a seeded
+    sample of ``wanted`` distinct ones.
     """
     slots = [index for index, count in enumerate(steps) for _ in range(count)]
     total = math.factorial(len(slots))
     for count in steps:
         total //= math.factorial(count)
-    if total <= SCHEDULES:
+    if total <= wanted:
         return [list(order) for order in sorted(set(itertools.permutations(slots)))]
     rng = random.Random(seed)
     sampled: set[tuple[int, ...]] = set()
-    while len(sampled) < SCHEDULES:
+    while len(sampled) < wanted:
         rng.shuffle(slots)
         sampled.add(tuple(slots))
     return [list(order) for order in sorted(sampled)]
+
+
+#: The actor of the running ``Interleaving`` this code runs as; None: ungated.
+_ACTOR: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "actor", default=None
+)
+
+#: Commands that open or route a connection rather than act on sessions.
+_UNGATED = frozenset(
+    {b"AUTH", b"CLIENT", b"CLUSTER", b"COMMAND", b"HELLO", b"PING", b"READONLY"}
+    | {b"SCRIPT", b"SELECT", b"INFO"}
+)
+
+#: How long an actor may take to reach its next command: a deadlock guard,
+#: never a timing the tests depend on.
+_STUCK_SECONDS = 30
+
+
+def _command_name(packed: Any) -> bytes:
+    """The name of the (first) command in what a connection sends."""
+    first = packed if isinstance(packed, (bytes, bytearray, memoryview)) else packed[0]
+    parts = bytes(first).split(b"\r\n", 3)
+    return parts[2].upper() if len(parts) > 2 else b""
+
+
+class Interleaving:
+    """Run several operations one Redis command at a time, in a forced order.
+
+    Each actor (a thread, or an asyncio task) waits before every command it
+    sends, through any redis-py connection (a client, a pipeline, a Cluster
+    node), until ``order`` gives it the turn; the next turn is given only
+    once every actor stands before its next command or has finished. So a
+    schedule plays exactly the interleaving of round trips it names, with no
+    timing involved. Turns of an actor that has finished are skipped; once
+    ``order`` is spent, everyone runs freely. ``sent`` lists ``(actor,
+    command)`` as they ran. With ``lose_at``, the reply of the script (an
+    ``EVALSHA``) sent at that position or the first one after it is lost
+    after the server ran it, and redis-py's retry sends it again when its
+    turn comes: other actors may run in between, as other clients do.
+
+    ``patched()`` installs the gate on redis-py's connection classes for the
+    duration of a test; code outside an actor is never gated.
+    """
+
+    current: Interleaving | None = None
+
+    def __init__(self, order: Sequence[int], lose_at: int | None = None) -> None:
+        self.order = list(order)
+        self.lose_at = lose_at
+        self.sent: list[tuple[int, str]] = []
+        self.lost = 0
+        self.errors: list[BaseException] = []
+        self._arrived: Counter[int] = Counter()
+        self._granted: Counter[int] = Counter()
+        self._done: set[int] = set()
+        self._retrying: set[int] = set()
+        self._free = False
+        self._actors = 0
+
+    # The gate, as the patched connections call it.
+
+    def _may_go(self, actor: int) -> bool:
+        return self._free or self._granted[actor] >= self._arrived[actor]
+
+    def _arrive(self, actor: int, name: bytes) -> bool:
+        """Count an arrival at the gate (every send, a retry too)."""
+        self._arrived[actor] += 1
+        return True
+
+    def _went(self, actor: int, name: bytes) -> bool:
+        """Record a command about to be sent; True if its reply is to be lost."""
+        again = actor in self._retrying
+        self._retrying.discard(actor)
+        self.sent.append((actor, name.decode() + (" again" if again else "")))
+        lose = (
+            self.lose_at is not None
+            and len(self.sent) - 1 >= self.lose_at
+            and name == b"EVALSHA"
+            and not self.lost
+        )
+        if lose:
+            self.lost += 1
+            self._retrying.add(actor)
+        return lose
+
+    def _settled(self) -> bool:
+        return all(
+            actor in self._done or self._arrived[actor] > self._granted[actor]
+            for actor in range(self._actors)
+        )
+
+    # Sync: one thread per actor.
+
+    def run(self, actors: Sequence[Callable[[], Any]]) -> list[Any]:
+        """Run the actors in threads under ``order``; their results."""
+        self._actors = len(actors)
+        self._cond = threading.Condition()
+        results: list[Any] = [None] * len(actors)
+
+        def play(actor: int, function: Callable[[], Any]) -> None:
+            _ACTOR.set(actor)
+            try:
+                results[actor] = function()
+            except BaseException as error:  # reported by run()
+                self.errors.append(error)
+            finally:
+                with self._cond:
+                    self._done.add(actor)
+                    self._cond.notify_all()
+
+        threads = [
+            threading.Thread(target=play, args=(actor, function), daemon=True)
+            for actor, function in enumerate(actors)
+        ]
+        Interleaving.current = self
+        try:
+            for thread in threads:
+                thread.start()
+            with self._cond:
+                for actor in self.order:
+                    self._wait(self._settled)
+                    if actor not in self._done:
+                        self._granted[actor] += 1
+                        self._cond.notify_all()
+                self._wait(self._settled)
+                self._free = True
+                self._cond.notify_all()
+                unfinished = self._unfinished()
+            for thread in threads:
+                thread.join(_STUCK_SECONDS)
+        finally:
+            Interleaving.current = None
+        if self.errors:
+            raise self.errors[0]
+        self._check(unfinished)
+        return results
+
+    def _unfinished(self) -> list[int]:
+        return [actor for actor in range(self._actors) if actor not in self._done]
+
+    def _check(self, unfinished: list[int]) -> None:
+        # The rest of those actors ran without a schedule: give them turns.
+        assert not unfinished, (
+            f"Actors {unfinished} had commands left after the schedule: {self.sent}"
+        )
+
+    def _wait(self, ready: Callable[[], bool]) -> None:
+        if not self._cond.wait_for(ready, timeout=_STUCK_SECONDS):
+            raise AssertionError(f"An actor is stuck; sent so far: {self.sent}")
+
+    def _gate(self, name: bytes) -> bool:
+        actor = _ACTOR.get()
+        if actor is None or name in _UNGATED:
+            return False
+        with self._cond:
+            if not self._arrive(actor, name):
+                return False
+            self._cond.notify_all()
+            self._wait(lambda: self._may_go(actor))
+            return self._went(actor, name)
+
+    # asyncio: one task per actor, on the running loop.
+
+    async def arun(self, actors: Sequence[Callable[[], Awaitable[Any]]]) -> list[Any]:
+        """See run(); the actors are coroutine functions."""
+        self._actors = len(actors)
+        self._acond = asyncio.Condition()
+
+        async def play(actor: int, function: Callable[[], Awaitable[Any]]) -> Any:
+            _ACTOR.set(actor)
+            try:
+                return await function()
+            finally:
+                async with self._acond:
+                    self._done.add(actor)
+                    self._acond.notify_all()
+
+        Interleaving.current = self
+        try:
+            tasks = [
+                asyncio.ensure_future(play(actor, function))
+                for actor, function in enumerate(actors)
+            ]
+            async with self._acond:
+                for actor in self.order:
+                    await self._await(self._settled)
+                    if actor not in self._done:
+                        self._granted[actor] += 1
+                        self._acond.notify_all()
+                await self._await(self._settled)
+                self._free = True
+                self._acond.notify_all()
+                unfinished = self._unfinished()
+            results = list(await asyncio.gather(*tasks))
+        finally:
+            Interleaving.current = None
+        self._check(unfinished)
+        return results
+
+    async def _await(self, ready: Callable[[], bool]) -> None:
+        try:
+            await asyncio.wait_for(self._acond.wait_for(ready), _STUCK_SECONDS)
+        except asyncio.TimeoutError:
+            raise AssertionError(
+                f"An actor is stuck; sent so far: {self.sent}"
+            ) from None
+
+    async def _agate(self, name: bytes) -> bool:
+        actor = _ACTOR.get()
+        if actor is None or name in _UNGATED:
+            return False
+        async with self._acond:
+            if not self._arrive(actor, name):
+                return False
+            self._acond.notify_all()
+            await self._await(lambda: self._may_go(actor))
+            return self._went(actor, name)
+
+    # Installing the gate.
+
+    @staticmethod
+    @contextlib.contextmanager
+    def patched() -> Iterator[None]:
+        sync_class = redis.connection.AbstractConnection
+        async_class = redis.asyncio.connection.AbstractConnection
+        sync_send, sync_read = sync_class.send_packed_command, sync_class.read_response
+        async_send = async_class.send_packed_command
+        async_read = async_class.read_response
+
+        def send(self: Any, command: Any, check_health: bool = True) -> None:
+            now = Interleaving.current
+            lose = now is not None and now._gate(_command_name(command))
+            sync_send(self, command, check_health)
+            if lose:
+                self._lose_reply = True
+
+        def read(self: Any, *args: Any, **kwargs: Any) -> Any:
+            response = sync_read(self, *args, **kwargs)
+            if getattr(self, "_lose_reply", False):
+                self._lose_reply = False
+                raise redis.ConnectionError("The reply was lost (forced by the test).")
+            return response
+
+        async def asend(self: Any, command: Any, check_health: bool = True) -> None:
+            now = Interleaving.current
+            lose = now is not None and await now._agate(_command_name(command))
+            await async_send(self, command, check_health)
+            if lose:
+                self._lose_reply = True
+
+        async def aread(self: Any, *args: Any, **kwargs: Any) -> Any:
+            response = await async_read(self, *args, **kwargs)
+            if getattr(self, "_lose_reply", False):
+                self._lose_reply = False
+                raise redis.ConnectionError("The reply was lost (forced by the test).")
+            return response
+
+        patches = [
+            (sync_class, "send_packed_command", send),
+            (sync_class, "read_response", read),
+            (async_class, "send_packed_command", asend),
+            (async_class, "read_response", aread),
+        ]
+        originals = [(cls, name, cls.__dict__[name]) for cls, name, _ in patches]
+        try:
+            for cls, name, function in patches:
+                setattr(cls, name, function)
+            yield
+        finally:
+            for cls, name, original in originals:
+                setattr(cls, name, original)

@@ -396,9 +396,17 @@ class Command(BaseCommand):
             for names in layer.scan(remember=0):
                 if plain := layer.plain_names(names):
                     progress.add(layer.move_to_ids(plain, reseal))
+            # Then the user indexes: an entry written while ids were not
+            # hashed has the cookie as its field; it moves to the id.
+            rewritten = sum(layer.rekey_index_batches())
             # No plain form is left for an id ended meanwhile to refuse.
             layer.settle_markers()
         self.stdout.write(f"Moved {_sessions(progress.count)} to their ids.")
+        if rewritten:
+            entries = "entry" if rewritten == 1 else "entries"
+            self.stdout.write(
+                f"Rewrote {rewritten} user index {entries} to session ids."
+            )
 
     def _user(
         self, layer: RedisLayer, user_id: str, *, logout: bool, interactive: bool
