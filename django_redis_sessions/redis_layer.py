@@ -30,7 +30,7 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 from redis.exceptions import ResponseError
 
-from django_redis_sessions import metrics, scripts
+from django_redis_sessions import metrics, scripts, signals
 from django_redis_sessions.bulk import (
     DEDUPE_BATCHES,
     RecentKeys,
@@ -162,6 +162,13 @@ def _indexed(reply: Any) -> tuple[Outcome, bool]:
     return Outcome(reply), False
 
 
+def _indexed_versioned(reply: Any) -> tuple[Outcome | Conflict, bool]:
+    """``_indexed()``, or a ``Conflict`` (``scripts.UPDATE_INDEXED_VERSIONED``)."""
+    if int(reply[0]) == Outcome.CONFLICT:
+        return Conflict(reply[1]), False
+    return _indexed(reply)
+
+
 def _ended_meanwhile(created: Outcome) -> Outcome:
     """A Cluster key change's create, once the old session ended: a refused
     new id means the session was ended meanwhile (MISSING), not that the
@@ -228,9 +235,14 @@ class RedisLayer:
         aon_evicted: Callable[[list[str]], Awaitable[None]] | None = None,
     ) -> None:
         #: Called with the ids of the live sessions MAX_SESSIONS_PER_USER
-        #: ended, after they ended (``aon_evicted`` on the asyncio path).
-        self.on_evicted = on_evicted
-        self.aon_evicted = aon_evicted
+        #: ended, after they ended (``aon_evicted`` on the asyncio path); by
+        #: default ``session_ended`` goes out for each, reason "evicted".
+        self.on_evicted = on_evicted or partial(
+            signals.send_ended_ids, RedisLayer, reason="evicted"
+        )
+        self.aon_evicted = aon_evicted or partial(
+            signals.asend_ended_ids, RedisLayer, reason="evicted"
+        )
         self.prefix = conf.PREFIX if prefix is None else prefix
         mode = conf.HASH_IDS if hash_ids is None else hash_ids
         self._hashing = mode is not False and mode != "prepare"
@@ -724,11 +736,10 @@ class RedisLayer:
                 reply = scripts.run(client, scripts.UPDATE_VERSIONED, (name,), args)
                 outcome = _versioned(reply)
         else:
-            keys = (name, *self.index_names(index.user_id))
-            args = (payload, ttl_ms, *self._index_args(key, index))
-            outcome, over = _indexed(
-                scripts.run(client, scripts.UPDATE_INDEXED, keys, args)
+            script, keys, args = self._update_call(
+                key, payload, ttl_ms, index, expected
             )
+            outcome, over = _indexed_versioned(scripts.run(client, script, keys, args))
         self._after_write(outcome, over, key, index)
         return outcome
 
@@ -788,13 +799,30 @@ class RedisLayer:
                 )
                 outcome = _versioned(reply)
         else:
-            keys = (name, *self.index_names(index.user_id))
-            args = (payload, ttl_ms, *self._index_args(key, index))
-            outcome, over = _indexed(
-                await scripts.arun(client, scripts.UPDATE_INDEXED, keys, args)
+            script, keys, args = self._update_call(
+                key, payload, ttl_ms, index, expected
             )
+            reply = await scripts.arun(client, script, keys, args)
+            outcome, over = _indexed_versioned(reply)
         await self._aafter_write(outcome, over, key, index)
         return outcome
+
+    def _update_call(
+        self,
+        key: str,
+        payload: bytes,
+        ttl_ms: int,
+        index: IndexWrite,
+        expected: bytes | None,
+    ) -> tuple[str, tuple[str, ...], tuple[Any, ...]]:
+        """The update of a session and its index entry in one script (one
+        server), versioned when the caller knows what it loaded."""
+        keys = (self.data_name(key), *self.index_names(index.user_id))
+        index_args = self._index_args(key, index)
+        if expected is None:
+            return scripts.UPDATE_INDEXED, keys, (payload, ttl_ms, *index_args)
+        args = (payload, ttl_ms, _digest(expected), *index_args)
+        return scripts.UPDATE_INDEXED_VERSIONED, keys, args
 
     def touch(self, key: str, ttl: float) -> Outcome:
         """Reset the TTL of a live session (else MISSING).

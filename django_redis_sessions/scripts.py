@@ -420,6 +420,25 @@ return {1, index_write(KEYS[2], KEYS[3], 3)}
 """
 )
 
+# UPDATE_VERSIONED and the index entry, on one server. KEYS[1] data name,
+# KEYS[2] index hash, KEYS[3] expiry set; ARGV[1] payload, ARGV[2] TTL in
+# milliseconds, ARGV[3] SHA1 (hex) of the payload the request loaded,
+# ARGV[4..] the index arguments
+# returns {WRITTEN, 1 if over the cap else 0}, {MISSING, 0} or
+# {CONFLICT, the current payload}: nothing is written then, the entry neither
+UPDATE_INDEXED_VERSIONED = (
+    _INDEX_FUNCTIONS
+    + """
+local current = redis.call('GET', KEYS[1])
+if not current then return {4, 0} end
+if current ~= ARGV[1] and redis.sha1hex(current) ~= ARGV[3] then
+  return {6, current}
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return {1, index_write(KEYS[2], KEYS[3], 4)}
+"""
+)
+
 # CYCLE, moving the index entry from the old id to the new one. KEYS as
 # CYCLE's, then the index hash and the expiry set; ARGV[1..4] as CYCLE's,
 # ARGV[5..] the index arguments (the fields inherited: the old session's)
@@ -576,6 +595,7 @@ ALL = (
     INDEX_WRITE,
     CREATE_INDEXED,
     UPDATE_INDEXED,
+    UPDATE_INDEXED_VERSIONED,
     CYCLE_INDEXED,
     DESTROY_INDEXED,
     INDEX_FORGET,

@@ -14,7 +14,8 @@
     session instead; also sent when another request ended it a moment
     before), ``"logout_user"`` (``logout_user()``, ``logout_other_sessions()``
     and the page's "End all other sessions", one signal per session) and
-    ``"evicted"`` (``MAX_SESSIONS_PER_USER`` ended it at a login).
+    ``"evicted"`` (``MAX_SESSIONS_PER_USER`` ended it at a login; sent by
+    ``RedisLayer``, the code that ended it, whichever API wrote the login).
 ``session_write_refused(sender, session_id, operation, reason)``
     A write was stopped: the races the engine exists to stop, made visible.
     ``reason`` is ``"tombstoned"`` (the session was destroyed moments ago)

@@ -30,7 +30,12 @@ from django_redis_sessions.store import RedisSessionStore
 from django_redis_sessions.testing import RedisClusterServers, RedisServer
 from tests.conftest import PLAIN
 from tests.twins import AsyncTwins, no_sync_client, run_async
-from tests.utils import data_name, shard_with_a_replica, tombstone_name
+from tests.utils import (
+    data_name,
+    needs_async_backend,
+    shard_with_a_replica,
+    tombstone_name,
+)
 
 
 class Engine:
@@ -628,3 +633,30 @@ def test_sessions_survive_a_slot_migration(
 def by_id(sessions: dict[str, Any]) -> dict[str, Any]:
     """``sessions`` keyed by the ids ``all()`` yields."""
     return {RedisLayer().session_id(key): data for key, data in sessions.items()}
+
+
+@pytest.mark.parametrize(
+    "mode", ["sync", pytest.param("async", marks=needs_async_backend)]
+)
+@pytest.mark.parametrize("user", [None, "1"], ids=["anonymous", "logged-in"])
+def test_two_requests_changing_one_session_both_land_on_cluster(
+    cluster: redis.cluster.RedisCluster, mode: str, user: str | None
+) -> None:
+    """The versioned save and its merge on one slot, with and without the
+    index entry written first on the user's slot."""
+    engine = Engine(mode)
+    try:
+        start = {"cart": "book"} if user is None else {"_auth_user_id": user}
+        arranged = SessionStore()
+        arranged.update(start)
+        engine(arranged, "save")
+        key = arranged.session_key
+        first, second = SessionStore(key), SessionStore(key)
+        engine(first, "items")  # loaded into their caches, as a view does
+        engine(second, "items")
+        first["a"], second["b"] = 1, 2
+        engine(first, "save")
+        engine(second, "save")  # meets the first's save: merges, then writes
+        assert engine(SessionStore(key), "load") == {**start, "a": 1, "b": 2}
+    finally:
+        engine.close()

@@ -363,3 +363,26 @@ def test_logout_user_sends_logout_user_once_per_live_session_it_ended(
         assert asyncio.run(store.alogout_user(USER, keep=keys[0])) == 1
     assert ended_signals == [(store.session_id(keys[1]), "logout_user")]
     assert [s.id for s in store.user_sessions(USER)] == [store.session_id(keys[0])]
+
+
+@pytest.mark.parametrize(
+    "mode", ["sync", pytest.param("async", marks=needs_async_backend)]
+)
+def test_a_login_beyond_the_cap_sends_evicted_for_the_session_it_ends(
+    mode: str, session_redis: dict[str, Any], ended_signals: list[tuple[str, str]]
+) -> None:
+    session_redis["MAX_SESSIONS_PER_USER"] = 1
+    oldest = saved(_auth_user_id=USER)
+    ended_signals.clear()
+    newest = SessionStore()
+    newest["_auth_user_id"] = USER
+    if mode == "sync":
+        newest.save()
+    else:
+        asyncio.run(newest.asave())
+    store = RedisSessionStore()
+    assert ended_signals == [(store.session_id(oldest), "evicted")]
+    assert store.exists(oldest) is False
+    assert [s.id for s in store.user_sessions(USER)] == [
+        store.session_id(str(newest.session_key))
+    ]

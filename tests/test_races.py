@@ -34,6 +34,7 @@ from redis.retry import Retry
 from django_redis_sessions.backends.redis import SessionStore
 from django_redis_sessions.keys import glob_escape, session_key_from
 from django_redis_sessions.redis_layer import RedisLayer
+from django_redis_sessions.user_index import INDEX_MARK
 from tests.utils import LostReplies, data_name, needs_async_backend
 
 SCHEDULES = 500
@@ -298,15 +299,28 @@ def own_key_writers(key: str, logout: bool = False) -> list[Request]:
     return requests
 
 
-def test_writers_of_their_own_keys_all_land_in_any_order(harness: Harness) -> None:
-    """No lost update: every request's key is there, whatever the order."""
+@pytest.mark.parametrize("user", [None, "1"], ids=["anonymous", "logged-in"])
+def test_writers_of_their_own_keys_all_land_in_any_order(
+    harness: Harness, user: str | None
+) -> None:
+    """No lost update: every request's key is there, whatever the order.
+
+    Logged in, each save also writes the user's index entry (the session
+    carries none yet), so the versioned script with the index runs.
+    """
+    start: dict[str, Any] = {"secret": "S"}
+    if user is not None:
+        start["_auth_user_id"] = user
     orders = schedules(own_key_writers("x" * 32), seed=4)
     for order in orders:
-        key = harness.saved(secret="S")
+        key = harness.saved(**start)
         requests = own_key_writers(key)
         live = harness.play(requests, order)
-        expected = {"secret": "S", "k0": 0, "k1": 1, "k2": 2, "k3": 3}
-        assert live == {RedisLayer().session_id(key): expected}
+        expected = {**start, "k0": 0, "k1": 1, "k2": 2, "k3": 3}
+        assert {
+            session_id: {k: v for k, v in data.items() if k != INDEX_MARK}
+            for session_id, data in live.items()
+        } == {RedisLayer().session_id(key): expected}
         assert all(req.errors == [] for req in requests)
     assert harness.played >= SCHEDULES
 
