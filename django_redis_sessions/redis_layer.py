@@ -15,6 +15,7 @@ event loop's asyncio client.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import math
 import secrets
@@ -1454,6 +1455,27 @@ class RedisLayer:
                     yield batch
                 if not int(cursor):
                     break
+
+    def indexed_user(self, session_id: str) -> str | None:
+        """The user whose index lists ``session_id``, found by walking the
+        indexes (``show`` of an encrypted session, whose data names no user).
+
+        One SCAN pass over the index names and one ``HEXISTS`` per index,
+        pipelined per batch; on Cluster on every primary. Stops at the first.
+        """
+        pattern = user_index_pattern(self.prefix)
+        start = len(self.prefix) + len("{u:")
+        for node in scan_nodes(self._client()):
+            for names in node_batches(node, pattern, self.scan_count, None, 0):
+                pipeline = node.pipeline(transaction=False)
+                for name in names:
+                    pipeline.hexists(name, session_id)
+                for name, listed in zip(names, pipeline.execute(), strict=True):
+                    if listed:
+                        encoded = name[start : -len("}:sessions")]
+                        padding = b"=" * (-len(encoded) % 4)
+                        return base64.urlsafe_b64decode(encoded + padding).decode()
+        return None
 
     def count_indexed_users(self) -> int:
         """How many users have an index under the prefix: one SCAN pass.

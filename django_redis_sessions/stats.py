@@ -482,6 +482,9 @@ def inspect(layer: RedisLayer, key_or_id: str, payloads: Payloads) -> SessionRep
     if data is not None:
         data.pop(INDEX_MARK, None)  # the engine's bookkeeping, not the session's
     user_id = None if data is None else data.get(USER_ID_KEY)
+    if user_id is None and encrypted and data is None:
+        # The payload names no user without the cookie; the index does.
+        user_id = layer.indexed_user(found.id)
     index = None
     if user_id is not None:
         entry = layer.index_entry(str(user_id), found.id)

@@ -483,8 +483,13 @@ def test_show_says_the_payload_is_encrypted_and_decodes_only_with_the_key(
     store.create(KEY, {"note": MARKER, "_auth_user_id": "7"}, ttl=60)
     by_id = redis_sessions("show", store.session_id(KEY), "--decode")
     assert "  encrypted; only the session key opens it\n" in by_id
-    assert "  unknown (the payload is encrypted: give the session key)\n" in by_id
+    # The user comes from the index, which lists the session under its user.
+    assert re.search(r"^user: +7 \(from the index\)$", by_id, re.MULTILINE)
     assert MARKER not in by_id
+    anonymous = "b" * 32
+    store.create(anonymous, {"note": MARKER}, ttl=60)
+    by_id = redis_sessions("show", store.session_id(anonymous))
+    assert "  unknown (the payload is encrypted: give the session key)\n" in by_id
     by_key = redis_sessions("show", KEY, "--decode")
     assert MARKER in by_key
     assert re.search(r"^user: +7$", by_key, re.MULTILINE)

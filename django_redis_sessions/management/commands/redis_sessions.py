@@ -547,7 +547,9 @@ def _show_lines(report: stats.SessionReport, *, decode: bool) -> list[str]:
     if report.encrypted:
         rows.append(("payload", "encrypted; only the session key opens it"))
     if report.state == "live":
-        if report.data is None and report.encrypted:
+        if report.data is None and report.encrypted and report.user_id is not None:
+            user = f"{report.user_id} (from the index)"
+        elif report.data is None and report.encrypted:
             user = "unknown (the payload is encrypted: give the session key)"
         elif report.data is None:
             user = "unknown (the payload cannot be decoded, or has expired)"
