@@ -12,76 +12,38 @@ it, and redis-py sends the command again.
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import json
-import math
-import random
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 import pytest
 import redis
 import redis.asyncio.retry
-from django.contrib.sessions.backends.base import VALID_KEY_CHARS, UpdateError
+from django.contrib.sessions.backends.base import VALID_KEY_CHARS
 from django.core.signing import JSONSerializer
 from django.utils.crypto import get_random_string
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from django_redis_sessions.backends.redis import SessionStore
 from django_redis_sessions.keys import glob_escape, session_key_from
 from django_redis_sessions.redis_layer import RedisLayer
 from django_redis_sessions.user_index import INDEX_MARK
-from tests.utils import LostReplies, data_name, needs_async_backend
-
-SCHEDULES = 500
-
-#: The backend method of each step, sync and asyncio. ``load`` fills the
-#: session's cache the way the first access in a view does.
-METHODS = {
-    "load": ("_get_session", "_aget_session"),
-    "save": ("save", "asave"),
-    "cycle_key": ("cycle_key", "acycle_key"),
-    "flush": ("flush", "aflush"),
-}
-
-
-@dataclass
-class Request:
-    """One request: its session and its steps, ``(method, then)`` pairs."""
-
-    name: str
-    session: SessionStore
-    steps: list[tuple[str, Callable[[], None] | None]]
-    errors: list[str] = field(default_factory=list)
-
-
-def request(name: str, key: str | None, *steps: Any) -> Request:
-    session = SessionStore(key)
-    pairs = [(step, None) if isinstance(step, str) else step for step in steps]
-    return Request(name, session, pairs)
+from tests.utils import (
+    SCHEDULES,
+    LostReplies,
+    Request,
+    data_name,
+    interleavings,
+    needs_async_backend,
+    play_steps,
+    position,
+    request,
+)
 
 
 def schedules(requests: list[Request], seed: int) -> list[list[int]]:
-    """Every distinct order of the requests' steps, or ``SCHEDULES`` of them.
-
-    An order lists, for each round trip, which request runs its next step.
-    """
-    slots = [index for index, req in enumerate(requests) for _ in req.steps]
-    total = math.factorial(len(slots))
-    for req in requests:
-        total //= math.factorial(len(req.steps))
-    if total <= SCHEDULES:
-        return [list(order) for order in sorted(set(itertools.permutations(slots)))]
-    rng = random.Random(seed)
-    sampled: set[tuple[int, ...]] = set()
-    while len(sampled) < SCHEDULES:
-        rng.shuffle(slots)
-        sampled.add(tuple(slots))
-    return [list(order) for order in sorted(sampled)]
+    """Every distinct order of the requests' steps, or ``SCHEDULES`` of them."""
+    return interleavings([len(req.steps) for req in requests], seed)
 
 
 class Harness:
@@ -109,36 +71,7 @@ class Harness:
         With ``lose_at``, the first reply at or after that position is lost
         (a step whose session has no key sends nothing).
         """
-        cursors = [iter(req.steps) for req in requests]
-        plan = []
-        for position, index in enumerate(order):
-            method, then = next(cursors[index])
-            plan.append((requests[index], method, then, position == lose_at))
-        if self.mode == "sync":
-            for req, method, then, lose in plan:
-                if lose:
-                    self.lost_replies.arm()
-                try:
-                    getattr(req.session, METHODS[method][0])()
-                except UpdateError:
-                    req.errors.append(method)
-                if then is not None:
-                    then()
-        else:
-
-            async def play_async() -> None:
-                for req, method, then, lose in plan:
-                    if lose:
-                        self.lost_replies.arm()
-                    try:
-                        await getattr(req.session, METHODS[method][1])()
-                    except UpdateError:
-                        req.errors.append(method)
-                    if then is not None:
-                        then()
-
-            asyncio.run(play_async())
-        self.lost_replies.armed = False
+        play_steps(self.mode, requests, order, self.lost_replies, lose_at)
         self.played += 1
         return self._live_sessions_then_clean_up()
 
@@ -178,18 +111,6 @@ def harness(
         }
     settings.SESSION_REDIS = {**session_redis, "OPTIONS": options}
     return harness
-
-
-def position(order: list[int], requests: list[Request], name: str, step: str) -> int:
-    """Where in ``order`` request ``name`` runs its ``step``."""
-    wanted = next(i for i, req in enumerate(requests) if req.name == name)
-    taken = 0
-    for at, index in enumerate(order):
-        if index == wanted:
-            if requests[index].steps[taken][0] == step:
-                return at
-            taken += 1
-    raise AssertionError(f"{name} has no {step} step.")
 
 
 def logins_and_a_logout(key: str) -> list[Request]:

@@ -11,10 +11,7 @@ session carries its data unless a key change reached Redis before it.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -22,8 +19,6 @@ import redis
 import redis.asyncio.retry
 from django.contrib.sessions.backends.base import (
     VALID_KEY_CHARS,
-    SessionBase,
-    UpdateError,
 )
 from django.contrib.sessions.backends.db import SessionStore as DatabaseStore
 from django.contrib.sessions.models import Session
@@ -35,49 +30,18 @@ from django_redis_sessions.backends import handover
 from django_redis_sessions.backends.redis import SessionStore
 from django_redis_sessions.keys import data_key, glob_escape, hashed_id
 from django_redis_sessions.redis_layer import RedisLayer
-from tests.utils import SCHEDULES, LostReplies, interleavings, needs_async_backend
+from tests.utils import (
+    SCHEDULES,
+    LostReplies,
+    Request,
+    interleavings,
+    needs_async_backend,
+    play_steps,
+    position,
+    request,
+)
 
 DB = "django.contrib.sessions.backends.db"
-
-#: The backend method of each step, sync and asyncio. ``load`` fills the
-#: session's cache the way the first access in a view does.
-METHODS = {
-    "load": ("_get_session", "_aget_session"),
-    "save": ("save", "asave"),
-    "cycle_key": ("cycle_key", "acycle_key"),
-    "flush": ("flush", "aflush"),
-}
-
-
-@dataclass
-class Request:
-    """One request on one process: its session and its steps.
-
-    Each step is a method name and what the view does right after it.
-    """
-
-    name: str
-    session: SessionBase
-    steps: list[tuple[str, Callable[[], None] | None]]
-    errors: list[str] = field(default_factory=list)
-
-
-def setting(store: type[SessionBase], key: str, name: str, *steps: Any) -> Request:
-    session = store(key)
-    pairs = [(step, None) if isinstance(step, str) else step for step in steps]
-    return Request(name, session, pairs)
-
-
-def position(order: list[int], requests: list[Request], name: str, step: str) -> int:
-    """Where in ``order`` request ``name`` runs its ``step``."""
-    wanted = next(i for i, req in enumerate(requests) if req.name == name)
-    taken = 0
-    for at, index in enumerate(order):
-        if index == wanted:
-            if requests[index].steps[taken][0] == step:
-                return at
-            taken += 1
-    raise AssertionError(f"{name} has no {step} step.")
 
 
 class Player:
@@ -105,36 +69,7 @@ class Player:
     ) -> None:
         """Run the steps in ``order``; with ``lose_at``, lose the first reply
         at or after that position (a step that sends nothing passes it on)."""
-        cursors = [iter(req.steps) for req in requests]
-        plan = []
-        for at, index in enumerate(order):
-            method, then = next(cursors[index])
-            plan.append((requests[index], method, then, at == lose_at))
-        if self.mode == "sync":
-            for req, method, then, lose in plan:
-                if lose:
-                    self.lost_replies.arm()
-                try:
-                    getattr(req.session, METHODS[method][0])()
-                except UpdateError:
-                    req.errors.append(method)
-                if then is not None:
-                    then()
-        else:
-
-            async def play_async() -> None:
-                for req, method, then, lose in plan:
-                    if lose:
-                        self.lost_replies.arm()
-                    try:
-                        await getattr(req.session, METHODS[method][1])()
-                    except UpdateError:
-                        req.errors.append(method)
-                    if then is not None:
-                        then()
-
-            asyncio.run(play_async())
-        self.lost_replies.armed = False
+        play_steps(self.mode, requests, order, self.lost_replies, lose_at)
         self.played += 1
 
 
@@ -187,12 +122,12 @@ def hash_ids_rollout(key: str) -> list[Request]:
     its id), ``logout`` and ``plain`` on "prepare" (the plain layout).
     """
     new, old = process("migrate"), process("prepare")
-    move = setting(new, key, "move", "load", "save")
+    move = request("move", key, "load", "save", store=new)
     move.steps[0] = ("load", lambda: move.session.update({"move": 1}))
-    login = setting(new, key, "login", "load", "cycle_key", "save")
+    login = request("login", key, "load", "cycle_key", "save", store=new)
     login.steps[1] = ("cycle_key", lambda: login.session.update({"by": "login"}))
-    logout = setting(old, key, "logout", "load", "flush")
-    plain = setting(old, key, "plain", "load", "save")
+    logout = request("logout", key, "load", "flush", store=old)
+    plain = request("plain", key, "load", "save", store=old)
     plain.steps[0] = ("load", lambda: plain.session.update({"plain": 1}))
     return [move, login, logout, plain]
 
@@ -271,12 +206,12 @@ def engine_rollout(key: str) -> list[Request]:
     """Two requests on new processes (``MIGRATE_FROM`` the db engine), two on
     old ones (the handover engine over it), one of them a logout."""
     old = handover.store_class(DB)
-    move = setting(SessionStore, key, "move", "load", "save")
+    move = request("move", key, "load", "save", store=SessionStore)
     move.steps[0] = ("load", lambda: move.session.update({"move": 1}))
-    again = setting(SessionStore, key, "again", "load", "save")
+    again = request("again", key, "load", "save", store=SessionStore)
     again.steps[0] = ("load", lambda: again.session.update({"again": 1}))
-    logout = setting(old, key, "logout", "load", "flush")
-    stay = setting(old, key, "stay", "load", "save")
+    logout = request("logout", key, "load", "flush", store=old)
+    stay = request("stay", key, "load", "save", store=old)
     stay.steps[0] = ("load", lambda: stay.session.update({"stay": 1}))
     return [move, again, logout, stay]
 

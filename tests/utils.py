@@ -31,9 +31,11 @@ import redis.asyncio
 import redis.asyncio.connection
 import redis.cluster
 import redis.connection
+from django.contrib.sessions.backends.base import SessionBase, UpdateError
 from django.core.management import call_command
 
 from django_redis_sessions import scripts
+from django_redis_sessions.backends.redis import SessionStore
 from django_redis_sessions.redis_layer import RedisLayer
 
 #: The exact set of keys a test left in Redis (see the ``redis_keys`` fixture).
@@ -705,3 +707,92 @@ class Interleaving:
         finally:
             for cls, name, original in originals:
                 setattr(cls, name, original)
+
+
+# --- Requests of the Django backend under a forced order of their steps -------
+
+#: The backend method of each step, sync and asyncio. ``load`` fills the
+#: session's cache the way the first access in a view does.
+METHODS = {
+    "load": ("_get_session", "_aget_session"),
+    "save": ("save", "asave"),
+    "cycle_key": ("cycle_key", "acycle_key"),
+    "flush": ("flush", "aflush"),
+}
+
+
+@dataclasses.dataclass
+class Request:
+    """One request: its session and its steps, ``(method, then)`` pairs:
+    a backend method, and what the view does right after it."""
+
+    name: str
+    session: SessionBase
+    steps: list[tuple[str, Callable[[], None] | None]]
+    errors: list[str] = dataclasses.field(default_factory=list)
+
+
+def request(
+    name: str, key: str | None, *steps: Any, store: type[SessionBase] | None = None
+) -> Request:
+    """A request of ``store`` (this engine's backend by default) on ``key``."""
+    session = (SessionStore if store is None else store)(key)
+    pairs = [(step, None) if isinstance(step, str) else step for step in steps]
+    return Request(name, session, pairs)
+
+
+def position(order: list[int], requests: list[Request], name: str, step: str) -> int:
+    """Where in ``order`` request ``name`` runs its ``step``."""
+    wanted = next(i for i, req in enumerate(requests) if req.name == name)
+    taken = 0
+    for at, index in enumerate(order):
+        if index == wanted:
+            if requests[index].steps[taken][0] == step:
+                return at
+            taken += 1
+    raise AssertionError(f"{name} has no {step} step.")
+
+
+def play_steps(
+    mode: str,
+    requests: list[Request],
+    order: list[int],
+    lost_replies: LostReplies,
+    lose_at: int | None = None,
+) -> None:
+    """Run the requests' steps in ``order``, sync or through the asyncio twins.
+
+    With ``lose_at``, the first reply at or after that position is lost (a
+    step that sends nothing passes the loss on). ``UpdateError`` (which the
+    middleware answers with ``SessionInterrupted``) is recorded on the request.
+    """
+    cursors = [iter(req.steps) for req in requests]
+    plan = []
+    for at, index in enumerate(order):
+        method, then = next(cursors[index])
+        plan.append((requests[index], method, then, at == lose_at))
+    if mode == "sync":
+        for req, method, then, lose in plan:
+            if lose:
+                lost_replies.arm()
+            try:
+                getattr(req.session, METHODS[method][0])()
+            except UpdateError:
+                req.errors.append(method)
+            if then is not None:
+                then()
+    else:
+
+        async def play_async() -> None:
+            for req, method, then, lose in plan:
+                if lose:
+                    lost_replies.arm()
+                try:
+                    await getattr(req.session, METHODS[method][1])()
+                except UpdateError:
+                    req.errors.append(method)
+                if then is not None:
+                    then()
+
+        asyncio.run(play_async())
+    lost_replies.armed = False
