@@ -26,9 +26,10 @@ def venv_python() -> Path:
 
 def ensure_environment() -> Path:
     python = venv_python()
-    marker = VENV / ".installed-setup.cfg"
-    setup_cfg = (ROOT / "setup.cfg").read_bytes()
-    if python.exists() and marker.exists() and marker.read_bytes() == setup_cfg:
+    # Reinstall when the declared dependencies may have changed.
+    marker = VENV / ".installed-pyproject.toml"
+    pyproject = (ROOT / "pyproject.toml").read_bytes()
+    if python.exists() and marker.exists() and marker.read_bytes() == pyproject:
         return python
     if not python.exists():
         print(f"Creating a virtual environment in {VENV.name}/ ...", flush=True)
@@ -38,7 +39,7 @@ def ensure_environment() -> Path:
         [str(python), "-m", "pip", "install", "--quiet", "-e", f"{ROOT}[test,browser]"],
         check=True,
     )
-    marker.write_bytes(setup_cfg)
+    marker.write_bytes(pyproject)
     return python
 
 

