@@ -483,13 +483,6 @@ async def concurrently_async(
     return list(await asyncio.gather(*(run(call) for call in calls)))
 
 
-@pytest.mark.xfail(
-    redis.VERSION < (7, 4),
-    reason="before redis-py 7.4 the cluster client breaks this bound while "
-    "several threads refresh its slot map at once",
-    raises=AssertionError,
-    strict=False,
-)
 def test_requests_on_a_dead_primary_fail_within_the_retry_bound(
     settings: Any, prefix: str
 ) -> None:
