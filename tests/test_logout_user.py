@@ -138,17 +138,23 @@ def live_sessions(client: Any, prefix: str) -> dict[bytes, dict[str, Any]]:
     return found
 
 
-def play(
-    mode: str, plan: tuple[str, ...], client: Any, prefix: str
-) -> tuple[int, list[str], dict[bytes, dict[str, Any]]]:
-    """One schedule; (logout_user's answer, the ended ids sent, live sessions)."""
+def arrange(
+    plan: tuple[str, ...], mode: str
+) -> tuple[Requests, Iterator[list[str]], RedisSessionStore]:
+    """The user's sessions and the two requests of one schedule."""
     password_key = saved(_auth_user_id=USER, secret="P")
     saved(_auth_user_id=USER, secret="B")  # an idle device of the user
     login_key = saved(secret="L")
-    requests = Requests(mode, password_key, login_key)
-    groups = iter(boundaries_of(plan))
-    store = RedisSessionStore()
-    layer = store._layer
+    return (
+        Requests(mode, password_key, login_key),
+        iter(boundaries_of(plan)),
+        RedisSessionStore(),
+    )
+
+
+@contextlib.contextmanager
+def logout_signals() -> Iterator[list[str]]:
+    """The ids ``session_ended`` names with reason "logout_user", in order."""
     sent: list[str] = []
 
     @receiver(signals.session_ended, weak=False)
@@ -157,33 +163,62 @@ def play(
             sent.append(session_id)
 
     try:
-        if mode == "sync":
-            for method in ("index_fields", "destroy"):
-                setattr(layer, method, _then(getattr(layer, method), groups, requests))
-            for who in next(groups):
-                requests.step(who)
-            answer = store.logout_user(USER)
-            for group in groups:
-                for who in group:
-                    requests.step(who)
-        else:
-
-            async def flow() -> int:
-                for method in ("aindex_fields", "adestroy"):
-                    original = getattr(layer, method)
-                    setattr(layer, method, _athen(original, groups, requests))
-                for who in next(groups):
-                    await requests.astep(who)
-                answer = await store.alogout_user(USER)
-                for group in groups:
-                    for who in group:
-                        await requests.astep(who)
-                return answer
-
-            answer = asyncio.run(flow())
+        yield sent
     finally:
         signals.session_ended.disconnect(ended)
+
+
+def play(
+    plan: tuple[str, ...], client: Any, prefix: str
+) -> tuple[int, list[str], dict[bytes, dict[str, Any]]]:
+    """One schedule; (logout_user's answer, the ended ids sent, live sessions)."""
+    requests, groups, store = arrange(plan, "sync")
+    layer = store._layer
+    with logout_signals() as sent:
+        for method in ("index_fields", "destroy"):
+            setattr(layer, method, _then(getattr(layer, method), groups, requests))
+        for who in next(groups):
+            requests.step(who)
+        answer = store.logout_user(USER)
+        for group in groups:
+            for who in group:
+                requests.step(who)
     return answer, sent, live_sessions(client, prefix)
+
+
+async def aplay(
+    plan: tuple[str, ...], client: Any, prefix: str
+) -> tuple[int, list[str], dict[bytes, dict[str, Any]]]:
+    """``play`` through the asyncio methods, on the running loop."""
+    requests, groups, store = arrange(plan, "async")
+    layer = store._layer
+    with logout_signals() as sent:
+        for method in ("aindex_fields", "adestroy"):
+            setattr(layer, method, _athen(getattr(layer, method), groups, requests))
+        for who in next(groups):
+            await requests.astep(who)
+        answer = await store.alogout_user(USER)
+        for group in groups:
+            for who in group:
+                await requests.astep(who)
+    return answer, sent, live_sessions(client, prefix)
+
+
+def play_all(mode: str, plans: list[tuple[str, ...]], client: Any, prefix: str) -> None:
+    """Play and check every schedule; the asyncio ones share one event loop,
+    as the requests of an ASGI server do."""
+    if mode == "sync":
+        for plan in plans:
+            check(plan, *play(plan, client, prefix))
+            clean(client, prefix)
+        return
+
+    async def every() -> None:
+        for plan in plans:
+            check(plan, *await aplay(plan, client, prefix))
+            clean(client, prefix)
+
+    asyncio.run(every())
 
 
 def _then(method: Any, groups: Iterator[list[str]], requests: Requests) -> Any:
@@ -237,9 +272,7 @@ def test_logout_user_ends_every_session_live_at_the_call_under_any_interleaving(
     mode: str, raw_redis: redis.Redis, prefix: str
 ) -> None:
     plans = sample(seed=19)
-    for plan in plans:
-        check(plan, *play(mode, plan, raw_redis, prefix))
-        clean(raw_redis, prefix)
+    play_all(mode, plans, raw_redis, prefix)
     assert len(plans) == SCHEDULES
 
 
@@ -250,9 +283,7 @@ def test_logout_user_on_cluster_ends_every_session_live_at_the_call(
     mode: str, cluster: Any, prefix: str
 ) -> None:
     plans = sample(seed=20)
-    for plan in plans:
-        check(plan, *play(mode, plan, cluster, prefix))
-        clean(cluster, prefix)
+    play_all(mode, plans, cluster, prefix)
     assert len(plans) == SCHEDULES
 
 
