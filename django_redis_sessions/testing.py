@@ -730,7 +730,10 @@ class RedisSentinelServers:
         self._binary = binary
         self.service = service
         self._startup_timeout = startup_timeout
-        self.primary = RedisServer(binary)
+        # Without the default 5 s wait before a full sync, the replica is
+        # ready as soon as it starts.
+        self._sync_now = ["--repl-diskless-sync-delay", "0"]
+        self.primary = RedisServer(binary, extra_args=self._sync_now)
         self.replica: RedisServer | None = None
         self.sentinel: RedisServer | None = None
 
@@ -740,7 +743,10 @@ class RedisSentinelServers:
             self.primary.start()
             self.replica = RedisServer(
                 self._binary,
-                extra_args=["--replicaof", _HOST, str(self.primary.port)],
+                extra_args=[
+                    *self._sync_now,
+                    *("--replicaof", _HOST, str(self.primary.port)),
+                ],
             ).start()
             self.sentinel = RedisServer(
                 self._binary,
