@@ -21,9 +21,10 @@ from django_redis_sessions.encryption import require_key
 from django_redis_sessions.keys import session_names
 from django_redis_sessions.payloads import Payloads, SessionData, expiry_seconds
 from django_redis_sessions.redis_layer import RedisLayer
-from django_redis_sessions.scripts import Outcome
+from django_redis_sessions.scripts import Conflict, Outcome
 from django_redis_sessions.user_index import (
     INDEX_MARK,
+    SLACK_MS,
     IndexWrite,
     UserSession,
     entry_for,
@@ -36,6 +37,10 @@ from django_redis_sessions.user_index import (
 #: before ran, and ends them before they can write again, so two passes are
 #: the rule; a session logging in during the last pass stays listed.
 LOGOUT_PASSES = 10
+
+#: Reads a ``touch()`` that rewrites an index entry makes at most: each
+#: retry follows a write of the session by someone else in between.
+TOUCH_ATTEMPTS = 10
 
 
 class RedisSessionStore:
@@ -192,21 +197,81 @@ class RedisSessionStore:
     def touch(self, key: str, ttl: float | None = None) -> bool:
         """Reset the TTL of a live session to ``ttl`` (default ``TTL_SECONDS``).
 
-        The session's own expiry is not read (that would download it). Never
-        creates a key and never extends a tombstone; False if no live session
-        holds ``key``.
+        Never creates a key and never extends a tombstone; False if no live
+        session holds ``key``. One ``PEXPIRE`` when ``USER_INDEX`` is off.
+        With it on, the session is read first (one more round trip): a
+        session whose new expiry passes the one its user's index entry
+        records by more than the slack is rewritten with its entry, as a
+        save would, so the index never loses it. With ``ENCRYPTION`` on,
+        ``key`` must then be the session key.
         """
-        outcome = self._layer.touch(key, self._ttl({}, ttl))
+        seconds = self._ttl({}, ttl)
+        if self._layer.user_index:
+            outcome = self._touch_indexed(key, seconds)
+        else:
+            outcome = self._layer.touch(key, seconds)
         if signals.listening():
             self._send("touch", outcome, key)
         return outcome is Outcome.WRITTEN
 
     async def atouch(self, key: str, ttl: float | None = None) -> bool:
         """See touch()."""
-        outcome = await self._layer.atouch(key, self._ttl({}, ttl))
+        seconds = self._ttl({}, ttl)
+        if self._layer.user_index:
+            outcome = await self._atouch_indexed(key, seconds)
+        else:
+            outcome = await self._layer.atouch(key, seconds)
         if signals.listening():
             await self._asend("touch", outcome, key)
         return outcome is Outcome.WRITTEN
+
+    def _touch_indexed(self, key: str, ttl: float) -> Outcome:
+        if ttl <= 0:  # ends the session
+            return self._layer.touch(key, ttl)
+        for _ in range(TOUCH_ATTEMPTS):
+            payload = self._layer.read(self._readable(key))
+            if payload is None:
+                return Outcome.MISSING
+            rewrite = self._index_rewrite(key, payload, ttl)
+            if rewrite is None:
+                return self._layer.touch(key, ttl)
+            data, index = rewrite
+            written = self._layer.update(key, data, ttl, index, expected=payload)
+            if not isinstance(written, Conflict):
+                return written
+        return Outcome.CONFLICT
+
+    async def _atouch_indexed(self, key: str, ttl: float) -> Outcome:
+        if ttl <= 0:  # ends the session
+            return await self._layer.atouch(key, ttl)
+        for _ in range(TOUCH_ATTEMPTS):
+            payload = await self._layer.aread(self._readable(key))
+            if payload is None:
+                return Outcome.MISSING
+            rewrite = self._index_rewrite(key, payload, ttl)
+            if rewrite is None:
+                return await self._layer.atouch(key, ttl)
+            data, index = rewrite
+            layer = self._layer
+            written = await layer.aupdate(key, data, ttl, index, expected=payload)
+            if not isinstance(written, Conflict):
+                return written
+        return Outcome.CONFLICT
+
+    def _index_rewrite(
+        self, key: str, payload: bytes, ttl: float
+    ) -> tuple[bytes, IndexWrite] | None:
+        """The payload and entry that keep the index ahead of a touch to
+        ``ttl``; None when a ``PEXPIRE`` keeps it (a session without a user,
+        corrupt, or whose entry stays within the slack)."""
+        data = self._payloads.loads(payload, key)
+        index = None if data is None else entry_for(data, ttl)
+        if data is None or index is None:
+            return None
+        recorded = data.pop(INDEX_MARK, None)
+        if isinstance(recorded, int) and index.expires_ms <= recorded + SLACK_MS:
+            return None
+        return self._payloads.dumps(marked(data, index), key), index
 
     def destroy(self, key: str) -> bool:
         """Delete the session and leave a tombstone; True if a live one was removed.

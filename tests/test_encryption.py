@@ -442,7 +442,7 @@ def test_import_writes_encrypted_values(
 
 
 def test_the_store_needs_the_session_key_for_data_and_not_for_the_rest(
-    encrypted: dict[str, Any], call: Any
+    encrypted: dict[str, Any], settings: Any, call: Any
 ) -> None:
     store = RedisSessionStore()
     session_id = store.session_id(KEY)
@@ -453,13 +453,18 @@ def test_the_store_needs_the_session_key_for_data_and_not_for_the_rest(
         ("set", ({"a": 1},)),
         ("create", ({"a": 1},)),
         ("update", ({"a": 1},)),
+        # With the user index on, a touch reads the session's user.
+        ("touch", ()),
     ):
         with pytest.raises(SessionKeyRequired, match=session_id):
             call(store, method, session_id, *args, **({"ttl": 60} if args else {}))
     assert call(store, "get", KEY) == {"note": MARKER}
     assert call(store, "exists", session_id) is True
-    assert call(store, "touch", session_id, 120) is True
+    assert call(store, "touch", KEY, 120) is True
     assert 60 < call(store, "ttl", session_id) <= 120
+    settings.SESSION_REDIS = {**encrypted, "USER_INDEX": False}
+    assert call(RedisSessionStore(), "touch", session_id, 180) is True
+    assert 120 < call(store, "ttl", session_id) <= 180
     assert list(store.all()) == [(session_id, {})]
     assert call(store, "destroy", session_id) is True
     assert call(store, "get", KEY) is None

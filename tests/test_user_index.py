@@ -407,6 +407,42 @@ def test_a_listing_between_an_entry_and_its_session_prunes_nothing(
     assert [s.id for s in call(store, "user_sessions", "7")] == [layer.session_id(key)]
 
 
+def test_a_store_touch_past_the_slack_keeps_the_session_listed(
+    server: Server, call: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A touch that moves the expiry far ahead moves the entry with it: a
+    write after the entry's old expiry plus the slack prunes nothing live."""
+    store = RedisSessionStore()
+    key, other = "t" * 32, "o" * 32
+    metadata = {"ip": "192.0.2.1"}
+    created = IndexWrite("7", user_index_module.now_ms() + 60_000, **metadata)
+    call(RedisLayer(), "create", key, b'{"_auth_user_id":"7"}', 60, created)
+    assert call(store, "touch", key, 30 * 86400) is True  # a month
+    [listed] = call(store, "user_sessions", "7")
+    assert listed.ip == "192.0.2.1"  # the entry's metadata is kept
+    # Long after the entry's first minute plus the slack, before the month.
+    later = created.expires_ms + SLACK_MS + 1
+    monkeypatch.setattr(layer_module, "now_ms", lambda: later)
+    assert call(store, "create", other, user_data("7"), 60) is True
+    assert store.session_id(key) in index_fields(server, "7")
+    assert call(store, "get", key) == user_data("7")
+
+
+def test_a_store_touch_within_the_slack_is_a_read_and_a_pexpire(
+    log: CommandLog, session_redis: dict[str, Any]
+) -> None:
+    store = RedisSessionStore()
+    key = "t" * 32
+    assert store.create(key, user_data("7"), ttl=600) is True
+    log.take()
+    assert store.touch(key, 601) is True
+    assert store.touch("n" * 32, 601) is False
+    assert log.take() == ["GET", "PEXPIRE", "GET"]
+    session_redis["USER_INDEX"] = False
+    assert RedisSessionStore().touch(key, 602) is True
+    assert log.take() == ["PEXPIRE"]
+
+
 def test_a_write_prunes_a_bounded_batch_of_expired_entries(
     server: Server, call: Any
 ) -> None:
