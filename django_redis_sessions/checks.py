@@ -37,6 +37,7 @@ from django_redis_sessions.redis_arguments import (
     accepted_arguments,
     describe_client,
     is_int,
+    one_client_arguments,
     query_expects,
     query_values,
     url_problem,
@@ -640,7 +641,31 @@ def _check_connection_arguments(
     errors += [
         arguments.option_error(name, value) for name, value in config["OPTIONS"].items()
     ]
-    return [error for error in errors if error is not None]
+    found: list[checks.CheckMessage] = [error for error in errors if error is not None]
+    one_sided = one_client_arguments(config)
+    for where, names in (
+        (f"{_name('URL')} query parameter", query),
+        (f"{_name('OPTIONS')} argument", config["OPTIONS"]),
+    ):
+        found += [
+            _one_client_warning(where, name, one_sided[name])
+            for name in names
+            if name in one_sided
+        ]
+    return found
+
+
+def _one_client_warning(where: str, name: str, side: str) -> checks.Warning:
+    other = "asyncio" if side == "sync" else "sync"
+    return _warning(
+        "W001",
+        f"{where} {name!r} is accepted by the installed redis-py's {side} client only.",
+        f"The engine builds its sync and its asyncio client from the same "
+        f"settings, and the {other} one does not take it: it refuses it, so "
+        f"every session read or written through the {other} API fails (a sync "
+        f"Cluster client ignores it instead). Remove it, unless the site uses "
+        f"only the {side} API.",
+    )
 
 
 @dataclass(frozen=True)

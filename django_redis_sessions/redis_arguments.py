@@ -163,6 +163,23 @@ def accepted_arguments(config: dict[str, Any]) -> frozenset[str] | None:
         return None
 
 
+def one_client_arguments(config: dict[str, Any]) -> dict[str, str]:
+    """The names only one of the two clients accepts, each with that client
+    ("sync" or "asyncio"); empty if it cannot be told.
+
+    The engine builds both from the same URL and OPTIONS, so such a name
+    breaks every request through the other one.
+    """
+    try:
+        sync, asynchronous = (_accepted_by(api, config) for api in _APIS)
+    except (TypeError, ValueError):  # as in accepted_arguments()
+        return {}
+    return {
+        **dict.fromkeys(sync - asynchronous, "sync"),
+        **dict.fromkeys(asynchronous - sync, "asyncio"),
+    }
+
+
 def url_problem(url: str) -> str | None:
     """Why the sync or the asyncio client's ``from_url()`` refuses ``url``.
 

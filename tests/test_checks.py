@@ -106,6 +106,10 @@ def ids(config: Any) -> list[str | None]:
     return [message.id for message in check(config)]
 
 
+def errors(config: Any) -> list[str | None]:
+    return [message.id for message in check(config) if message.is_serious()]
+
+
 def test_absent_setting_is_valid() -> None:
     with override_settings():
         del settings.SESSION_REDIS
@@ -544,7 +548,49 @@ def test_url_query_parameter_is_e017_exactly_when_redis_py_misreads_it(
         if received and all(map(usable, received))
         else ["django_redis_sessions.E017"]
     )
-    assert ids({"URL": url}) == expected
+    assert errors({"URL": url}) == expected
+
+
+def clients_taking(url: str) -> list[str]:
+    """Which of redis-py's clients build a connection from ``url``."""
+    taking = []
+    for side, client_class in (("sync", redis.Redis), ("asyncio", redis.asyncio.Redis)):
+        try:
+            client_class.from_url(url).connection_pool.make_connection()
+        except TypeError:  # this client's connection class has no such argument
+            continue
+        taking.append(side)
+    return taking
+
+
+@pytest.mark.parametrize(
+    ("url", "name"),
+    [
+        ("rediss://h/0?ssl_validate_ocsp=false", "ssl_validate_ocsp"),
+        ("rediss://h/0?ssl_validate_ocsp_stapled=no", "ssl_validate_ocsp_stapled"),
+        ("rediss://h/0?ssl_check_hostname=false", "ssl_check_hostname"),
+        ("redis://h/0?socket_timeout=2", "socket_timeout"),
+    ],
+)
+def test_an_argument_one_client_refuses_is_w001_naming_the_other(
+    url: str, name: str
+) -> None:
+    taking = clients_taking(url)
+    assert taking, "neither client takes it"
+    base = url.partition("?")[0]
+    for config, where in (
+        ({"URL": url}, "URL'] query parameter"),
+        ({"URL": base, "OPTIONS": {name: False}}, "OPTIONS'] argument"),
+    ):
+        warnings = [m for m in check(config) if m.id == "django_redis_sessions.W001"]
+        if len(taking) == 2:
+            assert warnings == []
+        else:
+            [warning] = warnings
+            assert f"{where} {name!r}" in warning.msg
+            assert f"redis-py's {taking[0]} client only" in warning.msg
+            other = "asyncio" if taking == ["sync"] else "sync"
+            assert f"through the {other} API fails" in str(warning.hint)
 
 
 @pytest.mark.parametrize("url", ["REDIS://h/0", "Rediss://h:6380/0"])
