@@ -121,13 +121,20 @@ def ttl_milliseconds(seconds: float) -> int:
     return max(0, math.ceil(seconds * 1000))
 
 
-def retry_token() -> str:
+#: Leads the tombstone a key change leaves on the old key: that session
+#: moved to a new key, it was not ended (see ``tombstoned()``).
+MOVED_MARK = b"m"
+
+
+def retry_token(*, moved: bool = False) -> str:
     """A value unique to one destroy or cycle, stored as the tombstone.
 
     redis-py resends a command whose reply was lost; a script that finds its
-    own token knows it already ran and reports what that first run did.
+    own token knows it already ran and reports what that first run did. A
+    key change's token starts with ``MOVED_MARK``, which no hex digit is.
     """
-    return secrets.token_hex(8)
+    token = secrets.token_hex(8)
+    return MOVED_MARK.decode() + token if moved else token
 
 
 def is_cluster(client: Any) -> bool:
@@ -631,21 +638,24 @@ class RedisLayer:
         return bool(reply)
 
     def tombstoned(self, key: str) -> bool:
-        """Whether a tombstone holds ``key``: its session was ended moments ago.
+        """Whether ``key``'s session was ended moments ago, not moved.
 
-        One ``EXISTS``, asked only after a load missed (the "Your sessions"
-        page tells a device signed out from elsewhere why).
+        One ``GET`` of the tombstone, asked only after a load missed (the
+        "Your sessions" page tells a device signed out from elsewhere why).
+        A key change's tombstone (``MOVED_MARK``) does not count: a request
+        still in flight with the old cookie during a login was not logged
+        out.
         """
         if not is_valid_key(key):
             return False
-        return bool(self._client().execute_command("EXISTS", self.tombstone_name(key)))
+        return _ended(self._client().execute_command("GET", self.tombstone_name(key)))
 
     async def atombstoned(self, key: str) -> bool:
         """See tombstoned()."""
         if not is_valid_key(key):
             return False
         name = self.tombstone_name(key)
-        return bool(await self._async_client().execute_command("EXISTS", name))
+        return _ended(await self._async_client().execute_command("GET", name))
 
     def set(self, key: str, payload: bytes, ttl: float) -> Outcome:
         """Write unless a tombstone blocks ``key`` (TOMBSTONED)."""
@@ -852,7 +862,9 @@ class RedisLayer:
         reply = await self._async_client().execute_command("PEXPIRE", name, ttl_ms)
         return _written(reply)
 
-    def destroy(self, key: str, user_id: str | None = None) -> bool:
+    def destroy(
+        self, key: str, user_id: str | None = None, *, moved: bool = False
+    ) -> bool:
         """Delete the session and leave a tombstone; True if it was live.
 
         In "migrate" and "prepare" mode both forms end; on Cluster, where
@@ -865,7 +877,7 @@ class RedisLayer:
             return False
         client = self._client()
         removed = 0
-        for script, keys, args in self._destroy_calls(client, key, user_id):
+        for script, keys, args in self._destroy_calls(client, key, user_id, moved):
             removed += scripts.run(client, script, keys, args)
         if user_id is not None and is_cluster(client):
             # Unlisted only once ended: a failure in between leaves a stale
@@ -875,13 +887,15 @@ class RedisLayer:
             client.execute_command("PERSIST", marker)
         return bool(removed)
 
-    async def adestroy(self, key: str, user_id: str | None = None) -> bool:
+    async def adestroy(
+        self, key: str, user_id: str | None = None, *, moved: bool = False
+    ) -> bool:
         """See destroy()."""
         if not is_valid_key(key):
             return False
         client = self._async_client()
         removed = 0
-        for script, keys, args in self._destroy_calls(client, key, user_id):
+        for script, keys, args in self._destroy_calls(client, key, user_id, moved):
             removed += await scripts.arun(client, script, keys, args)
         if user_id is not None and is_cluster(client):
             await scripts.arun(client, *self._forget_call(user_id, key))
@@ -890,10 +904,10 @@ class RedisLayer:
         return bool(removed)
 
     def _destroy_calls(
-        self, client: Any, key: str, user_id: str | None
+        self, client: Any, key: str, user_id: str | None, moved: bool
     ) -> list[tuple[str, tuple[str, ...], tuple[Any, ...]]]:
         """Each DESTROY to run: every form at once, or one per slot on Cluster."""
-        args = (self._tombstone_ms, retry_token())
+        args = (self._tombstone_ms, retry_token(moved=moved))
         forms = self._ended_forms(key)
         if is_cluster(client):
             return [(scripts.DESTROY, names, args) for names in forms]
@@ -983,7 +997,7 @@ class RedisLayer:
         if index is not None:
             call = self._index_call(new_key, index, moved_from=old_key)
             over = bool(scripts.run(client, *call))
-        if not self.destroy(old_key):
+        if not self.destroy(old_key, moved=True):
             return Outcome.MISSING
         outcome = _ended_meanwhile(self.create(new_key, payload, ttl))
         self._after_write(outcome, over, new_key, index)
@@ -1015,7 +1029,7 @@ class RedisLayer:
         if index is not None:
             call = self._index_call(new_key, index, moved_from=old_key)
             over = bool(await scripts.arun(client, *call))
-        if not await self.adestroy(old_key):
+        if not await self.adestroy(old_key, moved=True):
             return Outcome.MISSING
         outcome = _ended_meanwhile(await self.acreate(new_key, payload, ttl))
         await self._aafter_write(outcome, over, new_key, index)
@@ -1043,7 +1057,8 @@ class RedisLayer:
             name for names in self._ended_forms(old_key) for name in names
         )
         keys = self._names(new_key) + old_names
-        args = (payload, ttl_milliseconds(ttl), self._tombstone_ms, retry_token())
+        token = retry_token(moved=True)
+        args = (payload, ttl_milliseconds(ttl), self._tombstone_ms, token)
         if index is None:
             return scripts.CYCLE, keys, args
         # The old session ends in the same script: its entries go with it.
@@ -1649,6 +1664,10 @@ def _without_repeats(
         else b"",
         tombstones=sum(1 for name in fresh if name.endswith(TOMBSTONE_END)),
     )
+
+
+def _ended(tombstone: bytes | None) -> bool:
+    return tombstone is not None and not tombstone.startswith(MOVED_MARK)
 
 
 def memory_usage(node: Any, names: list[bytes]) -> list[int] | None:

@@ -590,9 +590,11 @@ def test_a_key_change_on_cluster_lists_the_new_id_before_the_old_session_ends(
     seen: list[set[str]] = []
     destroy = RedisLayer.destroy
 
-    def destroy_after_a_listing(self: RedisLayer, key: str, *args: Any) -> bool:
+    def destroy_after_a_listing(
+        self: RedisLayer, key: str, *args: Any, **kwargs: Any
+    ) -> bool:
         seen.append(index_fields(Server(cluster, True), "5"))
-        return destroy(self, key, *args)
+        return destroy(self, key, *args, **kwargs)
 
     monkeypatch.setattr(RedisLayer, "destroy", destroy_after_a_listing)
     written = IndexWrite("5", user_index_module.now_ms() + 60_000)
