@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import django
@@ -486,13 +486,17 @@ async def concurrently_async(
 
 
 class RecordedBackoff(ExponentialBackoff):
-    """The engine's backoff, noting every wait redis-py asks it for."""
+    """The engine's backoff, noting every wait redis-py asks it for.
 
-    waits: list[float]
+    In a list of the class, not of the instance: some redis-py releases
+    deep-copy the retry policy (and its backoff) for each connection.
+    """
+
+    waits: ClassVar[list[float]] = []
 
     def compute(self, failures: int) -> float:
         wait = super().compute(failures)
-        self.waits.append(wait)  # list.append is atomic: threads share it
+        RecordedBackoff.waits.append(wait)  # atomic: threads share the list
         return wait
 
 
@@ -508,12 +512,10 @@ def test_requests_on_a_dead_primary_fail_within_the_retry_bound(
     requests were seen to take longer than the bound, none of them ever
     waiting for more than the budget.
     """
-    waits: list[float] = []
+    waits = RecordedBackoff.waits
 
     def recorded() -> ExponentialBackoff:
-        backoff = RecordedBackoff(cap=BACKOFF_CAP, base=client_module._BACKOFF_BASE)
-        backoff.waits = waits
-        return backoff
+        return RecordedBackoff(cap=BACKOFF_CAP, base=client_module._BACKOFF_BASE)
 
     monkeypatch.setattr(client_module, "_backoff", recorded)
     # A cluster of its own: the module's has a primary to kill only for the
@@ -547,10 +549,11 @@ def test_requests_on_a_dead_primary_fail_within_the_retry_bound(
                 concurrently_async([partial(async_store.aget, key) for key in calls]),
                 loop,
             )
-            # At most RETRIES waits per failing request, none above the cap.
+            # At most RETRIES waits per failing request, none above the cap
+            # (redis-py 8.0 and 8.1 retry a Cluster command without waiting).
             failing = 2 * len(dead[:4])
-            assert 0 < len(waits) <= RETRIES * failing, waits
-            assert max(waits) <= BACKOFF_CAP
+            assert len(waits) <= RETRIES * failing, waits
+            assert all(wait <= BACKOFF_CAP for wait in waits), waits
             bound = failure_bound(SHORT_TIMEOUTS, hung=hung)
             failed_in = []
             for (seconds, result), key in zip(outcomes, calls * 2, strict=True):
