@@ -486,30 +486,31 @@ def test_stats_counts_a_name_scan_repeats_once(
 
     def repeating(client: Any, script: str, keys: Any, args: Any) -> Any:
         reply = run_script(client, script, keys, args)
-        if script is scripts.MEASURE and reply[1]:
+        if script is scripts.MEASURE and reply[1] and not pages:
+            # The first batch that names sessions names each of them twice,
+            # as SCAN may while the keyspace is being rehashed. Within one
+            # batch, so that the repeat does not depend on how the server
+            # pages so few keys; across batches it meets the same dedupe.
             pages.append(reply)
-            if len(pages) == 2:
-                # The second page repeats the first, as SCAN may while the
-                # keyspace is being rehashed.
-                first = pages[0]
-                return [
-                    reply[0],
-                    first[1] + b"\n" + reply[1],
-                    first[2] + reply[2],
-                    first[3] + reply[3],
-                    max(first[4], reply[4]),
-                    max(first[5], reply[5]),
-                    first[6] + reply[6],
-                    first[7] + reply[7],
-                    first[8] + reply[8],
-                ]
+            cursor, names, sizes, ttls, largest, longest, tombstones, n, sealed = reply
+            return [
+                cursor,
+                names + b"\n" + names,
+                sizes + sizes,
+                ttls + ttls,
+                largest,
+                longest,
+                2 * tombstones,
+                2 * n,
+                sealed + sealed,
+            ]
         return reply
 
     monkeypatch.setattr(scripts, "run", repeating)
 
     document = json.loads(run("stats", "--json", "--sample", "0", "--scan-count", "4"))
 
-    assert len(pages) > 2
+    assert pages, "no batch named a session"
     lifetime_max = document["lifetime_seconds"]["max"]
     assert document == expected_document(prefix, lifetime_max)
 
