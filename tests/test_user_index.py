@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from typing import Any
 
 import pytest
@@ -426,6 +427,44 @@ def test_a_store_touch_past_the_slack_keeps_the_session_listed(
     assert call(store, "create", other, user_data("7"), 60) is True
     assert store.session_id(key) in index_fields(server, "7")
     assert call(store, "get", key) == user_data("7")
+
+
+def test_a_store_touch_past_the_slack_keeps_a_write_made_in_between(
+    server: Server, call: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rewrite is versioned: a save between its read and its write is
+    kept, and the touch reads again and moves the entry over that save."""
+    store = RedisSessionStore()
+    key = "w" * 32
+    assert call(store, "create", key, user_data("7", v=1), 60) is True
+    layer = store._layer
+    read, aread = layer.read, layer.aread
+    writes = iter([user_data("7", v=2)])
+
+    def write_in_between() -> None:
+        for data in writes:  # once: the first read only
+            assert RedisSessionStore().update(key, data, ttl=60) is True
+
+    def read_then_write(*args: Any) -> bytes | None:
+        payload = read(*args)
+        write_in_between()
+        return payload
+
+    async def aread_then_write(*args: Any) -> bytes | None:
+        payload = await aread(*args)
+        write_in_between()
+        return payload
+
+    monkeypatch.setattr(layer, "read", read_then_write)
+    monkeypatch.setattr(layer, "aread", aread_then_write)
+    assert call(store, "touch", key, 30 * 86400) is True
+    assert call(store, "get", key) == user_data("7", v=2)
+    assert 29 * 86400 < call(store, "ttl", key) <= 30 * 86400
+    # The entry records the new expiry, not the first one.
+    _, expiry = layer.index_names("7")
+    recorded = server.raw.zscore(expiry, store.session_id(key))
+    assert recorded is not None
+    assert recorded > (time.time() + 29 * 86400) * 1000
 
 
 def test_a_store_touch_within_the_slack_is_a_read_and_a_pexpire(
