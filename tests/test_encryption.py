@@ -20,7 +20,6 @@ from django.core.management import call_command
 from django.test import AsyncClient, Client
 from django.utils import timezone
 
-from django_redis_sessions import scripts
 from django_redis_sessions.backends.redis import SessionStore
 from django_redis_sessions.checks import check_settings
 from django_redis_sessions.encryption import (
@@ -41,6 +40,7 @@ from tests.utils import (
     ReplyDroppingProxy,
     everything_in,
     load_scripts,
+    measure_repeating_names,
     needs_async_backend,
     redis_sessions,
 )
@@ -740,32 +740,7 @@ def test_stats_counts_a_session_scan_repeats_once_as_encrypted_or_not(
     settings.SESSION_REDIS = encryption_config(session_redis, "migrate")
     for index in range(6):
         RedisSessionStore().create(f"seal{index:03d}" + "a" * 25, {}, ttl=60)
-    pages: list[Any] = []
-    run_script = scripts.run
-
-    def repeating(client: Any, script: str, keys: Any, args: Any) -> Any:
-        reply = run_script(client, script, keys, args)
-        if script is scripts.MEASURE and reply[1] and not pages:
-            # The first batch that names sessions names each of them twice,
-            # as SCAN may while the keyspace is being rehashed. Within one
-            # batch, so that the repeat does not depend on how the server
-            # pages so few keys.
-            pages.append(reply)
-            cursor, names, sizes, ttls, largest, longest, tombstones, n, sealed = reply
-            return [
-                cursor,
-                names + b"\n" + names,
-                sizes + sizes,
-                ttls + ttls,
-                largest,
-                longest,
-                2 * tombstones,
-                2 * n,
-                sealed + sealed,
-            ]
-        return reply
-
-    monkeypatch.setattr(scripts, "run", repeating)
+    pages = measure_repeating_names(monkeypatch)
     figures = json.loads(redis_sessions("stats", "--json", "--scan-count", "3"))
     assert pages, "no batch named a session"
     assert (figures["live_sessions"], figures["unencrypted"]) == (11, 5)

@@ -20,6 +20,7 @@ from django_redis_sessions import scripts, stats
 from django_redis_sessions.client import clients
 from django_redis_sessions.redis_layer import Measured, RedisLayer
 from django_redis_sessions.store import RedisSessionStore
+from tests.utils import measure_repeating_names
 
 KEY = "abcdefgh12345678abcdefgh12345678"
 
@@ -481,32 +482,7 @@ def test_stats_memory_does_not_grow_with_the_store(
 def test_stats_counts_a_name_scan_repeats_once(
     known: RedisLayer, prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pages: list[Any] = []
-    run_script = scripts.run
-
-    def repeating(client: Any, script: str, keys: Any, args: Any) -> Any:
-        reply = run_script(client, script, keys, args)
-        if script is scripts.MEASURE and reply[1] and not pages:
-            # The first batch that names sessions names each of them twice,
-            # as SCAN may while the keyspace is being rehashed. Within one
-            # batch, so that the repeat does not depend on how the server
-            # pages so few keys; across batches it meets the same dedupe.
-            pages.append(reply)
-            cursor, names, sizes, ttls, largest, longest, tombstones, n, sealed = reply
-            return [
-                cursor,
-                names + b"\n" + names,
-                sizes + sizes,
-                ttls + ttls,
-                largest,
-                longest,
-                2 * tombstones,
-                2 * n,
-                sealed + sealed,
-            ]
-        return reply
-
-    monkeypatch.setattr(scripts, "run", repeating)
+    pages = measure_repeating_names(monkeypatch)
 
     document = json.loads(run("stats", "--json", "--sample", "0", "--scan-count", "4"))
 

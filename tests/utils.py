@@ -257,6 +257,39 @@ def saved_session(**data: Any) -> Any:
     return session
 
 
+def measure_repeating_names(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Make the first ``scripts.MEASURE`` batch that names sessions name each
+    of them twice, as SCAN may while the keyspace is being rehashed.
+
+    Within one batch, so that the repeat does not depend on how the server
+    pages a few keys; across batches it meets the same dedupe. Returns the
+    list the repeated reply is put in, for the test to check it happened.
+    """
+    repeated: list[Any] = []
+    run_script = scripts.run
+
+    def repeating(client: Any, script: str, keys: Any, args: Any) -> Any:
+        reply = run_script(client, script, keys, args)
+        if script is not scripts.MEASURE or not reply[1] or repeated:
+            return reply
+        repeated.append(reply)
+        cursor, names, sizes, ttls, largest, longest, tombstones, n, sealed = reply
+        return [
+            cursor,
+            names + b"\n" + names,
+            sizes + sizes,
+            ttls + ttls,
+            largest,
+            longest,
+            2 * tombstones,
+            2 * n,
+            sealed + sealed,
+        ]
+
+    monkeypatch.setattr(scripts, "run", repeating)
+    return repeated
+
+
 def load_scripts(client: Any) -> None:
     """Load every script of the engine, so a count of round trips sees none of it.
 
