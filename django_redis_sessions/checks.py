@@ -37,7 +37,6 @@ from django_redis_sessions.redis_arguments import (
     accepted_arguments,
     describe_client,
     is_int,
-    one_client_arguments,
     query_expects,
     query_values,
     url_problem,
@@ -626,9 +625,10 @@ def _check_connection_arguments(
     """Check what redis-py will receive from URL's query string and OPTIONS."""
     if config["CLIENT"] is not None:
         return []  # _check_client() reports them.
+    accepted = accepted_arguments(config)
     arguments = _Arguments(
         config,
-        accepted_arguments(config),
+        None if accepted is None else accepted.either,
         describe_client(config),
         tls=urlsplit(config["URL"]).scheme == "rediss",
     )
@@ -642,7 +642,7 @@ def _check_connection_arguments(
         arguments.option_error(name, value) for name, value in config["OPTIONS"].items()
     ]
     found: list[checks.CheckMessage] = [error for error in errors if error is not None]
-    one_sided = one_client_arguments(config)
+    one_sided = {} if accepted is None else accepted.only_one()
     for where, names in (
         (f"{_name('URL')} query parameter", query),
         (f"{_name('OPTIONS')} argument", config["OPTIONS"]),

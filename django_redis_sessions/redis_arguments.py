@@ -18,7 +18,7 @@ import math
 import ssl
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlencode, urlsplit
 
 import redis
@@ -155,29 +155,34 @@ def _accepted_by(api: _Api, config: dict[str, Any]) -> set[str]:
     )
 
 
-def accepted_arguments(config: dict[str, Any]) -> frozenset[str] | None:
-    """What the sync or the asyncio client accepts; None if it cannot be told."""
+class Accepted(NamedTuple):
+    """The names redis-py's sync and asyncio clients accept, for one config."""
+
+    sync: frozenset[str]
+    asynchronous: frozenset[str]
+
+    @property
+    def either(self) -> frozenset[str]:
+        """What the sync or the asyncio client accepts."""
+        return self.sync | self.asynchronous
+
+    def only_one(self) -> dict[str, str]:
+        """The names only one client accepts, each with that client ("sync"
+        or "asyncio"). The engine builds both from the same URL and OPTIONS,
+        so such a name breaks every request through the other one."""
+        return {
+            **dict.fromkeys(self.sync - self.asynchronous, "sync"),
+            **dict.fromkeys(self.asynchronous - self.sync, "asyncio"),
+        }
+
+
+def accepted_arguments(config: dict[str, Any]) -> Accepted | None:
+    """What each client accepts; None if it cannot be told."""
     try:
-        return frozenset().union(*(_accepted_by(api, config) for api in _APIS))
+        sync, asynchronous = (frozenset(_accepted_by(api, config)) for api in _APIS)
     except (TypeError, ValueError):  # a connection_class without a signature
         return None
-
-
-def one_client_arguments(config: dict[str, Any]) -> dict[str, str]:
-    """The names only one of the two clients accepts, each with that client
-    ("sync" or "asyncio"); empty if it cannot be told.
-
-    The engine builds both from the same URL and OPTIONS, so such a name
-    breaks every request through the other one.
-    """
-    try:
-        sync, asynchronous = (_accepted_by(api, config) for api in _APIS)
-    except (TypeError, ValueError):  # as in accepted_arguments()
-        return {}
-    return {
-        **dict.fromkeys(sync - asynchronous, "sync"),
-        **dict.fromkeys(asynchronous - sync, "asyncio"),
-    }
+    return Accepted(sync, asynchronous)
 
 
 def url_problem(url: str) -> str | None:
